@@ -1,0 +1,30 @@
+"""How a caller observes and steers a training run: the only channel out of the trainer.
+
+The worker implements these to relay metrics/events/checkpoints to the job store and to
+ask the run to stop between steps; `lco train` implements them for a progress bar.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+StopReason = Literal["cancel", "pause", "preempt"]
+Level = Literal["info", "warn", "error"]
+
+
+class Callbacks:
+    """Base class: every hook is a no-op, so callers override only what they need."""
+
+    def on_metrics(self, step: int, metrics: dict[str, float]) -> None:
+        """Called once per completed optimiser step with that step's metrics."""
+
+    def on_event(self, level: Level, message: str, data: dict[str, Any] | None = None) -> None:
+        """A human-readable event (phase changes, warnings, evaluation results)."""
+
+    def on_checkpoint(self, path: Path, step: int, metrics: dict[str, float]) -> None:
+        """A complete checkpoint (manifest written, atomically renamed) now exists at `path`."""
+
+    def should_stop(self) -> StopReason | None:
+        """Polled between steps; a non-None answer makes the trainer checkpoint and return."""
+        return None

@@ -1,0 +1,163 @@
+"""The fine-tuning job spec: OpenAI's `POST /v1/fine_tuning/jobs` body plus our extensions.
+
+OpenAI's fields keep their meaning; everything we add is optional. `"auto"` is accepted
+wherever OpenAI accepts it and is resolved by the training core (it depends on the model
+and the dataset). `method.type: lco` is shorthand for reinforcement with `algorithm: lco`;
+`JobSpec.normalized()` rewrites it so the rest of the system sees one shape.
+
+    spec = parse_job_spec({"model": "lco-tiny", "training_file": "file-1",
+                           "method": {"type": "lco", "lco": {"grader": {...}}}})
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from lco_spec.errors import SpecError, pydantic_error_to_spec_error
+from lco_spec.graders import GraderSpec
+
+Auto = Literal["auto"]
+Name = Annotated[str, Field(min_length=1, max_length=256)]
+
+ALGORITHMS = ("lco", "grpo", "ppo", "reinforce")
+LCO_LOSSES = ("lco_kld", "lco_mse", "lco_logcosh")
+
+
+class Strict(BaseModel):
+    """Unknown fields are errors, never silently dropped."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CommonHyperparameters(Strict):
+    """Shared by every method: OpenAI's three plus optimisation and checkpoint controls."""
+
+    batch_size: Annotated[int, Field(ge=1, le=4096)] | Auto = "auto"
+    learning_rate_multiplier: Annotated[float, Field(gt=0, le=1000)] | Auto = "auto"
+    n_epochs: Annotated[int, Field(ge=1, le=1000)] | Auto = "auto"
+    # Extensions.
+    learning_rate: Annotated[float, Field(gt=0, le=1.0)] | None = None
+    max_steps: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
+    lr_schedule: Literal["constant", "linear", "cosine"] = "constant"
+    warmup_steps: Annotated[int, Field(ge=0, le=100_000)] = 0
+    weight_decay: Annotated[float, Field(ge=0, le=1.0)] = 0.0
+    max_grad_norm: Annotated[float, Field(gt=0, le=1e6)] | None = None
+    checkpoint_interval: Annotated[int, Field(ge=1, le=1_000_000)] | Auto = "auto"
+    eval_interval: Annotated[int, Field(ge=1, le=1_000_000)] | Auto = "auto"
+    eval_samples: Annotated[int, Field(ge=1, le=100_000)] | Auto = "auto"
+    max_seq_len: Annotated[int, Field(ge=8, le=131_072)] = 512
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+
+
+class SupervisedHyperparameters(CommonHyperparameters):
+    """SFT: cross-entropy on assistant tokens only."""
+
+
+class ReinforcementHyperparameters(CommonHyperparameters):
+    """RL: LCO by default; the baselines run in the same trainer on the same rollouts."""
+
+    algorithm: Literal["lco", "grpo", "ppo", "reinforce"] = "lco"
+    lco_loss: Literal["lco_kld", "lco_mse", "lco_logcosh"] = "lco_kld"
+    beta: Annotated[float, Field(gt=0, le=1e4)] = 2.0
+    vocab_advantage: Literal["sampled", "estimate"] = "sampled"
+    target_base: Literal["old", "current"] = "old"
+    split_pos_neg: bool = False
+    n_samples: Annotated[int, Field(ge=1, le=256)] | Auto = "auto"
+    temperature: Annotated[float, Field(gt=0, le=10)] = 1.0
+    top_p: Annotated[float, Field(gt=0, le=1)] = 1.0
+    max_completion_tokens: Annotated[int, Field(ge=1, le=65_536)] | Auto = "auto"
+    rollout_engine: Literal["vllm", "hf", "auto"] = "auto"
+    advantage: Literal["group", "rloo", "raw", "gae"] | Auto = "auto"
+    advantage_scale: Literal["std", "none"] = "std"
+    token_aggregation: Literal["token_mean", "sequence_mean", "constant"] = "token_mean"
+    ppo_epochs: Annotated[int, Field(ge=1, le=64)] = 1
+    mini_batches: Annotated[int, Field(ge=1, le=1024)] = 1
+    clip_eps: Annotated[float, Field(gt=0, le=10)] = 0.2
+    clip_eps_high: Annotated[float, Field(gt=0, le=10)] | None = None
+    kl_coef: Annotated[float, Field(ge=0, le=100)] = 0.0
+    topk_old: Annotated[int, Field(ge=1, le=1024)] = 20
+    gamma: Annotated[float, Field(ge=0, le=1)] = 1.0
+    gae_lambda: Annotated[float, Field(ge=0, le=1)] = 0.95
+    value_coef: Annotated[float, Field(ge=0, le=100)] = 0.5
+    loss_chunk_size: Annotated[int, Field(ge=1, le=1_000_000)] = 1024
+    split_grad_norm: bool = True
+
+
+class SupervisedMethod(Strict):
+    hyperparameters: SupervisedHyperparameters = SupervisedHyperparameters()
+
+
+class ReinforcementMethod(Strict):
+    grader: GraderSpec
+    hyperparameters: ReinforcementHyperparameters = ReinforcementHyperparameters()
+
+
+class Method(Strict):
+    type: Literal["supervised", "reinforcement", "lco", "dpo"]
+    supervised: SupervisedMethod | None = None
+    reinforcement: ReinforcementMethod | None = None
+    lco: ReinforcementMethod | None = None
+    dpo: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _matching_block(self) -> Method:
+        if self.type == "dpo":
+            raise ValueError("method.type 'dpo' is not supported yet; use supervised or lco")
+        if self.type == "reinforcement" and self.reinforcement is None:
+            raise ValueError("method.reinforcement (with a grader) is required")
+        if self.type == "lco" and self.lco is None and self.reinforcement is None:
+            raise ValueError("method.lco (with a grader) is required")
+        for other in ("supervised", "reinforcement", "lco"):
+            if other == self.type or (self.type == "lco" and other == "reinforcement"):
+                continue
+            if getattr(self, other) is not None:
+                raise ValueError(f"method.{other} does not belong to method.type '{self.type}'")
+        return self
+
+    @property
+    def is_rl(self) -> bool:
+        return self.type in ("reinforcement", "lco")
+
+    @property
+    def rl(self) -> ReinforcementMethod:
+        block = self.reinforcement or self.lco
+        if block is None:
+            raise SpecError("not a reinforcement method", param="method.type")
+        return block
+
+    @property
+    def sft(self) -> SupervisedMethod:
+        return self.supervised or SupervisedMethod()
+
+
+class JobSpec(Strict):
+    """The whole request body of a job, as both the API and `lco train` take it."""
+
+    model: Name
+    training_file: Name
+    validation_file: Name | None = None
+    suffix: Annotated[str, Field(max_length=64, pattern=r"^[A-Za-z0-9_.-]*$")] | None = None
+    seed: Annotated[int, Field(ge=0, le=2**31 - 1)] | None = None
+    metadata: Annotated[dict[str, Annotated[str, Field(max_length=512)]], Field(max_length=16)] | None = None
+    method: Method = Method(type="supervised")
+
+    def normalized(self) -> JobSpec:
+        """`type: lco` becomes `type: reinforcement` with `algorithm: lco`."""
+        if self.method.type != "lco":
+            return self
+        block = self.method.rl
+        hp = block.hyperparameters.model_copy(update={"algorithm": "lco"})
+        method = Method(type="reinforcement", reinforcement=block.model_copy(update={"hyperparameters": hp}))
+        return self.model_copy(update={"method": method})
+
+
+def parse_job_spec(data: Any) -> JobSpec:
+    """Validate a request body or YAML mapping into a normalised JobSpec, or raise SpecError."""
+    if not isinstance(data, dict):
+        raise SpecError("the job spec must be a JSON object")
+    try:
+        return JobSpec.model_validate(data).normalized()
+    except ValidationError as exc:
+        raise pydantic_error_to_spec_error(exc) from None
