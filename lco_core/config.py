@@ -1,0 +1,191 @@
+"""The resolved training config: a JobSpec with every "auto" replaced by a concrete value.
+
+`resolve_config(spec, n_train=..., n_val=...)` is the one place defaults live; the
+trainers read only `TrainConfig`, never the raw spec. Its `describe()` is logged whole at
+the start of a run so a run's log says exactly what it did.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+from lco_spec.errors import SpecError
+from lco_spec.job import CommonHyperparameters, JobSpec
+
+# Learning rates for multiplier 1.0. The paper's reference runs use 1e-5 for LCO and 1e-6
+# for PPO/GRPO (LCO's per-token gradient is damped by p(a)(e^{A/beta}-1)/(1+...), so it
+# tolerates a larger step). The bundled tiny model is far smaller and wants larger steps.
+BASE_LR: dict[str, dict[str, float]] = {
+    "default": {"sft": 2e-5, "lco": 1e-5, "grpo": 1e-6, "ppo": 1e-6, "reinforce": 1e-6},
+    "lco-tiny": {"sft": 1e-3, "lco": 1e-3, "grpo": 1e-4, "ppo": 1e-4, "reinforce": 1e-4},
+}
+
+LOSS_FOR_ALGORITHM = {"grpo": "grpo", "ppo": "ppo_clip", "reinforce": "reinforce"}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    kind: Literal["sft", "rl"]
+    model: str
+    seed: int
+    learning_rate: float
+    batch_size: int  # SFT: examples per step; RL: prompts per step
+    total_steps: int
+    n_epochs: int
+    lr_schedule: str
+    warmup_steps: int
+    weight_decay: float
+    max_grad_norm: float | None
+    checkpoint_interval: int
+    eval_interval: int
+    eval_samples: int
+    max_seq_len: int
+    dtype: str
+    # RL only (ignored by SFT).
+    algorithm: str = "lco"
+    loss: str = "sft"
+    beta: float = 2.0
+    vocab_advantage: str = "sampled"
+    target_base: str = "old"
+    split_pos_neg: bool = False
+    n_samples: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_completion_tokens: int = 64
+    rollout_engine: str = "hf"
+    advantage: str = "group"
+    advantage_scale: str = "std"
+    token_aggregation: str = "token_mean"
+    ppo_epochs: int = 1
+    mini_batches: int = 1
+    clip_eps: float = 0.2
+    clip_eps_high: float | None = None
+    kl_coef: float = 0.0
+    topk_old: int = 20
+    gamma: float = 1.0
+    gae_lambda: float = 0.95
+    value_coef: float = 0.5
+    loss_chunk_size: int = 1024
+    split_grad_norm: bool = True
+
+    @property
+    def updates_per_batch(self) -> int:
+        return self.ppo_epochs * self.mini_batches
+
+    def describe(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _auto(value: Any, default: Any) -> Any:
+    return default if value == "auto" else value
+
+
+def _common(
+    hp: CommonHyperparameters,
+    *,
+    n_train: int,
+    batch_default: int,
+    epochs_default: int,
+    key: str,
+    model: str,
+) -> dict[str, Any]:
+    batch_size = int(_auto(hp.batch_size, min(batch_default, max(1, n_train))))
+    n_epochs = int(_auto(hp.n_epochs, epochs_default))
+    total = hp.max_steps or max(1, math.ceil(n_train * n_epochs / batch_size))
+    if hp.learning_rate is not None:
+        lr = hp.learning_rate
+    else:
+        base = BASE_LR.get(model, BASE_LR["default"])[key]
+        lr = base * float(_auto(hp.learning_rate_multiplier, 1.0))
+    if hp.warmup_steps >= total and hp.warmup_steps > 0:
+        raise SpecError(
+            f"must be smaller than the number of steps ({total})",
+            param="hyperparameters.warmup_steps",
+        )
+    return {
+        "learning_rate": lr,
+        "batch_size": batch_size,
+        "n_epochs": n_epochs,
+        "total_steps": total,
+        "lr_schedule": hp.lr_schedule,
+        "warmup_steps": hp.warmup_steps,
+        "weight_decay": hp.weight_decay,
+        "max_grad_norm": hp.max_grad_norm,
+        "checkpoint_interval": int(_auto(hp.checkpoint_interval, max(1, math.ceil(total / 4)))),
+        "eval_interval": int(_auto(hp.eval_interval, max(1, math.ceil(total / 4)))),
+        "eval_samples": int(_auto(hp.eval_samples, 64)),
+        "max_seq_len": hp.max_seq_len,
+        "dtype": hp.dtype,
+    }
+
+
+def resolve_config(
+    spec: JobSpec, *, n_train: int, rollout_engine_default: str = "hf"
+) -> TrainConfig:
+    """Resolve every "auto" of a normalised spec, given the training set size."""
+    seed = 0 if spec.seed is None else spec.seed
+    if not spec.method.is_rl:
+        hp = spec.method.sft.hyperparameters
+        common = _common(
+            hp, n_train=n_train, batch_default=8, epochs_default=3, key="sft", model=spec.model
+        )
+        return TrainConfig(kind="sft", model=spec.model, seed=seed, **common)
+
+    rl = spec.method.rl.hyperparameters
+    algorithm = rl.algorithm
+    n_samples = int(_auto(rl.n_samples, 8 if algorithm != "ppo" else 4))
+    advantage = _auto(
+        rl.advantage, "gae" if algorithm == "ppo" else ("group" if n_samples > 1 else "raw")
+    )
+    if advantage in ("group", "rloo") and n_samples < 2:
+        raise SpecError(
+            f"advantage '{advantage}' needs n_samples >= 2",
+            param="method.reinforcement.hyperparameters.n_samples",
+        )
+    if advantage == "gae" and algorithm != "ppo":
+        raise SpecError(
+            "advantage 'gae' needs a value head: use it with algorithm 'ppo'",
+            param="method.reinforcement.hyperparameters.advantage",
+        )
+    if rl.mini_batches > int(_auto(rl.batch_size, 8)) * n_samples:
+        raise SpecError(
+            "more mini_batches than sequences per step",
+            param="method.reinforcement.hyperparameters.mini_batches",
+        )
+    engine = rl.rollout_engine if rl.rollout_engine != "auto" else rollout_engine_default
+    common = _common(
+        rl, n_train=n_train, batch_default=8, epochs_default=1, key=algorithm, model=spec.model
+    )
+    return TrainConfig(
+        kind="rl",
+        model=spec.model,
+        seed=seed,
+        **common,
+        algorithm=algorithm,
+        loss=rl.lco_loss if algorithm == "lco" else LOSS_FOR_ALGORITHM[algorithm],
+        beta=rl.beta,
+        vocab_advantage=rl.vocab_advantage,
+        target_base=rl.target_base,
+        split_pos_neg=rl.split_pos_neg,
+        n_samples=n_samples,
+        temperature=rl.temperature,
+        top_p=rl.top_p,
+        max_completion_tokens=int(_auto(rl.max_completion_tokens, 64)),
+        rollout_engine=engine,
+        advantage=advantage,
+        advantage_scale=rl.advantage_scale,
+        token_aggregation=rl.token_aggregation,
+        ppo_epochs=rl.ppo_epochs,
+        mini_batches=rl.mini_batches,
+        clip_eps=rl.clip_eps,
+        clip_eps_high=rl.clip_eps_high,
+        kl_coef=rl.kl_coef,
+        topk_old=rl.topk_old,
+        gamma=rl.gamma,
+        gae_lambda=rl.gae_lambda,
+        value_coef=rl.value_coef,
+        loss_chunk_size=rl.loss_chunk_size,
+        split_grad_norm=rl.split_grad_norm,
+    )

@@ -1,0 +1,263 @@
+"""Policy losses over full-vocabulary logits, computed in token chunks.
+
+Every loss is a per-token function `(logits [n, V], TokenData, LossConfig) -> [n]` in a
+registry (`LOSSES`), so LCO and the baselines run through one driver on the same data:
+
+| name          | per-token loss                               | d loss / d logits          |
+|---------------|----------------------------------------------|----------------------------|
+| `lco_kld`     | KL(pi* || softmax(z)), pi* ∝ pi_old e^{A/β}   | softmax(z) - pi*           |
+| `lco_mse`     | (z_a - t)^2, t = z_old,a + A/β                | 2 (z_a - t) on a           |
+| `lco_logcosh` | logcosh(z_a - t)                             | tanh(z_a - t) on a         |
+| `reinforce`   | -A log pi(a)                                 |                            |
+| `grpo`        | clipped ratio surrogate (+ k3 KL to a ref)   |                            |
+| `ppo_clip`    | clipped ratio surrogate (GAE advantages)     |                            |
+| `sft`         | -log pi(a)                                   | softmax(z) - onehot(a)     |
+
+`chunked_loss` projects hidden states through the LM head one chunk of tokens at a time
+under activation checkpointing, so no B x T x V tensor ever exists: peak memory is one
+chunk's logits whichever loss runs (the LCO target is built inside the chunk).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.checkpoint import checkpoint
+
+
+@dataclass
+class TokenData:
+    """Per-response-token tensors, flattened over a minibatch (N tokens)."""
+
+    tokens: Tensor  # [N] sampled token ids a
+    advantages: Tensor  # [N]
+    weights: Tensor  # [N] aggregation weights: sum_i w_i * loss_i is the minibatch loss
+    old_logprobs: Tensor  # [N] log pi_old(a)
+    old_logits: Tensor  # [N] raw logit z_old(a) (MSE/logcosh target base)
+    topk_ids: Tensor | None = None  # [N, k] pi_old's top-k ids, when pi_old must be stored
+    topk_logprobs: Tensor | None = None  # [N, k]
+    ref_logprobs: Tensor | None = None  # [N] log pi_ref(a) for the k3 KL penalty
+
+    def slice(self, start: int, end: int) -> TokenData:
+        return TokenData(
+            **{
+                f.name: None if (v := getattr(self, f.name)) is None else v[start:end]
+                for f in fields(self)
+            }
+        )
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    beta: float = 2.0
+    vocab_advantage: Literal["sampled", "estimate"] = "sampled"
+    target_base: Literal["old", "current"] = "old"
+    # "current": pi_old is the current policy, detached (exact with one update per batch);
+    # "topk": rebuilt from stored top-k old logprobs plus the tail mass.
+    old_source: Literal["current", "topk"] = "current"
+    clip_eps: float = 0.2
+    clip_eps_high: float | None = None
+    kl_coef: float = 0.0
+
+
+TokenLoss = Callable[[Tensor, TokenData, LossConfig], Tensor]
+LOSSES: dict[str, TokenLoss] = {}
+
+
+def register(name: str) -> Callable[[TokenLoss], TokenLoss]:
+    def add(fn: TokenLoss) -> TokenLoss:
+        LOSSES[name] = fn
+        return fn
+
+    return add
+
+
+def get_loss(name: str) -> TokenLoss:
+    try:
+        return LOSSES[name]
+    except KeyError:
+        raise ValueError(f"unknown loss '{name}'; known: {', '.join(sorted(LOSSES))}") from None
+
+
+def _sampled(values: Tensor, tokens: Tensor) -> Tensor:
+    return values.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+def old_log_distribution(logp: Tensor, data: TokenData, source: str) -> Tensor:
+    """log pi_old over the vocabulary for a chunk, [n, V], detached."""
+    current = logp.detach()
+    if source == "current":
+        return current
+    if data.topk_ids is None or data.topk_logprobs is None:
+        raise ValueError("old_source 'topk' needs stored top-k old logprobs")
+    # Known entries: pi_old's top-k plus the sampled token. The tail keeps its stored total
+    # mass, spread like the current policy's tail (never -100 logits, which would sharpen
+    # the target towards the top-k).
+    known = torch.full_like(current, float("-inf"))
+    known.scatter_(-1, data.topk_ids, data.topk_logprobs.to(current.dtype))
+    known.scatter_(-1, data.tokens.unsqueeze(-1), data.old_logprobs.to(current.dtype).unsqueeze(-1))
+    is_known = torch.isfinite(known)
+    tail_mass = (1 - known.exp().sum(-1)).clamp_min(1e-12)
+    tail_current = current.exp().masked_fill(is_known, 0).sum(-1).clamp_min(1e-12)
+    tail = current + (tail_mass.log() - tail_current.log()).unsqueeze(-1)
+    return torch.where(is_known, known, tail)
+
+
+def vocab_advantages(log_old: Tensor, data: TokenData, mode: str) -> Tensor:
+    """A(s, v) over the vocabulary, [n, V]: the sampled token's advantage, and for
+    `estimate` the unknown entries filled so that E_{pi_old}[A] = 0 (for p(a) < 0.9)."""
+    adv = data.advantages.to(log_old.dtype)
+    out = torch.zeros_like(log_old)
+    if mode == "sampled":
+        return out.scatter_(-1, data.tokens.unsqueeze(-1), adv.unsqueeze(-1))
+    p = _sampled(log_old, data.tokens).exp()
+    known = adv * (1 - p)
+    fill = -(p * known) / (1 - p).clamp_min(0.1)
+    out += fill.unsqueeze(-1)
+    return out.scatter_(-1, data.tokens.unsqueeze(-1), known.unsqueeze(-1))
+
+
+def lco_target(logp: Tensor, data: TokenData, cfg: LossConfig) -> Tensor:
+    """log pi* = log_softmax(log pi_old + A/β), [n, V], detached."""
+    log_old = old_log_distribution(logp, data, cfg.old_source)
+    return torch.log_softmax(
+        log_old + vocab_advantages(log_old, data, cfg.vocab_advantage) / cfg.beta, -1
+    )
+
+
+@register("lco_kld")
+def lco_kld(logits: Tensor, data: TokenData, cfg: LossConfig) -> Tensor:
+    logp = torch.log_softmax(logits, -1)
+    log_target = lco_target(logp, data, cfg)
+    return (log_target.exp() * (log_target - logp)).sum(-1)
+
+
+def _logit_target(logits_a: Tensor, data: TokenData, cfg: LossConfig) -> Tensor:
+    base = data.old_logits.to(logits_a.dtype) if cfg.target_base == "old" else logits_a.detach()
+    return base + data.advantages.to(logits_a.dtype) / cfg.beta
+
+
+@register("lco_mse")
+def lco_mse(logits: Tensor, data: TokenData, cfg: LossConfig) -> Tensor:
+    z = _sampled(logits, data.tokens)
+    return (z - _logit_target(z, data, cfg)) ** 2
+
+
+@register("lco_logcosh")
+def lco_logcosh(logits: Tensor, data: TokenData, cfg: LossConfig) -> Tensor:
+    z = _sampled(logits, data.tokens)
+    x = z - _logit_target(z, data, cfg)
+    # logcosh(x) = x + softplus(-2x) - log 2, stable for large |x|.
+    return x + F.softplus(-2 * x) - torch.log(torch.tensor(2.0, dtype=x.dtype))
+
+
+@register("reinforce")
+def reinforce(logits: Tensor, data: TokenData, cfg: LossConfig) -> Tensor:
+    logp_a = _sampled(torch.log_softmax(logits, -1), data.tokens)
+    return -data.advantages.to(logp_a.dtype) * logp_a
+
+
+@register("sft")
+def sft(logits: Tensor, data: TokenData, cfg: LossConfig) -> Tensor:
+    return -_sampled(torch.log_softmax(logits, -1), data.tokens)
+
+
+def clipped_surrogate(logp_a: Tensor, data: TokenData, cfg: LossConfig) -> tuple[Tensor, Tensor]:
+    """PPO's clipped objective (negated) and which tokens the clip bound."""
+    adv = data.advantages.to(logp_a.dtype)
+    ratio = torch.exp(logp_a - data.old_logprobs.to(logp_a.dtype))
+    high = cfg.clip_eps if cfg.clip_eps_high is None else cfg.clip_eps_high
+    clipped = ratio.clamp(1 - cfg.clip_eps, 1 + high)
+    unclipped_loss, clipped_loss = -ratio * adv, -clipped * adv
+    return torch.maximum(unclipped_loss, clipped_loss), (clipped_loss > unclipped_loss)
+
+
+@register("ppo_clip")
+def ppo_clip(logits: Tensor, data: TokenData, cfg: LossConfig) -> Tensor:
+    logp_a = _sampled(torch.log_softmax(logits, -1), data.tokens)
+    return clipped_surrogate(logp_a, data, cfg)[0]
+
+
+@register("grpo")
+def grpo(logits: Tensor, data: TokenData, cfg: LossConfig) -> Tensor:
+    logp_a = _sampled(torch.log_softmax(logits, -1), data.tokens)
+    loss = clipped_surrogate(logp_a, data, cfg)[0]
+    if cfg.kl_coef > 0:
+        if data.ref_logprobs is None:
+            raise ValueError("kl_coef > 0 needs reference logprobs")
+        log_r = data.ref_logprobs.to(logp_a.dtype) - logp_a
+        loss = loss + cfg.kl_coef * (torch.exp(log_r) - log_r - 1)  # k3, unbiased, >= 0
+    return loss
+
+
+@dataclass
+class LossResult:
+    """The minibatch loss split by the sign of the advantage (loss = pos + neg), so the
+    caller can measure the gradient norm of each part, plus detached token statistics."""
+
+    loss: Tensor
+    pos: Tensor
+    neg: Tensor
+    entropy_sum: float
+    sampled_prob_sum: float
+    clipped: int
+    tokens: int
+
+
+def chunked_loss(
+    hidden: Tensor,
+    head_weight: Tensor,
+    head_bias: Tensor | None,
+    data: TokenData,
+    name: str,
+    cfg: LossConfig,
+    chunk_size: int = 1024,
+) -> LossResult:
+    """Sum of `weights * loss(name)` over N tokens, from hidden states [N, H]."""
+    loss_fn = get_loss(name)
+    ratio_loss = name in ("grpo", "ppo_clip")
+
+    def chunk_terms(h: Tensor, weight: Tensor, part: TokenData) -> tuple[Tensor, ...]:
+        # float32 logits whatever the model dtype: softmax over a large vocab in bf16 is too
+        # coarse for the target and the statistics.
+        logits = F.linear(h, weight, head_bias).float()
+        per_token = loss_fn(logits, part, cfg)
+        w = part.weights.to(per_token.dtype)
+        positive = part.advantages > 0
+        pos = (per_token * w * positive).sum()
+        neg = (per_token * w * ~positive).sum()
+        with torch.no_grad():
+            logp = torch.log_softmax(logits.detach(), -1)
+            entropy = -(logp.exp() * logp).sum()
+            logp_a = _sampled(logp, part.tokens)
+            prob = logp_a.exp().sum()
+            clipped = (
+                clipped_surrogate(logp_a, part, cfg)[1].sum() if ratio_loss else torch.zeros(())
+            )
+        return pos, neg, entropy, prob, clipped
+
+    pos_total = hidden.new_zeros((), dtype=torch.float32)
+    neg_total = hidden.new_zeros((), dtype=torch.float32)
+    entropy = prob = 0.0
+    clipped = 0
+    n = hidden.shape[0]
+    for start in range(0, n, chunk_size):
+        part = data.slice(start, min(start + chunk_size, n))
+        h = hidden[start : start + chunk_size]
+        if torch.is_grad_enabled() and (h.requires_grad or head_weight.requires_grad):
+            # Recompute the chunk's logits in backward instead of keeping them.
+            outs = checkpoint(chunk_terms, h, head_weight, part, use_reentrant=False)
+        else:
+            outs = chunk_terms(h, head_weight, part)
+        pos, neg, ent, pr, cl = outs
+        pos_total = pos_total + pos
+        neg_total = neg_total + neg
+        entropy += float(ent)
+        prob += float(pr)
+        clipped += int(cl)
+    return LossResult(pos_total + neg_total, pos_total, neg_total, entropy, prob, clipped, n)

@@ -1,0 +1,223 @@
+"""Properties of the policy losses: gradient identities, convexity, chunking invariance."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lco_core.advantages import gae_advantages, group_advantages, rloo_advantages
+from lco_core.losses import (
+    LOSSES,
+    LossConfig,
+    TokenData,
+    chunked_loss,
+    get_loss,
+    old_log_distribution,
+    vocab_advantages,
+)
+
+V = 11
+
+
+def make_data(
+    n: int,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float64,
+    k: int | None = None,
+    logits: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, TokenData]:
+    g = torch.Generator().manual_seed(seed)
+    z = logits if logits is not None else torch.randn(n, V, generator=g, dtype=dtype) * 2
+    tokens = torch.randint(0, V, (n,), generator=g)
+    old_z = z + 0.3 * torch.randn(n, V, generator=g, dtype=dtype)  # pi_old differs from pi
+    old_logp = torch.log_softmax(old_z, -1)
+    topk = old_logp.topk(k, -1) if k else None
+    data = TokenData(
+        tokens=tokens,
+        advantages=torch.randn(n, generator=g, dtype=dtype),
+        weights=torch.full((n,), 1.0 / n, dtype=dtype),
+        old_logprobs=old_logp.gather(-1, tokens[:, None])[:, 0],
+        old_logits=old_z.gather(-1, tokens[:, None])[:, 0],
+        topk_ids=topk.indices if topk else None,
+        topk_logprobs=topk.values if topk else None,
+        ref_logprobs=old_logp.gather(-1, tokens[:, None])[:, 0] - 0.1,
+    )
+    return z, data
+
+
+def grad_of(name: str, z: torch.Tensor, data: TokenData, cfg: LossConfig) -> torch.Tensor:
+    z = z.clone().requires_grad_(True)
+    get_loss(name)(z, data, cfg).sum().backward()
+    assert z.grad is not None
+    return z.grad
+
+
+@pytest.mark.parametrize("mode", ["sampled", "estimate"])
+@pytest.mark.parametrize("source", ["current", "topk"])
+def test_lco_kld_gradient_is_softmax_minus_target(mode: str, source: str) -> None:
+    beta = 1.5
+    z, data = make_data(16, k=4)
+    cfg = LossConfig(beta=beta, vocab_advantage=mode, old_source=source)  # type: ignore[arg-type]
+    # The target, built independently of the loss: pi* = pi_old * exp(A/beta) / Z.
+    logp = torch.log_softmax(z, -1)
+    pi_old = old_log_distribution(logp, data, source).exp()
+    unnorm = pi_old * torch.exp(vocab_advantages(pi_old.log(), data, mode) / beta)
+    target = unnorm / unnorm.sum(-1, keepdim=True)
+    assert torch.allclose(grad_of("lco_kld", z, data, cfg), logp.exp() - target, atol=1e-12)
+
+
+def test_lco_kld_sampled_target_reweights_only_the_sampled_token() -> None:
+    z, data = make_data(8)
+    cfg = LossConfig(beta=2.0)
+    p = torch.softmax(z, -1)
+    target = p - grad_of("lco_kld", z, data, cfg)
+    a = data.tokens
+    ratio = target / p
+    sampled_ratio = ratio.gather(-1, a[:, None])[:, 0]
+    others = ratio.scatter(-1, a[:, None], float("nan"))
+    # Every other token is scaled by the same 1/Z; the sampled one by exp(A/beta)/Z.
+    z_norm = others.nanmean(-1)
+    assert torch.allclose(
+        others.nan_to_num(0) + z_norm[:, None] * torch.nn.functional.one_hot(a, V),
+        z_norm[:, None].expand(-1, V),
+        atol=1e-12,
+    )
+    assert torch.allclose(sampled_ratio / z_norm, torch.exp(data.advantages / 2.0), atol=1e-12)
+
+
+@pytest.mark.parametrize("base", ["old", "current"])
+def test_lco_mse_and_logcosh_gradients(base: str) -> None:
+    beta = 0.7
+    z, data = make_data(12)
+    cfg = LossConfig(beta=beta, target_base=base)  # type: ignore[arg-type]
+    a = data.tokens
+    z_a = z.gather(-1, a[:, None])[:, 0]
+    target = (data.old_logits if base == "old" else z_a) + data.advantages / beta
+    onehot = torch.nn.functional.one_hot(a, V).to(z.dtype)
+    expected_mse = (2 * (z_a - target))[:, None] * onehot
+    expected_logcosh = torch.tanh(z_a - target)[:, None] * onehot
+    assert torch.allclose(grad_of("lco_mse", z, data, cfg), expected_mse, atol=1e-12)
+    assert torch.allclose(grad_of("lco_logcosh", z, data, cfg), expected_logcosh, atol=1e-12)
+
+
+def test_logcosh_is_stable_for_large_residuals() -> None:
+    z, data = make_data(4)
+    data.advantages[:] = 1e4
+    loss = get_loss("lco_logcosh")(z, data, LossConfig(beta=1e-2))
+    assert torch.isfinite(loss).all()
+
+
+def test_estimate_vocab_advantage_has_zero_mean_under_pi_old() -> None:
+    z, data = make_data(64)
+    log_old = torch.log_softmax(z, -1)
+    p_a = log_old.gather(-1, data.tokens[:, None])[:, 0].exp()
+    confident = p_a >= 0.9
+    adv = vocab_advantages(log_old, data, "estimate")
+    mean = (log_old.exp() * adv).sum(-1)
+    assert torch.allclose(mean[~confident], torch.zeros_like(mean[~confident]), atol=1e-12)
+    assert (~confident).sum() > 10
+    # Same target as the sampled-only advantage below p(a) = 0.9 (it differs by a constant).
+    sampled = vocab_advantages(log_old, data, "sampled")
+    t1 = torch.log_softmax(log_old + adv, -1)
+    t2 = torch.log_softmax(log_old + sampled, -1)
+    assert torch.allclose(t1[~confident], t2[~confident], atol=1e-10)
+
+
+def test_topk_old_distribution_keeps_tail_mass() -> None:
+    z, data = make_data(10, k=3)
+    log_old = old_log_distribution(torch.log_softmax(z, -1), data, "topk")
+    assert torch.allclose(log_old.exp().sum(-1), torch.ones(10, dtype=z.dtype), atol=1e-10)
+    assert torch.allclose(log_old.gather(-1, data.topk_ids), data.topk_logprobs, atol=1e-12)  # type: ignore[arg-type]
+    assert torch.allclose(
+        log_old.gather(-1, data.tokens[:, None])[:, 0], data.old_logprobs, atol=1e-12
+    )
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_chunked_equals_unchunked(name: str) -> None:
+    torch.manual_seed(0)
+    n, h = 37, 8
+    _, data = make_data(n, k=4)
+    hidden = torch.randn(n, h, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(V, h, dtype=torch.float64, requires_grad=True)
+    cfg = LossConfig(beta=1.3, old_source="topk", kl_coef=0.1)
+    results = []
+    for chunk in (n, 5):
+        hidden.grad = weight.grad = None
+        out = chunked_loss(hidden, weight, None, data, name, cfg, chunk_size=chunk)
+        out.loss.backward()
+        assert hidden.grad is not None and weight.grad is not None
+        results.append(
+            (out.loss.detach(), hidden.grad.clone(), weight.grad.clone(), out.entropy_sum)
+        )
+    (l1, gh1, gw1, e1), (l2, gh2, gw2, e2) = results
+    assert torch.allclose(l1, l2, atol=1e-6)
+    assert torch.allclose(gh1, gh2, atol=1e-6) and torch.allclose(gw1, gw2, atol=1e-6)
+    assert e1 == pytest.approx(e2, rel=1e-6)
+
+
+def test_pos_neg_split_sums_to_loss() -> None:
+    _, data = make_data(20)
+    hidden = torch.randn(20, 6, dtype=torch.float64)
+    weight = torch.randn(V, 6, dtype=torch.float64)
+    out = chunked_loss(hidden, weight, None, data, "reinforce", LossConfig(), chunk_size=7)
+    assert torch.allclose(out.pos + out.neg, out.loss)
+    assert out.pos.item() != 0 and out.neg.item() != 0
+
+
+def _hessian(name: str, logits: torch.Tensor, adv: float, token: int) -> torch.Tensor:
+    data = TokenData(
+        tokens=torch.tensor([token]),
+        advantages=torch.tensor([adv], dtype=torch.float64),
+        weights=torch.ones(1, dtype=torch.float64),
+        old_logprobs=torch.log_softmax(logits, -1)[None, token],
+        old_logits=logits[None, token],
+    )
+    fn = get_loss(name)
+    return torch.autograd.functional.hessian(
+        lambda z: fn(z[None], data, LossConfig()).sum(), logits
+    )
+
+
+logit_vectors = st.lists(st.floats(-4, 4), min_size=5, max_size=5).map(
+    lambda xs: torch.tensor(xs, dtype=torch.float64)
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(logits=logit_vectors, adv=st.floats(-5, 5), token=st.integers(0, 4))
+def test_lco_kld_is_convex_in_the_logits(logits: torch.Tensor, adv: float, token: int) -> None:
+    eigenvalues = torch.linalg.eigvalsh(_hessian("lco_kld", logits, adv, token))
+    assert eigenvalues.min() >= -1e-10
+
+
+@settings(max_examples=60, deadline=None)
+@given(logits=logit_vectors, adv=st.floats(-5, -0.1), token=st.integers(0, 4))
+def test_reinforce_with_negative_advantage_is_not_convex(
+    logits: torch.Tensor, adv: float, token: int
+) -> None:
+    eigenvalues = torch.linalg.eigvalsh(_hessian("reinforce", logits, adv, token))
+    assert eigenvalues.min() < -1e-6 * abs(adv)
+
+
+def test_unknown_loss_names_the_choices() -> None:
+    with pytest.raises(ValueError, match="unknown loss 'nope'.*lco_kld"):
+        get_loss("nope")
+
+
+def test_group_and_rloo_advantages() -> None:
+    r = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 1.0])
+    g = group_advantages(r, 3)
+    assert torch.allclose(g.view(2, 3).mean(-1), torch.zeros(2), atol=1e-6)
+    assert torch.allclose(group_advantages(torch.ones(4), 2), torch.zeros(4))
+    assert torch.allclose(rloo_advantages(r, 3), torch.tensor([1.0, -0.5, -0.5, -1.0, 0.5, 0.5]))
+
+
+def test_gae_with_lambda_one_is_return_minus_value() -> None:
+    values = torch.tensor([[0.2, 0.4, 0.0], [0.5, 0.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    adv, ret = gae_advantages(torch.tensor([1.0, 0.0]), values, mask, gamma=1.0, lam=1.0)
+    assert torch.allclose(adv, torch.tensor([[0.8, 0.6, 0.0], [-0.5, 0.0, 0.0]]))
+    assert torch.allclose(ret, torch.tensor([[1.0, 1.0, 0.0], [0.0, 0.0, 0.0]]))
