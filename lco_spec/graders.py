@@ -1,19 +1,528 @@
-"""Graders in OpenAI's grader JSON (placeholder: replaced by the full implementation)."""
+"""Graders in OpenAI's grader JSON, plus our built-ins for verifiable tasks. Pure Python.
+
+The API validates a grader with `parse_grader` (and `check_grader_against_item` against
+the first training item) and dry-runs it; the training core turns each completion into
+a reward with `build_grader(spec).grade(output_text, item)`. A failure on one sample
+raises `GraderError`, which the trainer counts and scores as 0.
+
+Types: `string_check`, `text_similarity`, `multi` (OpenAI's), and `math_verify`,
+`regex_match`, `json_valid` (ours). Templates read the dataset item as `{{item.field}}`
+(nested: `{{item.a.b}}`, list index: `{{item.a.0}}`) and the completion as
+`{{sample.output_text}}`.
+
+    >>> g = build_grader({"type": "string_check", "name": "exact", "operation": "eq",
+    ...                   "input": "{{ sample.output_text }}", "reference": "{{item.answer}}"})
+    >>> g.grade("42", {"answer": "42"})
+    GradeResult(score=1.0, sub_scores={'exact': 1.0})
+"""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import json
+import math
+import re
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+from rapidfuzz import fuzz
+from rapidfuzz.distance import LCSseq
+
+from lco_spec.errors import SpecError
+from lco_spec.expr import FUNCTIONS, ExprError, parse_expression
 
 
-class StringCheckGrader(BaseModel):
+class GraderError(Exception):
+    """One sample could not be graded (missing item field, bad reference, formula error)."""
+
+
+# --- templates ---------------------------------------------------------------------------
+
+# Only identifier-like `{{ ... }}` are references, so LaTeX such as `\frac{{a}}{b}` in a
+# reference stays literal text; an identifier-like one that is not item./sample. is a typo.
+_REF = re.compile(r"\{\{\s*([A-Za-z_][\w.\-]*)\s*\}\}")
+SAMPLE_FIELDS = frozenset({"output_text"})
+
+
+def _parse_template(text: str) -> list[str | tuple[str, ...]]:
+    """Split a template into literal strings and reference paths like ("item", "a", "b")."""
+    parts: list[str | tuple[str, ...]] = []
+    pos = 0
+    for m in _REF.finditer(text):
+        path = tuple(m.group(1).split("."))
+        if path[0] not in ("item", "sample") or len(path) < 2 or "" in path:
+            raise ValueError(
+                f"unknown template reference {m.group(0)!r}: "
+                "use {{item.<field>}} or {{sample.output_text}}"
+            )
+        if path[0] == "sample" and ".".join(path[1:]) not in SAMPLE_FIELDS:
+            raise ValueError(f"unknown sample field in {m.group(0)!r}: only sample.output_text")
+        parts.extend([text[pos : m.start()], path])
+        pos = m.end()
+    parts.append(text[pos:])
+    return [p for p in parts if p != ""]
+
+
+def _check_template(text: str) -> str:
+    _parse_template(text)
+    return text
+
+
+def _lookup(item: Any, path: tuple[str, ...]) -> Any:
+    """Follow a dotted path through dicts (keys) and lists (integer indices); KeyError if absent."""
+    value = item
+    for key in path:
+        if isinstance(value, Mapping) and key in value:
+            value = value[key]
+        elif isinstance(value, list) and key.isdecimal() and int(key) < len(value):
+            value = value[int(key)]
+        else:
+            raise KeyError(".".join(path))
+    return value
+
+
+def _render(parts: list[str | tuple[str, ...]], output_text: str, item: Mapping[str, Any]) -> str:
+    out = []
+    for part in parts:
+        if isinstance(part, str):
+            out.append(part)
+        elif part[0] == "sample":
+            out.append(output_text)
+        else:
+            try:
+                value = _lookup(item, part[1:])
+            except KeyError:
+                raise GraderError(f"item has no field {'.'.join(part[1:])!r}") from None
+            out.append(value if isinstance(value, str) else json.dumps(value, ensure_ascii=False))
+    return "".join(out)
+
+
+def render_template(text: str, output_text: str, item: Mapping[str, Any]) -> str:
+    """Substitute references; non-string item values are rendered as JSON.
+
+    >>> render_template("{{item.q.n}}: {{sample.output_text}}", "yes", {"q": {"n": 3}})
+    '3: yes'
+    """
+    return _render(_parse_template(text), output_text, item)
+
+
+# --- specs -------------------------------------------------------------------------------
+
+Name = Annotated[str, Field(min_length=1, max_length=128)]
+Template = Annotated[str, Field(max_length=16_384), AfterValidator(_check_template)]
+# Sub-grader names are formula variables, so they must be identifiers and not functions.
+SubName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")]
+Metric = Literal[
+    "fuzzy_match", "bleu", "gleu", "rouge_1", "rouge_2", "rouge_3", "rouge_4", "rouge_5", "rouge_l"
+]
+
+
+class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StringCheckGrader(_Spec):
+    """1.0 if `input` eq/ne `reference`, or contains it (like; ilike ignores case)."""
+
     type: Literal["string_check"]
-    name: str = "string_check"
-    input: str
-    reference: str
+    name: Name = "string_check"
+    input: Template
+    reference: Template
     operation: Literal["eq", "ne", "like", "ilike"] = "eq"
 
 
-GraderSpec = Annotated[StringCheckGrader, Field(discriminator="type")]
+class TextSimilarityGrader(_Spec):
+    """A similarity in [0, 1] between `input` and `reference` (see `similarity`)."""
+
+    type: Literal["text_similarity"]
+    name: Name = "text_similarity"
+    input: Template
+    reference: Template
+    evaluation_metric: Metric = "fuzzy_match"
+
+
+class MathVerifyGrader(_Spec):
+    """1.0 if the math answer in `input` equals `reference` (`math_verify` package)."""
+
+    type: Literal["math_verify"]
+    name: Name = "math_verify"
+    input: Template
+    reference: Template
+
+
+class RegexMatchGrader(_Spec):
+    """1.0 if `pattern` is found anywhere in `input` (`re.search`; anchor with ^...$)."""
+
+    type: Literal["regex_match"]
+    name: Name = "regex_match"
+    input: Template
+    # stdlib `re` has no match timeout: a pathological pattern can only slow its own job.
+    pattern: Annotated[str, Field(min_length=1, max_length=1024)]
+    flags: Literal["", "i"] = ""
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"invalid regular expression: {exc}") from None
+        return value
+
+
+class JsonValidGrader(_Spec):
+    """1.0 if `input` is JSON (and, with `required_keys`, an object holding all of them)."""
+
+    type: Literal["json_valid"]
+    name: Name = "json_valid"
+    input: Template
+    required_keys: Annotated[
+        tuple[Annotated[str, Field(max_length=256)], ...], Field(max_length=64)
+    ] = ()
+
+
+_Simple = (
+    StringCheckGrader | TextSimilarityGrader | MathVerifyGrader | RegexMatchGrader | JsonValidGrader
+)
+SimpleGraderSpec = Annotated[_Simple, Field(discriminator="type")]
+
+
+class MultiGrader(_Spec):
+    """Sub-graders combined by `calculate_output`, a formula over their names (lco_spec.expr)."""
+
+    type: Literal["multi"]
+    name: Name = "multi"
+    graders: Annotated[dict[SubName, SimpleGraderSpec], Field(min_length=1, max_length=16)]
+    calculate_output: Annotated[str, Field(min_length=1, max_length=1024)]
+
+    @field_validator("graders")
+    @classmethod
+    def _names_not_functions(cls, value: dict[str, Any]) -> dict[str, Any]:
+        clash = sorted(set(value) & set(FUNCTIONS))
+        if clash:
+            raise ValueError(f"sub-grader names {clash} clash with formula functions")
+        return value
+
+    @field_validator("calculate_output")
+    @classmethod
+    def _formula(cls, value: str, info: ValidationInfo) -> str:
+        try:
+            expression = parse_expression(value)
+        except ExprError as exc:
+            raise ValueError(str(exc)) from None
+        # `graders` is absent from info.data when it failed validation itself.
+        names = sorted(info.data.get("graders") or ())
+        unknown = sorted(expression.variables - set(names)) if names else []
+        if unknown:
+            raise ValueError(f"unknown names {unknown}; the sub-graders are {names}")
+        return value
+
+
+AnyGraderSpec = _Simple | MultiGrader
+GraderSpec = Annotated[AnyGraderSpec, Field(discriminator="type")]
+GRADER_TYPES = frozenset(
+    get_args(m.model_fields["type"].annotation)[0] for m in get_args(AnyGraderSpec)
+)
+_ADAPTER: TypeAdapter[AnyGraderSpec] = TypeAdapter(GraderSpec)
+
+
+def parse_grader(data: Any, param: str = "grader") -> AnyGraderSpec:
+    """Validate grader JSON, or raise SpecError whose `param` names the field (`grader.x`)."""
+    if isinstance(data, AnyGraderSpec):
+        return data
+    try:
+        return _ADAPTER.validate_python(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = first["loc"]
+        # A discriminated union inserts the chosen tag into the location: noise to a user.
+        parts = [param] + [
+            str(p)
+            for i, p in enumerate(loc)
+            if p != "[key]"
+            and not (p in GRADER_TYPES and (i == 0 or (i >= 2 and loc[i - 2] == "graders")))
+        ]
+        if first["type"] in ("union_tag_invalid", "union_tag_not_found"):
+            parts.append("type")
+        raise SpecError(first["msg"].removeprefix("Value error, "), param=".".join(parts)) from None
+
+
+def _templates(spec: AnyGraderSpec, where: str = "") -> Iterator[tuple[str, str]]:
+    """(param path relative to the grader, template text) for every template in `spec`."""
+    if isinstance(spec, MultiGrader):
+        for key, sub in spec.graders.items():
+            yield from _templates(sub, f"{where}graders.{key}.")
+        return
+    for field in ("input", "reference"):
+        if isinstance(getattr(spec, field, None), str):
+            yield f"{where}{field}", getattr(spec, field)
+
+
+def template_fields(spec: AnyGraderSpec) -> set[str]:
+    """The dotted item fields a grader reads.
+
+    >>> template_fields(parse_grader({"type": "string_check", "input": "{{sample.output_text}}",
+    ...                               "reference": "{{ item.gold.answer }}"}))
+    {'gold.answer'}
+    """
+    return {
+        ".".join(part[1:])
+        for _, text in _templates(spec)
+        for part in _parse_template(text)
+        if isinstance(part, tuple) and part[0] == "item"
+    }
+
+
+def check_grader_against_item(
+    spec: AnyGraderSpec, item: Mapping[str, Any], param_prefix: str = "method.reinforcement.grader"
+) -> None:
+    """Raise SpecError (param = the template's field) if `item` lacks a referenced field."""
+    for where, text in _templates(spec):
+        for part in _parse_template(text):
+            if isinstance(part, tuple) and part[0] == "item":
+                try:
+                    _lookup(item, part[1:])
+                except KeyError:
+                    field = ".".join(part[1:])
+                    raise SpecError(
+                        f"the dataset item has no field {field!r} (used as {{{{item.{field}}}}})",
+                        param=f"{param_prefix}.{where}",
+                    ) from None
+
+
+# --- text similarity ---------------------------------------------------------------------
+
+_WORD = re.compile(r"\w+|[^\w\s]")
+
+
+def _tokens(text: str) -> list[str]:
+    # n-gram metrics compare lowercased word and punctuation tokens.
+    return _WORD.findall(text.lower())
+
+
+def _ngrams(tokens: list[str], n: int) -> Counter[tuple[str, ...]]:
+    return Counter(tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1))
+
+
+def _bleu(hyp: list[str], ref: list[str]) -> float:
+    # Sentence BLEU up to 4-grams, never above the hypothesis length (short answers would
+    # otherwise always score 0), with add-one smoothing for n >= 2 (Lin & Och, 2004).
+    order = min(4, len(hyp))
+    log_p = 0.0
+    for n in range(1, order + 1):
+        h, r = _ngrams(hyp, n), _ngrams(ref, n)
+        match, total = sum((h & r).values()), sum(h.values())
+        if n == 1 and match == 0:
+            return 0.0
+        log_p += math.log((match + (n > 1)) / (total + (n > 1))) / order
+    brevity = min(0.0, 1.0 - len(ref) / len(hyp))
+    return math.exp(log_p + brevity)
+
+
+def _gleu(hyp: list[str], ref: list[str]) -> float:
+    # Google-BLEU (Wu et al., 2016): min(precision, recall) over all 1- to 4-grams.
+    match = total_h = total_r = 0
+    for n in range(1, 5):
+        h, r = _ngrams(hyp, n), _ngrams(ref, n)
+        match += sum((h & r).values())
+        total_h, total_r = total_h + sum(h.values()), total_r + sum(r.values())
+    return match / max(total_h, total_r)
+
+
+def _f1(overlap: float, n_hyp: int, n_ref: int) -> float:
+    if overlap == 0:
+        return 0.0
+    precision, recall = overlap / n_hyp, overlap / n_ref
+    return 2 * precision * recall / (precision + recall)
+
+
+def _rouge_n(n: int) -> Callable[[list[str], list[str]], float]:
+    def rouge(hyp: list[str], ref: list[str]) -> float:
+        h, r = _ngrams(hyp, n), _ngrams(ref, n)
+        if not h or not r:  # shorter than n tokens: only an exact match counts
+            return float(hyp == ref)
+        return _f1(sum((h & r).values()), sum(h.values()), sum(r.values()))
+
+    return rouge
+
+
+def _rouge_l(hyp: list[str], ref: list[str]) -> float:
+    return _f1(LCSseq.similarity(hyp, ref), len(hyp), len(ref))
+
+
+_TOKEN_METRICS: dict[str, Callable[[list[str], list[str]], float]] = {
+    "bleu": _bleu,
+    "gleu": _gleu,
+    "rouge_l": _rouge_l,
+    **{f"rouge_{n}": _rouge_n(n) for n in range(1, 6)},
+}
+
+
+def similarity(metric: str, hypothesis: str, reference: str) -> float:
+    """Score in [0, 1]. fuzzy_match is rapidfuzz's normalised Indel ratio on the raw text;
+    the n-gram metrics work on lowercased tokens.
+
+    >>> round(similarity("fuzzy_match", "kitten", "sitting"), 4)
+    0.6154
+    >>> similarity("rouge_1", "the cat sat", "The cat sat!")
+    0.8571428571428571
+    >>> similarity("bleu", "a b c d", "a b c d")
+    1.0
+    """
+    if metric == "fuzzy_match":
+        return fuzz.ratio(hypothesis, reference) / 100.0
+    hyp, ref = _tokens(hypothesis), _tokens(reference)
+    if not hyp or not ref:
+        return float(hyp == ref)
+    return _TOKEN_METRICS[metric](hyp, ref)
+
+
+# --- math ---------------------------------------------------------------------------------
+
+# math_verify's own timeout uses SIGALRM (main thread only), so we call it timeout-free and
+# instead refuse expressions whose exact value would be huge: sympy evaluates 10^{10^{10}}
+# or (10^{10})! exactly and never returns. Answers sit at the end of a completion.
+_MAX_DIGITS = 10_000
+_MAX_MATH_CHARS = 10_000
+_COMBINATORIAL = frozenset({"factorial", "factorial2", "subfactorial", "binomial", "gamma"})
+_COMBINATORIAL |= {"RisingFactorial", "FallingFactorial", "fibonacci", "lucas", "primorial"}
+
+
+def _digits(expr: Any) -> float:
+    """Upper bound on the decimal digits of exact numbers sympy may build from `expr`."""
+    if getattr(expr, "is_Rational", False):
+        return (int(expr.p).bit_length() + int(expr.q).bit_length()) * math.log10(2)
+    args = getattr(expr, "args", ())
+    if not isinstance(args, tuple) or not args:
+        return 1.0
+    if getattr(expr, "is_Pow", False):
+        exponent = args[1]
+        magnitude: float
+        if getattr(exponent, "is_Integer", False):
+            magnitude = abs(int(exponent))
+        else:
+            size = _digits(exponent)
+            magnitude = math.inf if size > 6 else 10**size
+        return (_digits(args[0]) + 1) * magnitude
+    if type(expr).__name__ in _COMBINATORIAL:
+        size = max(_digits(a) for a in args)
+        return math.inf if size > 5 else 10**size * (size + 1)
+    return sum(_digits(a) for a in args) + 1
+
+
+def _math_parse(text: str) -> list[Any]:
+    from math_verify import parse  # imports sympy: slow, so only when a math grader runs
+
+    parsed = list(parse(text[-_MAX_MATH_CHARS:], parsing_timeout=None))
+    if any(_digits(p) > _MAX_DIGITS for p in parsed):
+        raise GraderError(f"{text[-80:]!r} is too large to verify safely")
+    return parsed
+
+
+def math_equal(answer: str, reference: str) -> bool:
+    """Whether the final math answer in `answer` equals `reference`. GraderError if the
+    reference has no parseable answer or either side is too large to verify safely.
+
+    >>> math_equal("so the answer is 0.5", "1/2"), math_equal("42", "42.0")
+    (True, True)
+    """
+    from math_verify import verify
+
+    gold = _math_parse(reference)
+    if not gold:
+        raise GraderError(f"reference {reference[:80]!r} has no parseable math answer")
+    pred = _math_parse(answer)
+    return bool(pred) and bool(verify(gold, pred, timeout_seconds=None))
+
+
+# --- runtime -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GradeResult:
+    """`score` is the reward; `sub_scores` maps each (sub-)grader name to its score."""
+
+    score: float
+    sub_scores: dict[str, float]
+
+
+_OPERATIONS: dict[str, Callable[[str, str], bool]] = {
+    "eq": lambda a, b: a == b,
+    "ne": lambda a, b: a != b,
+    "like": lambda a, b: b in a,
+    "ilike": lambda a, b: b.casefold() in a.casefold(),
+}
+
+
+def _json_score(text: str, required_keys: tuple[str, ...]) -> float:
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        return 0.0
+    if not required_keys:
+        return 1.0
+    return float(isinstance(value, dict) and all(k in value for k in required_keys))
+
+
+class Grader:
+    """A built grader. `grade` raises nothing but GraderError: one bad sample costs one
+    zero reward, never a crashed training step."""
+
+    def __init__(self, spec: AnyGraderSpec) -> None:
+        self.spec = spec
+        self.name = spec.name
+        # Templates, pattern and formula are parsed once here rather than per sample.
+        self._input = _parse_template(getattr(spec, "input", ""))
+        self._reference = _parse_template(getattr(spec, "reference", ""))
+        self._regex = None
+        if isinstance(spec, RegexMatchGrader):
+            self._regex = re.compile(spec.pattern, re.IGNORECASE if spec.flags == "i" else 0)
+        self._subs: dict[str, Grader] = {}
+        self._formula = None
+        if isinstance(spec, MultiGrader):
+            self._subs = {key: Grader(sub) for key, sub in spec.graders.items()}
+            self._formula = parse_expression(spec.calculate_output)
+
+    def grade(self, output_text: str, item: Mapping[str, Any]) -> GradeResult:
+        if self._formula is not None:
+            subs = {key: g.grade(output_text, item).score for key, g in self._subs.items()}
+            try:
+                return GradeResult(score=self._formula.evaluate(subs), sub_scores=subs)
+            except ExprError as exc:
+                raise GraderError(f"{self.name}: {exc}") from None
+        try:
+            score = float(self._score(output_text, item))
+        except GraderError:
+            raise
+        except Exception as exc:  # math_verify/sympy and friends: one bad sample, not a crash
+            raise GraderError(f"{self.name}: {type(exc).__name__}: {exc}") from exc
+        return GradeResult(score=score, sub_scores={self.name: score})
+
+    def _score(self, output_text: str, item: Mapping[str, Any]) -> float:
+        spec, text = self.spec, _render(self._input, output_text, item)
+        if self._regex is not None:
+            return float(self._regex.search(text) is not None)
+        if isinstance(spec, JsonValidGrader):
+            return _json_score(text, spec.required_keys)
+        reference = _render(self._reference, output_text, item)
+        if isinstance(spec, StringCheckGrader):
+            return float(_OPERATIONS[spec.operation](text, reference))
+        if isinstance(spec, TextSimilarityGrader):
+            return similarity(spec.evaluation_metric, text, reference)
+        return float(math_equal(text, reference))
+
+
+def build_grader(spec: AnyGraderSpec | Mapping[str, Any]) -> Grader:
+    """A runnable grader from a spec (or raw grader JSON, validated with `parse_grader`)."""
+    return Grader(parse_grader(spec))

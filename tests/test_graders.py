@@ -1,0 +1,393 @@
+"""Graders: each type and operation, metrics against hand-computed values, templates,
+the multi formula (including hostile formulas), math_verify equivalences, and the
+validation helpers' error params."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lco_spec import graders as graders_module
+from lco_spec.errors import SpecError
+from lco_spec.graders import (
+    GraderError,
+    GradeResult,
+    MultiGrader,
+    build_grader,
+    check_grader_against_item,
+    math_equal,
+    parse_grader,
+    render_template,
+    similarity,
+    template_fields,
+)
+from lco_spec.job import parse_job_spec
+
+OUT = "{{sample.output_text}}"
+METRICS = ["fuzzy_match", "bleu", "gleu", "rouge_1", "rouge_2", "rouge_3", "rouge_4", "rouge_5"]
+METRICS.append("rouge_l")
+
+
+def grade(spec: dict[str, Any], output: str, item: dict[str, Any] | None = None) -> float:
+    return build_grader(spec).grade(output, item or {}).score
+
+
+def check(op: str, output: str, reference: str) -> float:
+    spec = {"type": "string_check", "name": "s", "input": OUT, "reference": reference}
+    return grade({**spec, "operation": op}, output)
+
+
+# --- string_check ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("op", "output", "reference", "expected"),
+    [
+        ("eq", "Paris", "Paris", 1.0),
+        ("eq", "Paris", "paris", 0.0),
+        ("eq", "Paris ", "Paris", 0.0),
+        ("ne", "Paris", "London", 1.0),
+        ("ne", "Paris", "Paris", 0.0),
+        ("like", "The capital is Paris.", "Paris", 1.0),
+        ("like", "The capital is paris.", "Paris", 0.0),
+        ("ilike", "THE CAPITAL IS PARIS.", "Paris", 1.0),
+        ("ilike", "The capital is Lyon.", "Paris", 0.0),
+    ],
+)
+def test_string_check(op: str, output: str, reference: str, expected: float) -> None:
+    assert check(op, output, reference) == expected
+
+
+def test_simple_grader_result_shape() -> None:
+    spec = {"type": "string_check", "name": "exact", "input": OUT, "reference": "{{item.a}}"}
+    result = build_grader(spec).grade("x", {"a": "x"})
+    assert result == GradeResult(score=1.0, sub_scores={"exact": 1.0})
+
+
+# --- text_similarity ---------------------------------------------------------------------
+
+HYP, REF = "the cat sat on the mat", "the cat is on the mat"
+
+
+@pytest.mark.parametrize(
+    ("metric", "hyp", "ref", "expected"),
+    [
+        ("fuzzy_match", "kitten", "sitting", 8 / 13),  # Indel: LCS 4, 1 - 5/13
+        ("fuzzy_match", "abc", "abc", 1.0),
+        ("fuzzy_match", "abc", "xyz", 0.0),
+        ("bleu", HYP, REF, (5 / 6 * 4 / 6 * 2 / 5 * 1 / 4) ** 0.25),
+        ("bleu", "the cat", "the cat sat on the mat", math.exp(1 - 6 / 2)),  # brevity penalty
+        ("bleu", "dog", REF, 0.0),
+        ("gleu", HYP, REF, 9 / 18),
+        ("rouge_1", HYP, REF, 5 / 6),
+        ("rouge_2", HYP, REF, 3 / 5),
+        ("rouge_3", HYP, REF, 1 / 4),
+        ("rouge_4", HYP, REF, 0.0),
+        ("rouge_l", HYP, REF, 5 / 6),
+        ("rouge_l", "a b c d", "a x c y d", 2 * (3 / 4) * (3 / 5) / (3 / 4 + 3 / 5)),
+        ("rouge_1", "The CAT!", "the cat !", 1.0),  # lowercased word/punctuation tokens
+        ("rouge_2", "yes", "yes", 1.0),  # shorter than n: exact match only
+        ("rouge_2", "yes", "no", 0.0),
+    ],
+)
+def test_similarity_values(metric: str, hyp: str, ref: str, expected: float) -> None:
+    assert similarity(metric, hyp, ref) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_similarity_identity_and_empty(metric: str) -> None:
+    assert similarity(metric, "An answer, with words.", "An answer, with words.") == 1.0
+    assert similarity(metric, "", "") == 1.0
+    assert similarity(metric, "", "something") == 0.0
+    assert similarity(metric, "something", "") == 0.0
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.sampled_from(METRICS), st.text(max_size=40), st.text(max_size=40))
+def test_similarity_in_unit_interval(metric: str, a: str, b: str) -> None:
+    assert 0.0 <= similarity(metric, a, b) <= 1.0
+
+
+def test_text_similarity_grader_uses_item() -> None:
+    spec = {"type": "text_similarity", "name": "sim", "input": OUT, "reference": "{{item.ref}}"}
+    spec["evaluation_metric"] = "rouge_1"
+    assert grade(spec, HYP, {"ref": REF}) == pytest.approx(5 / 6)
+
+
+# --- templates ---------------------------------------------------------------------------
+
+
+def test_template_nested_list_whitespace_and_json_values() -> None:
+    item = {"a": {"b": "deep"}, "xs": ["zero", "one"], "n": 3, "ok": True, "d": {"k": 1}}
+    text = (
+        "{{ item.a.b }}|{{item.xs.1}}|{{item.n}}|{{item.ok}}|{{item.d}}|{{  sample.output_text  }}"
+    )
+    assert render_template(text, "OUT", item) == 'deep|one|3|true|{"k": 1}|OUT'
+
+
+def test_latex_braces_are_literal() -> None:
+    assert render_template(r"\frac{{1}}{2}", "x", {}) == r"\frac{{1}}{2}"
+
+
+@pytest.mark.parametrize("path", ["{{item.missing}}", "{{item.a.c}}", "{{item.xs.5}}"])
+def test_missing_item_field_is_grader_error(path: str) -> None:
+    spec = {"type": "string_check", "name": "s", "input": OUT, "reference": path}
+    with pytest.raises(GraderError, match="item has no field"):
+        build_grader(spec).grade("x", {"a": {"b": 1}, "xs": [1]})
+
+
+@pytest.mark.parametrize(
+    ("reference", "message"),
+    [
+        ("{{answer}}", "unknown template reference"),
+        ("{{itm.answer}}", "unknown template reference"),
+        ("{{item}}", "unknown template reference"),
+        ("{{item..a}}", "unknown template reference"),
+        ("{{sample.output_json}}", "only sample.output_text"),
+    ],
+)
+def test_bad_template_is_spec_error(reference: str, message: str) -> None:
+    with pytest.raises(SpecError, match=message) as info:
+        parse_grader({"type": "string_check", "input": OUT, "reference": reference})
+    assert info.value.param == "grader.reference"
+
+
+# --- multi -------------------------------------------------------------------------------
+
+
+def multi(formula: str) -> dict[str, Any]:
+    return {
+        "type": "multi",
+        "name": "combined",
+        "graders": {
+            "exact": {"type": "string_check", "input": OUT, "reference": "{{item.answer}}"},
+            "fuzzy": {"type": "text_similarity", "input": OUT, "reference": "{{item.answer}}"},
+        },
+        "calculate_output": formula,
+    }
+
+
+def test_multi_formula_and_sub_scores() -> None:
+    grader = build_grader(multi("0.5 * exact + 0.5 * fuzzy"))
+    result = grader.grade("kitten", {"answer": "sitting"})
+    assert result.sub_scores == {"exact": 0.0, "fuzzy": pytest.approx(8 / 13)}
+    assert result.score == pytest.approx(4 / 13)
+    assert grader.grade("sitting", {"answer": "sitting"}).score == 1.0
+
+
+def test_multi_division_by_zero_is_grader_error() -> None:
+    grader = build_grader(multi("fuzzy / exact"))
+    assert grader.grade("a", {"answer": "a"}).score == 1.0
+    with pytest.raises(GraderError, match="division by zero"):
+        grader.grade("a", {"answer": "b"})
+
+
+def test_multi_sub_grader_error_propagates() -> None:
+    with pytest.raises(GraderError, match="item has no field 'answer'"):
+        build_grader(multi("exact")).grade("a", {})
+
+
+@pytest.mark.parametrize(
+    ("formula", "message"),
+    [
+        ("__import__('os').system('true')", "unexpected character"),
+        ("__import__(exact)", "unknown function '__import__'"),
+        ("exact.__class__", "unexpected character '.'"),
+        ("exact + other", "unknown names \\['other'\\]"),
+        ("10 ** 10 ** 10 ** 10 +", "found end of formula"),
+        ("exact" + " + exact" * 300, "String should have at most 1024 characters"),
+        ("", "at least 1 character"),
+    ],
+)
+def test_multi_refuses_bad_formulas(formula: str, message: str) -> None:
+    with pytest.raises(SpecError, match=message) as info:
+        parse_grader(multi(formula))
+    assert info.value.param == "grader.calculate_output"
+
+
+def test_multi_huge_exponent_is_bounded_at_runtime() -> None:
+    grader = build_grader(multi("(fuzzy + 9) ** 9 ** 9 ** 9"))
+    start = time.monotonic()
+    with pytest.raises(GraderError, match="cannot evaluate"):
+        grader.grade("a", {"answer": "a"})
+    assert time.monotonic() - start < 1.0
+
+
+def test_multi_structure_errors() -> None:
+    nested = multi("inner")
+    nested["graders"] = {"inner": multi("exact")}
+    with pytest.raises(SpecError) as info:
+        parse_grader(nested)
+    assert info.value.param == "grader.graders.inner.type"
+    clash = multi("min")
+    clash["graders"] = {"min": clash["graders"]["exact"]}
+    with pytest.raises(SpecError, match="clash with formula functions"):
+        parse_grader(clash)
+    bad_name = multi("exact")
+    bad_name["graders"] = {"not-an-identifier": bad_name["graders"]["exact"]}
+    with pytest.raises(SpecError) as info:
+        parse_grader(bad_name)
+    assert info.value.param == "grader.graders.not-an-identifier"
+
+
+# --- math_verify -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("answer", "reference", "expected"),
+    [
+        ("42", "42.0", True),
+        ("1/2", "0.5", True),
+        (r"$\frac{1}{2}$", "0.5", True),
+        (r"so the answer is $\boxed{42}$.", "42", True),
+        ("x = 3", "3", True),
+        ("0.3333", "1/3", False),  # rounding beyond 6 decimals is not equality
+        ("43", "42", False),
+        ("I don't know", "42", False),
+        ("", "42", False),
+    ],
+)
+def test_math_equal(answer: str, reference: str, expected: bool) -> None:
+    assert math_equal(answer, reference) is expected
+
+
+def test_math_verify_grader() -> None:
+    spec = {"type": "math_verify", "name": "m", "input": OUT, "reference": "{{item.answer}}"}
+    assert grade(spec, r"The result is $\boxed{\frac{3}{4}}$", {"answer": "0.75"}) == 1.0
+    assert grade(spec, r"The result is $\boxed{\frac{3}{5}}$", {"answer": "0.75"}) == 0.0
+    assert grade(spec, "12", {"answer": 12}) == 1.0  # numeric item fields render as text
+    with pytest.raises(GraderError, match="no parseable math answer"):
+        build_grader(spec).grade("42", {"answer": "not a number"})
+
+
+@pytest.mark.parametrize("tower", [r"$10^{10^{10}}$", "10**10**10", r"$(10^{10})!$"])
+def test_math_verify_refuses_huge_values_quickly(tower: str) -> None:
+    # Without the guard sympy evaluates these exactly and never returns.
+    start = time.monotonic()
+    with pytest.raises(GraderError, match="too large"):
+        math_equal(tower, "5")
+    with pytest.raises(GraderError, match="too large"):
+        math_equal("5", tower)
+    assert time.monotonic() - start < 10.0
+
+
+# --- regex_match and json_valid ----------------------------------------------------------
+
+
+def test_regex_match() -> None:
+    spec = {"type": "regex_match", "name": "r", "input": OUT, "pattern": r"answer:\s*(\d+)$"}
+    assert grade(spec, "so the answer: 42") == 1.0
+    assert grade(spec, "so the ANSWER: 42") == 0.0
+    assert grade({**spec, "flags": "i"}, "so the ANSWER: 42") == 1.0
+    assert grade(spec, "answer: 42 then more") == 0.0
+
+
+@pytest.mark.parametrize(
+    ("pattern", "message"),
+    [("(unclosed", "invalid regular expression"), ("a" * 1025, "at most 1024 characters")],
+)
+def test_regex_pattern_checked_at_validation(pattern: str, message: str) -> None:
+    with pytest.raises(SpecError, match=message) as info:
+        parse_grader({"type": "regex_match", "input": OUT, "pattern": pattern})
+    assert info.value.param == "grader.pattern"
+
+
+@pytest.mark.parametrize(
+    ("output", "keys", "expected"),
+    [
+        ('{"a": 1}', [], 1.0),
+        ("[1, 2]", [], 1.0),
+        ("  42 ", [], 1.0),
+        ("{'a': 1}", [], 0.0),
+        ('{"a": 1', [], 0.0),
+        ("[" * 100_000, [], 0.0),
+        ('{"a": 1, "b": null}', ["a", "b"], 1.0),
+        ('{"a": 1}', ["a", "b"], 0.0),
+        ('["a", "b"]', ["a"], 0.0),
+    ],
+)
+def test_json_valid(output: str, keys: list[str], expected: float) -> None:
+    assert grade({"type": "json_valid", "input": OUT, "required_keys": keys}, output) == expected
+
+
+# --- validation helpers ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("data", "param"),
+    [
+        ({"type": "string_check", "input": OUT, "reference": "x", "extra": 1}, "grader.extra"),
+        ({"type": "string_check", "input": OUT, "reference": "x", "operation": "gt"}, "grader.operation"),
+        ({"type": "string_check", "input": OUT}, "grader.reference"),
+        ({"type": "python", "source": "print(1)"}, "grader.type"),
+        ({"input": OUT}, "grader.type"),
+        ({"type": "text_similarity", "input": OUT, "reference": "x", "evaluation_metric": "cosine"},
+         "grader.evaluation_metric"),
+        ({"type": "string_check", "name": "", "input": OUT, "reference": "x"}, "grader.name"),
+        ({"type": "string_check", "input": "x" * 20_000, "reference": "x"}, "grader.input"),
+        ("not an object", "grader"),
+    ],
+)  # fmt: skip
+def test_parse_grader_error_params(data: Any, param: str) -> None:
+    with pytest.raises(SpecError) as info:
+        parse_grader(data)
+    assert info.value.param == param
+
+
+def test_parse_grader_nested_param_and_idempotence() -> None:
+    bad = multi("exact")
+    bad["graders"]["fuzzy"]["evaluation_metric"] = "meteor"
+    with pytest.raises(SpecError) as info:
+        parse_grader(bad)
+    assert info.value.param == "grader.graders.fuzzy.evaluation_metric"
+    spec = parse_grader(multi("exact"))
+    assert isinstance(spec, MultiGrader)
+    assert parse_grader(spec) is spec
+
+
+def test_template_fields() -> None:
+    spec = parse_grader(multi("exact"))
+    assert template_fields(spec) == {"answer"}
+    other = {"type": "string_check", "input": "{{item.q.text}} {{sample.output_text}}"}
+    assert template_fields(parse_grader({**other, "reference": "{{ item.gold.0 }}"})) == {
+        "q.text",
+        "gold.0",
+    }
+
+
+def test_check_grader_against_item() -> None:
+    spec = parse_grader(multi("exact"))
+    check_grader_against_item(spec, {"answer": "x", "messages": []})
+    with pytest.raises(SpecError, match="no field 'answer'") as info:
+        check_grader_against_item(spec, {"messages": []})
+    assert info.value.param == "method.reinforcement.grader.graders.exact.reference"
+    nested = parse_grader({"type": "string_check", "input": OUT, "reference": "{{item.a.b}}"})
+    with pytest.raises(SpecError, match=r"no field 'a\.b'") as info:
+        check_grader_against_item(nested, {"a": {}}, param_prefix="grader")
+    assert info.value.param == "grader.reference"
+
+
+def test_unexpected_exception_becomes_grader_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    def boom(*args: Any) -> float:
+        raise RuntimeError("kaput")
+
+    monkeypatch.setattr(graders_module, "similarity", boom)
+    spec = {"type": "text_similarity", "name": "t", "input": OUT, "reference": "x"}
+    with pytest.raises(GraderError, match="t: RuntimeError: kaput"):
+        build_grader(spec).grade("x", {})
+
+
+def test_job_spec_accepts_grader() -> None:
+    body = {
+        "model": "m",
+        "training_file": "file-1",
+        "method": {"type": "lco", "lco": {"grader": multi("exact")}},
+    }
+    spec = parse_job_spec(body)
+    assert isinstance(spec.method.rl.grader, MultiGrader)
+    assert spec.method.rl.grader.graders["exact"].type == "string_check"
