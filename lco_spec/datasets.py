@@ -184,6 +184,8 @@ def _load_line(raw: bytes) -> dict[str, Any]:
         raise ValueError(f"invalid JSON: {exc.msg} (column {exc.colno})") from None
     except RecursionError:
         raise ValueError("invalid JSON: nested too deeply") from None
+    except ValueError as exc:  # NaN/Infinity, refused by _reject_constant
+        raise ValueError(f"invalid JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise ValueError(f"each line must be a JSON object, not {type(obj).__name__}")
     return obj
