@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import doctest
 import json
 from typing import Any
 
@@ -248,3 +249,8 @@ def test_arbitrary_bytes_never_raise(data: bytes) -> None:
 def test_arbitrary_json_never_raises(rows: list[Any], kind: Any) -> None:
     report = validate_dataset(jsonl(*rows), kind)
     assert report.n_examples + len(report.errors) == len(rows)
+
+
+def test_docstring_examples() -> None:
+    result = doctest.testmod(datasets)
+    assert result.attempted > 0 and result.failed == 0

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import doctest
 import math
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from lco_spec import expr as expr_module
 from lco_spec.expr import MAX_DEPTH, MAX_LENGTH, ExprError, evaluate, parse_expression
 
 
@@ -128,3 +130,8 @@ def test_arbitrary_text_only_ever_raises_expr_error(text: str) -> None:
     except ExprError:
         return
     assert math.isfinite(value)
+
+
+def test_docstring_examples() -> None:
+    result = doctest.testmod(expr_module)
+    assert result.attempted > 0 and result.failed == 0

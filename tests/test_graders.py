@@ -4,6 +4,7 @@ validation helpers' error params."""
 
 from __future__ import annotations
 
+import doctest
 import math
 import time
 from typing import Any
@@ -391,3 +392,8 @@ def test_job_spec_accepts_grader() -> None:
     spec = parse_job_spec(body)
     assert isinstance(spec.method.rl.grader, MultiGrader)
     assert spec.method.rl.grader.graders["exact"].type == "string_check"
+
+
+def test_docstring_examples() -> None:
+    result = doctest.testmod(graders_module)
+    assert result.attempted > 0 and result.failed == 0
