@@ -1,0 +1,55 @@
+"""The FastAPI app factory: `create_app(settings)` builds engine, sessions and dispatcher.
+
+    uvicorn --factory api.app:create_app_from_env      # settings from LCO_* variables
+
+Nothing is built at import time, and nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from api.deps import Services
+from api.errors import install_error_handlers
+from api.limits import BodyLimitByRoute
+from api.routers import checkpoints, events, files, health, jobs
+from jobs.db import make_engine, make_session_factory
+from jobs.dispatch import Dispatcher, make_producer
+from jobs.settings import Settings
+from jobs.storage import Storage
+
+
+def create_app(settings: Settings) -> FastAPI:
+    engine = make_engine(settings)
+    services = Services(
+        settings=settings,
+        sessions=make_session_factory(engine),
+        storage=Storage(settings),
+        dispatcher=Dispatcher(make_producer(settings)),
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        engine.dispose()
+
+    app = FastAPI(title="LCO fine-tuning API", version="0.1.0", lifespan=lifespan)
+    app.state.services = services
+    install_error_handlers(app)
+    for module in (files, jobs, events, checkpoints, health):
+        app.include_router(module.router)
+    app.add_middleware(
+        BodyLimitByRoute,
+        upload_path="/v1/files",
+        max_upload=settings.max_upload_bytes,
+        max_json=settings.max_json_bytes,
+    )
+    return app
+
+
+def create_app_from_env() -> FastAPI:
+    """For `uvicorn --factory`: settings from the environment."""
+    return create_app(Settings())

@@ -1,0 +1,1 @@
+"""One router per resource: files, jobs, events (and metrics), checkpoints, health."""

@@ -1,0 +1,1 @@
+"""Response and request schemas, split by direction (`...Create` in, `...Public` out)."""

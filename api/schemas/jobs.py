@@ -1,0 +1,186 @@
+"""Fine-tuning job, event, checkpoint and metric objects in OpenAI's shapes (plus extensions).
+
+The request body of `POST /v1/fine_tuning/jobs` is `lco_spec.job.JobSpec` (`JobCreate`):
+the route validates it with `parse_job_spec` so the API and `lco train` share one
+validator and one set of error names.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+from jobs.ids import epoch
+from jobs.models import Checkpoint, Job, JobEvent, JobMetric
+from lco_spec.job import JobSpec
+
+JobCreate = JobSpec
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+    param: str | None = None
+
+
+class Hyperparameters(BaseModel):
+    batch_size: int | Literal["auto"] | None = None
+    learning_rate_multiplier: float | Literal["auto"] | None = None
+    n_epochs: int | Literal["auto"] | None = None
+
+
+class StatusDetails(BaseModel):
+    phase: str | None = None
+    reason: str | None = None
+
+
+class Progress(BaseModel):
+    step: int
+    total_steps: int | None = None
+    percent: float | None = None
+
+
+class JobPublic(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job"] = "fine_tuning.job"
+    created_at: int
+    finished_at: int | None = None
+    model: str
+    fine_tuned_model: str | None = None
+    organization_id: str
+    status: str
+    error: JobError | None = None
+    training_file: str
+    validation_file: str | None = None
+    seed: int
+    trained_tokens: int | None = None
+    result_files: list[str] = []
+    estimated_finish: int | None = None
+    metadata: dict[str, str] | None = None
+    method: dict[str, Any]
+    hyperparameters: Hyperparameters
+    integrations: list[Any] = []
+    user_provided_suffix: str | None = None
+    # Extensions (additive).
+    status_details: StatusDetails
+    progress: Progress
+    attempts: int
+
+    @classmethod
+    def from_row(cls, job: Job) -> JobPublic:
+        spec = job.spec
+        method = dict(spec.get("method") or {"type": "supervised"})
+        mtype = method.get("type", "supervised")
+        block = method.get(mtype) or {}
+        # Only the block of the chosen type, as OpenAI returns it.
+        method = {"type": mtype, mtype: block or {"hyperparameters": {}}}
+        hp = (block or {}).get("hyperparameters") or {}
+        total = job.total_steps
+        return cls(
+            id=job.id,
+            created_at=epoch(job.created_at) or 0,
+            finished_at=epoch(job.finished_at),
+            model=job.model,
+            fine_tuned_model=job.fine_tuned_model,
+            organization_id=job.team_id,
+            status=job.status,
+            error=JobError(**job.error) if job.error else None,
+            training_file=job.training_file,
+            validation_file=job.validation_file,
+            seed=job.seed,
+            trained_tokens=job.trained_tokens,
+            metadata=spec.get("metadata"),
+            method=method,
+            hyperparameters=Hyperparameters(
+                batch_size=hp.get("batch_size", "auto"),
+                learning_rate_multiplier=hp.get("learning_rate_multiplier", "auto"),
+                n_epochs=hp.get("n_epochs", "auto"),
+            ),
+            user_provided_suffix=spec.get("suffix"),
+            status_details=StatusDetails(phase=job.phase, reason=job.requested_action),
+            progress=Progress(
+                step=job.step,
+                total_steps=total,
+                percent=round(100.0 * job.step / total, 1) if total else None,
+            ),
+            attempts=job.attempt,
+        )
+
+
+class JobsPublic(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[JobPublic]
+    has_more: bool
+
+
+class JobEventPublic(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job.event"] = "fine_tuning.job.event"
+    created_at: int
+    level: str
+    message: str
+    type: str
+    data: dict[str, Any] | None = None
+
+    @classmethod
+    def from_row(cls, row: JobEvent) -> JobEventPublic:
+        return cls(
+            id=row.id,
+            created_at=epoch(row.created_at) or 0,
+            level=row.level,
+            message=row.message,
+            type=row.type,
+            data=row.data,
+        )
+
+
+class JobEventsPublic(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[JobEventPublic]
+    has_more: bool
+
+
+class CheckpointPublic(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job.checkpoint"] = "fine_tuning.job.checkpoint"
+    created_at: int
+    fine_tuned_model_checkpoint: str
+    fine_tuning_job_id: str
+    step_number: int
+    metrics: dict[str, Any]
+
+    @classmethod
+    def from_row(cls, row: Checkpoint) -> CheckpointPublic:
+        return cls(
+            id=row.id,
+            created_at=epoch(row.created_at) or 0,
+            fine_tuned_model_checkpoint=row.fine_tuned_model_checkpoint,
+            fine_tuning_job_id=row.job_id,
+            step_number=row.step_number,
+            metrics=row.metrics,
+        )
+
+
+class CheckpointsPublic(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[CheckpointPublic]
+    has_more: bool
+    first_id: str | None = None
+    last_id: str | None = None
+
+
+class MetricPointPublic(BaseModel):
+    step: int
+    created_at: int
+    metrics: dict[str, Any]
+
+    @classmethod
+    def from_row(cls, row: JobMetric) -> MetricPointPublic:
+        return cls(step=row.step, created_at=epoch(row.created_at) or 0, metrics=row.metrics)
+
+
+class MetricsPublic(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[MetricPointPublic]
+    has_more: bool

@@ -1,0 +1,178 @@
+"""`lco files ...` and `lco jobs ...`: HTTP client commands against a running service.
+
+Settings: `--base-url` (or LCO_BASE_URL, default http://127.0.0.1:8000/v1) and `--api-key`
+(or LCO_API_KEY). Responses are printed as JSON; `jobs watch` prints progress lines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+class ClientError(Exception):
+    """The service answered with an error (its message is shown to the user)."""
+
+
+def _client(args: argparse.Namespace) -> httpx.Client:
+    base = args.base_url or os.environ.get("LCO_BASE_URL", "http://127.0.0.1:8000/v1")
+    key = args.api_key or os.environ.get("LCO_API_KEY", "")
+    if not key:
+        raise ClientError("no API key: pass --api-key or set LCO_API_KEY")
+    return httpx.Client(
+        base_url=base.rstrip("/"), headers={"Authorization": f"Bearer {key}"}, timeout=60
+    )
+
+
+def _check(response: httpx.Response) -> Any:
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if response.status_code >= 400:
+        err = (body or {}).get("error", {}) if isinstance(body, dict) else {}
+        where = f" (param: {err['param']})" if err.get("param") else ""
+        raise ClientError(
+            f"HTTP {response.status_code}: {err.get('message', response.text)}{where}"
+        )
+    return body
+
+
+def _show(obj: Any) -> None:
+    print(json.dumps(obj, indent=2))
+
+
+def files_upload(args: argparse.Namespace) -> int:
+    path = Path(args.path)
+    with _client(args) as http, path.open("rb") as f:
+        body = _check(
+            http.post("/files", files={"file": (path.name, f)}, data={"purpose": args.purpose})
+        )
+    _show(body)
+    return 0 if body.get("status") == "processed" else 1
+
+
+def files_list(args: argparse.Namespace) -> int:
+    with _client(args) as http:
+        _show(_check(http.get("/files")))
+    return 0
+
+
+def jobs_submit(args: argparse.Namespace) -> int:
+    text = Path(args.spec).read_text()
+    if args.spec.endswith((".yaml", ".yml")):
+        import yaml
+
+        spec = yaml.safe_load(text)
+    else:
+        spec = json.loads(text)
+    with _client(args) as http:
+        job = _check(http.post("/fine_tuning/jobs", json=spec))
+    _show(job)
+    if args.watch:
+        return _watch(args, job["id"])
+    return 0
+
+
+def jobs_list(args: argparse.Namespace) -> int:
+    with _client(args) as http:
+        page = _check(http.get("/fine_tuning/jobs", params={"limit": args.limit}))
+    for job in page["data"]:
+        print(
+            f"{job['id']}  {job['status']:<10} {job['model']}  {job.get('fine_tuned_model') or ''}"
+        )
+    return 0
+
+
+def jobs_get(args: argparse.Namespace) -> int:
+    with _client(args) as http:
+        _show(_check(http.get(f"/fine_tuning/jobs/{args.job_id}")))
+    return 0
+
+
+def jobs_cancel(args: argparse.Namespace) -> int:
+    with _client(args) as http:
+        _show(_check(http.post(f"/fine_tuning/jobs/{args.job_id}/cancel")))
+    return 0
+
+
+def _watch(args: argparse.Namespace, job_id: str) -> int:
+    last_step = -1
+    with _client(args) as http:
+        while True:
+            job = _check(http.get(f"/fine_tuning/jobs/{job_id}"))
+            progress = job.get("progress") or {}
+            step = progress.get("step", 0)
+            if step != last_step:
+                metrics = _check(
+                    http.get(
+                        f"/fine_tuning/jobs/{job_id}/metrics",
+                        params={"from_step": step, "to_step": step},
+                    )
+                )
+                shown = ""
+                if metrics["data"]:
+                    values = metrics["data"][-1]["metrics"]
+                    shown = "  ".join(
+                        f"{k}={v:.4g}"
+                        for k, v in sorted(values.items())
+                        if isinstance(v, int | float)
+                    )[:200]
+                total = progress.get("total_steps") or "?"
+                print(f"{job['status']:<10} step {step}/{total}  {shown}", flush=True)
+                last_step = step
+            if job["status"] in TERMINAL:
+                print(
+                    f"{job_id}: {job['status']}"
+                    + (f" -> {job['fine_tuned_model']}" if job.get("fine_tuned_model") else "")
+                )
+                if job.get("error"):
+                    print(f"error: {job['error'].get('message')}", file=sys.stderr)
+                return 0 if job["status"] == "succeeded" else 1
+            time.sleep(args.interval)
+
+
+def jobs_watch(args: argparse.Namespace) -> int:
+    return _watch(args, args.job_id)
+
+
+def add_commands(sub: Any) -> None:
+    def common(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--base-url")
+        p.add_argument("--api-key")
+        return p
+
+    files = sub.add_parser("files", help="upload and list dataset files").add_subparsers(
+        dest="action", required=True
+    )
+    p = common(files.add_parser("upload"))
+    p.add_argument("path")
+    p.add_argument("--purpose", default="fine-tune")
+    p.set_defaults(func=files_upload)
+    common(files.add_parser("list")).set_defaults(func=files_list)
+
+    jobs = sub.add_parser("jobs", help="submit and follow fine-tuning jobs").add_subparsers(
+        dest="action", required=True
+    )
+    p = common(jobs.add_parser("submit", help="POST a job body from a JSON or YAML file"))
+    p.add_argument("spec")
+    p.add_argument("--watch", action="store_true")
+    p.add_argument("--interval", type=float, default=2.0)
+    p.set_defaults(func=jobs_submit)
+    p = common(jobs.add_parser("list"))
+    p.add_argument("--limit", type=int, default=20)
+    p.set_defaults(func=jobs_list)
+    for name, func in (("get", jobs_get), ("cancel", jobs_cancel), ("watch", jobs_watch)):
+        p = common(jobs.add_parser(name))
+        p.add_argument("job_id")
+        p.add_argument("--interval", type=float, default=2.0)
+        p.set_defaults(func=func)

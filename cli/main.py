@@ -1,0 +1,282 @@
+"""`lco`: one console script for the service, the workers, admin tasks and clients.
+
+    lco serve [--host H] [--port P] [--data-dir D]   API + one worker + scheduler (embedded)
+    lco worker [--pools default] [--concurrency 1]    a Celery worker (production)
+    lco scheduler                                     reaper + reconciler loop (production)
+    lco migrate                                       alembic upgrade head
+    lco team create NAME
+    lco key create --team NAME                        prints the new key as the last line
+    lco files upload PATH                             client commands (LCO_BASE_URL, LCO_API_KEY)
+    lco jobs submit JOB.json|yaml | list | get ID | watch ID | cancel ID
+    lco train --config job.yaml --output DIR          train locally, no service
+    lco tasks export NAME --out DIR                   write a built-in task's datasets
+
+Each subcommand imports what it needs when it runs, so `lco serve` never loads torch into
+the API process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from cli import client
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    from jobs.settings import Settings
+
+    if getattr(args, "data_dir", None):
+        os.environ["LCO_DATA_DIR"] = str(Path(args.data_dir).resolve())
+    return Settings()
+
+
+def _migrate_if_embedded(settings: Any) -> None:
+    # The embedded SQLite database is created on first use; production runs `lco migrate`.
+    if settings.effective_database_url.startswith("sqlite"):
+        from jobs.migrate import upgrade
+
+        upgrade(settings)
+
+
+# -- service ---------------------------------------------------------------------------------
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from api.app import create_app
+    from jobs.db import make_engine, make_session_factory
+    from jobs.dispatch import Dispatcher, make_producer
+    from jobs.migrate import upgrade
+    from jobs.reconcile import run_forever
+
+    settings = _settings(args)
+    settings.ensure_dirs()
+    upgrade(settings)
+    worker: subprocess.Popen[bytes] | None = None
+    if not args.no_worker:
+        # Same code path as production: a real Celery worker process on the same broker.
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "cli.main", "worker", "--concurrency", "1"],
+            env=dict(os.environ),
+            cwd=str(Path(__file__).resolve().parent.parent),
+        )
+    stop = threading.Event()
+    sessions = make_session_factory(make_engine(settings))
+    threading.Thread(
+        target=run_forever,
+        args=(sessions, Dispatcher(make_producer(settings)), settings, stop),
+        daemon=True,
+    ).start()
+    print(
+        f"lco: serving on http://{args.host}:{args.port}/v1 (data in {settings.data_dir})",
+        flush=True,
+    )
+    try:
+        uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="warning")
+    finally:
+        stop.set()
+        if worker is not None and worker.poll() is None:
+            worker.terminate()
+            try:
+                worker.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from worker.app import create_worker_app
+
+    settings = _settings(args)
+    app = create_worker_app(settings)
+    pools = args.pools or settings.default_pool
+    argv = [
+        "worker",
+        "-Q",
+        pools,
+        "--concurrency",
+        str(args.concurrency),
+        "--loglevel",
+        args.loglevel,
+        "--without-gossip",
+        "--without-mingle",
+        "--hostname",
+        f"lco-{pools}@%h-{os.getpid()}",
+    ]
+    app.worker_main(argv)
+    return 0
+
+
+def cmd_scheduler(args: argparse.Namespace) -> int:
+    from jobs.db import make_engine, make_session_factory
+    from jobs.dispatch import Dispatcher, make_producer
+    from jobs.reconcile import run_forever
+
+    settings = _settings(args)
+    stop = threading.Event()
+    try:
+        run_forever(
+            make_session_factory(make_engine(settings)),
+            Dispatcher(make_producer(settings)),
+            settings,
+            stop,
+        )
+    except KeyboardInterrupt:
+        stop.set()
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from jobs.migrate import upgrade
+
+    upgrade(_settings(args))
+    print("database is at the latest migration")
+    return 0
+
+
+# -- admin -----------------------------------------------------------------------------------
+def cmd_team_create(args: argparse.Namespace) -> int:
+    from jobs.auth import create_team
+    from jobs.db import make_engine, make_session_factory, transaction
+
+    settings = _settings(args)
+    _migrate_if_embedded(settings)
+    with transaction(make_session_factory(make_engine(settings))) as session:
+        team = create_team(session, args.name)
+    print(f"created team {team.name} ({team.id})")
+    return 0
+
+
+def cmd_key_create(args: argparse.Namespace) -> int:
+    from jobs.auth import create_api_key, get_team_by_name
+    from jobs.db import make_engine, make_session_factory, transaction
+
+    settings = _settings(args)
+    _migrate_if_embedded(settings)
+    with transaction(make_session_factory(make_engine(settings))) as session:
+        team = get_team_by_name(session, args.team)
+        row, key = create_api_key(session, team, name=args.name)
+    print(f"created API key {row.id} for team {team.name}; it is shown only once:")
+    print(key)
+    return 0
+
+
+# -- local training and built-in tasks -------------------------------------------------------
+def cmd_train(argv: list[str]) -> int:
+    from lco_core.cli_train import main as train_main
+
+    return train_main(argv)
+
+
+def cmd_tasks_export(args: argparse.Namespace) -> int:
+    from lco_core.tasks import get_task, split_examples, write_jsonl
+
+    task = get_task(args.name)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    train, val = split_examples(task, args.n_train, args.n_val, seed=args.seed)
+    sft_train, sft_val = split_examples(
+        task, args.n_train, args.n_val, seed=args.seed, supervised=True
+    )
+    write_jsonl(train, out / "rl_train.jsonl")
+    write_jsonl(val, out / "rl_val.jsonl")
+    write_jsonl(sft_train, out / "sft_train.jsonl")
+    write_jsonl(sft_val, out / "sft_val.jsonl")
+    (out / "grader.json").write_text(json.dumps(task.grader(), indent=2) + "\n")
+    print(f"{task.name}: {task.description}")
+    for name in (
+        "sft_train.jsonl",
+        "sft_val.jsonl",
+        "rl_train.jsonl",
+        "rl_val.jsonl",
+        "grader.json",
+    ):
+        print(f"  {out / name}")
+    return 0
+
+
+# -- argument parsing ------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lco", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="API + one worker + scheduler on this machine")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--data-dir")
+    p.add_argument("--no-worker", action="store_true", help="API and scheduler only")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("worker", help="a Celery worker consuming the given pool queues")
+    p.add_argument("--pools", help="comma-separated queues (default: LCO_DEFAULT_POOL)")
+    p.add_argument("--concurrency", type=int, default=1)
+    p.add_argument("--loglevel", default="info")
+    p.add_argument("--data-dir")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("scheduler", help="reaper and reconciler loop")
+    p.add_argument("--data-dir")
+    p.set_defaults(func=cmd_scheduler)
+
+    p = sub.add_parser("migrate", help="alembic upgrade head")
+    p.add_argument("--data-dir")
+    p.set_defaults(func=cmd_migrate)
+
+    team = sub.add_parser("team", help="manage teams").add_subparsers(dest="action", required=True)
+    p = team.add_parser("create")
+    p.add_argument("name")
+    p.add_argument("--data-dir")
+    p.set_defaults(func=cmd_team_create)
+
+    key = sub.add_parser("key", help="manage API keys").add_subparsers(dest="action", required=True)
+    p = key.add_parser("create")
+    p.add_argument("--team", required=True)
+    p.add_argument("--name")
+    p.add_argument("--data-dir")
+    p.set_defaults(func=cmd_key_create)
+
+    client.add_commands(sub)
+
+    tasks = sub.add_parser("tasks", help="built-in tasks").add_subparsers(
+        dest="action", required=True
+    )
+    p = tasks.add_parser("export", help="write a task's SFT/RL datasets and grader")
+    p.add_argument("name")
+    p.add_argument("--out", required=True)
+    p.add_argument("--n-train", type=int, default=1000)
+    p.add_argument("--n-val", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_tasks_export)
+
+    sub.add_parser(
+        "train", help="train locally: lco train --config job.yaml --output DIR", add_help=False
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["train"]:
+        return cmd_train(argv[1:])  # its own parser, in lco_core
+    args = build_parser().parse_args(argv)
+    from jobs.errors import ControlError
+
+    try:
+        result: int = args.func(args)
+    except ControlError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 1
+    except client.ClientError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""Database engine and sessions, built from Settings by factories (never at import time).
+
+    engine = make_engine(settings)
+    sessions = make_session_factory(engine)
+    with sessions() as session, session.begin():
+        ...
+
+SQLite (the embedded default) is shared by the API, the worker and the supervisor, so it
+runs in WAL mode with a busy timeout, and every transaction starts with BEGIN IMMEDIATE: a
+deferred transaction that reads and then writes can fail with SQLITE_BUSY_SNAPSHOT, which
+no busy timeout retries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.orm import Session, sessionmaker
+
+from jobs.settings import Settings
+
+
+def make_engine(settings: Settings, **kwargs: Any) -> Engine:
+    """An engine for the configured database; SQLite gets the pragmas described above."""
+    url = settings.effective_database_url
+    if url.startswith("sqlite"):
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(
+            url, connect_args={"timeout": 30, "check_same_thread": False}, **kwargs
+        )
+        _configure_sqlite(engine)
+        return engine
+    return create_engine(url, pool_pre_ping=True, **kwargs)
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Let SQLAlchemy, not the driver, decide where transactions begin.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def make_session_factory(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+@contextmanager
+def transaction(sessions: sessionmaker[Session]) -> Iterator[Session]:
+    """One unit of work: commit on success, roll back on error (for workers and the CLI)."""
+    with sessions() as session, session.begin():
+        yield session

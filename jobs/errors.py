@@ -1,0 +1,33 @@
+"""Typed control-plane errors; the API maps each to one HTTP status and OpenAI error code."""
+
+from __future__ import annotations
+
+
+class ControlError(Exception):
+    """Base class: `message` is safe to show to the caller."""
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code
+
+
+class NotFound(ControlError):
+    """The object does not exist for this team (other teams' objects included)."""
+
+
+class IllegalTransition(ControlError):
+    """The job cannot move from its current state to the requested one (HTTP 409)."""
+
+
+class Conflict(ControlError):
+    """The request conflicts with the current state of another object (HTTP 409)."""
+
+
+class InvalidRequest(ControlError):
+    """Well-formed but unacceptable input (HTTP 400), naming the offending `param`."""
+
+
+class Unauthorized(ControlError):
+    """No valid API key (HTTP 401)."""

@@ -1,0 +1,244 @@
+"""The worker's side of the job row: claim, heartbeat, fenced writes, finish, and the reaper.
+
+    lease = claim(session, job_id, owner="host:pid", ttl_s=60)   # None: someone else has it
+    with fenced(sessions, lease) as session:                      # raises LeaseLost if stale
+        record_metrics(session, lease, step, {...})
+
+Claim is one conditional UPDATE (queued -> running, new fencing token, attempt + 1), so two
+workers given the same message cannot both win. Every later write first re-checks
+`(id, fencing_token, status = running)` with an UPDATE in the same transaction, so a worker
+that lost its lease (paused past its expiry, say) has its writes rejected (invariant I7).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from jobs.events import add_event
+from jobs.ids import new_id, utcnow
+from jobs.models import Checkpoint, Job, JobMetric
+from jobs.states import JobStatus, check_transition
+
+
+class LeaseLost(Exception):
+    """This worker no longer owns the job: stop the run and write nothing more."""
+
+
+@dataclass(frozen=True)
+class Lease:
+    job_id: str
+    owner: str
+    token: int
+    attempt: int
+    ttl_s: float
+
+
+def claim(session: Session, job_id: str, *, owner: str, ttl_s: float) -> Lease | None:
+    """Take the job if it is queued and has attempts left; None means "not ours, do nothing"."""
+    now = utcnow()
+    row = session.execute(
+        update(Job)
+        .where(
+            Job.id == job_id,
+            Job.status == JobStatus.QUEUED,
+            Job.attempt < Job.max_attempts,
+        )
+        .values(
+            status=JobStatus.RUNNING,
+            phase="starting",
+            lease_owner=owner,
+            lease_expires_at=now + timedelta(seconds=ttl_s),
+            fencing_token=Job.fencing_token + 1,
+            attempt=Job.attempt + 1,
+            started_at=func.coalesce(Job.started_at, now),
+            updated_at=now,
+            not_before=None,
+        )
+        .returning(Job.fencing_token, Job.attempt)
+    ).first()
+    if row is None:
+        return None
+    token, attempt = row
+    add_event(session, job_id, f"Training started (attempt {attempt})", data={"owner": owner})
+    return Lease(job_id=job_id, owner=owner, token=token, attempt=attempt, ttl_s=ttl_s)
+
+
+def _guard(session: Session, lease: Lease, *, extend: bool = False) -> None:
+    now = utcnow()
+    values: dict[str, Any] = {"updated_at": now}
+    if extend:
+        values["lease_expires_at"] = now + timedelta(seconds=lease.ttl_s)
+    result = session.execute(
+        update(Job)
+        .where(
+            Job.id == lease.job_id,
+            Job.fencing_token == lease.token,
+            Job.status == JobStatus.RUNNING,
+        )
+        .values(**values)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        raise LeaseLost(lease.job_id)
+
+
+@contextmanager
+def fenced(sessions: sessionmaker[Session], lease: Lease) -> Iterator[Session]:
+    """A transaction that commits only if `lease` is still the job's current lease."""
+    with sessions() as session, session.begin():
+        _guard(session, lease)
+        yield session
+
+
+def heartbeat(sessions: sessionmaker[Session], lease: Lease) -> str | None:
+    """Extend the lease; returns the user's pending request (`cancel`, `pause` or None)."""
+    with sessions() as session, session.begin():
+        _guard(session, lease, extend=True)
+        return session.scalar(select(Job.requested_action).where(Job.id == lease.job_id))
+
+
+def requested_action(sessions: sessionmaker[Session], job_id: str) -> str | None:
+    with sessions() as session:
+        return session.scalar(select(Job.requested_action).where(Job.id == job_id))
+
+
+def record_metrics(session: Session, lease: Lease, step: int, metrics: dict[str, Any]) -> None:
+    """One metric point per step; a step at or below the last one means the run resumed from
+    an earlier checkpoint, so the later points are dropped and the rollback recorded (I4)."""
+    last = session.scalar(select(func.max(JobMetric.step)).where(JobMetric.job_id == lease.job_id))
+    if last is not None and step <= last:
+        session.execute(
+            delete(JobMetric).where(JobMetric.job_id == lease.job_id, JobMetric.step >= step)
+        )
+        add_event(
+            session,
+            lease.job_id,
+            f"Rolled back metrics to step {step - 1} (resumed run)",
+            level="warn",
+            data={"from_step": last, "to_step": step - 1},
+        )
+    session.add(JobMetric(job_id=lease.job_id, step=step, metrics=metrics))
+    values: dict[str, Any] = {"step": step, "phase": "training"}
+    total = metrics.get("total_steps")
+    if isinstance(total, int | float):
+        values["total_steps"] = int(total)
+    session.execute(update(Job).where(Job.id == lease.job_id).values(**values))
+    add_event(
+        session,
+        lease.job_id,
+        f"Step {step}" + (f"/{int(total)}" if total else ""),
+        type="metrics",
+        data={"step": step, **metrics},
+    )
+
+
+def record_checkpoint(
+    session: Session,
+    lease: Lease,
+    *,
+    team_id: str,
+    step: int,
+    rel_path: str,
+    metrics: dict[str, Any],
+    model_name: str,
+) -> Checkpoint:
+    """Register a complete checkpoint (idempotent per step: a resumed run may re-save one)."""
+    row = session.scalar(
+        select(Checkpoint).where(Checkpoint.job_id == lease.job_id, Checkpoint.step_number == step)
+    )
+    if row is None:
+        row = Checkpoint(
+            id=new_id("ftckpt"),
+            job_id=lease.job_id,
+            team_id=team_id,
+            step_number=step,
+            rel_path=rel_path,
+            metrics={"step": step, **metrics},
+            fine_tuned_model_checkpoint=f"{model_name}:ckpt-step-{step}",
+        )
+        session.add(row)
+        add_event(session, lease.job_id, f"Checkpoint saved at step {step}", data={"step": step})
+    else:
+        row.rel_path = rel_path
+        row.metrics = {"step": step, **metrics}
+    session.flush()
+    return row
+
+
+def finish(
+    session: Session,
+    lease: Lease,
+    status: JobStatus,
+    *,
+    message: str,
+    level: str = "info",
+    error: dict[str, Any] | None = None,
+    values: dict[str, Any] | None = None,
+) -> None:
+    """Move the job out of `running` and release the lease (inside a fenced transaction)."""
+    job = session.scalar(select(Job).where(Job.id == lease.job_id))
+    if job is None:
+        raise LeaseLost(lease.job_id)
+    check_transition(job.status, status)
+    now = utcnow()
+    job.status = status
+    job.updated_at = now
+    job.lease_owner = None
+    job.lease_expires_at = None
+    job.requested_action = None
+    job.phase = None
+    if status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED):
+        job.finished_at = now
+    if error is not None:
+        job.error = error
+    for key, value in (values or {}).items():
+        setattr(job, key, value)
+    add_event(session, lease.job_id, message, level=level)
+
+
+def reap_expired(session: Session, *, retry_backoff_s: float) -> list[Job]:
+    """Jobs whose worker vanished (lease expired): finish a pending cancel/pause, fail those out
+    of attempts, requeue the rest with back-off. Returns the requeued jobs (to dispatch)."""
+    now = utcnow()
+    rows = list(
+        session.scalars(
+            select(Job)
+            .where(Job.status == JobStatus.RUNNING, Job.lease_expires_at < now)
+            .with_for_update(skip_locked=True)
+        )
+    )
+    requeued = []
+    for job in rows:
+        job.lease_owner = None
+        job.lease_expires_at = None
+        job.updated_at = now
+        # Bump the token so the vanished worker, if it comes back, cannot write.
+        job.fencing_token = job.fencing_token + 1
+        if job.requested_action == "cancel":
+            job.status, job.finished_at = JobStatus.CANCELLED, now
+            add_event(session, job.id, "Fine-tuning job cancelled (worker lost)")
+        elif job.requested_action == "pause":
+            job.status = JobStatus.PAUSED
+            add_event(session, job.id, "Fine-tuning job paused (worker lost)")
+        elif job.attempt >= job.max_attempts:
+            job.status, job.finished_at = JobStatus.FAILED, now
+            job.error = {
+                "code": "worker_lost",
+                "message": f"the worker running this job was lost {job.attempt} times",
+                "param": None,
+            }
+            add_event(session, job.id, "Fine-tuning job failed: worker lost", level="error")
+        else:
+            job.status = JobStatus.QUEUED
+            job.phase = "requeued"
+            job.not_before = now + timedelta(seconds=retry_backoff_s * job.attempt)
+            add_event(session, job.id, "Worker lost; job requeued", level="warn")
+            requeued.append(job)
+        job.requested_action = None
+    return requeued

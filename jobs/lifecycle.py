@@ -1,0 +1,253 @@
+"""What users do to jobs: submit, cancel, pause, resume. The caller commits, then dispatches.
+
+Submission validates everything that can be checked without the GPU, so a queued job only
+fails for reasons the data could not reveal: the spec (`lco_spec.parse_job_spec`), the
+model (a base model or a finished job's `fine_tuned_model` of the same team), the files
+(same team, `processed`, of the method's dataset kind) and the grader's item fields.
+A running job is stopped by the worker between steps: cancel and pause only record the
+request here, and the supervisor moves the job to its final state.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from sqlalchemy.orm import Session
+
+from jobs.errors import InvalidRequest, NotFound
+from jobs.events import add_event
+from jobs.ids import new_id, utcnow
+from jobs.models import Job, Team
+from jobs.scope import TeamScope
+from jobs.settings import Settings
+from jobs.states import JobStatus, check_transition, is_terminal
+from jobs.storage import Storage
+from lco_spec.errors import SpecError
+from lco_spec.job import JobSpec, parse_job_spec
+
+# How many training items the grader template is checked against at submission.
+_GRADER_CHECK_ITEMS = 5
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    base_model: str
+    source_checkpoint_id: str | None
+
+
+def resolve_model(scope: TeamScope, settings: Settings, name: str) -> ResolvedModel:
+    """A base model, a finished job's `fine_tuned_model`, or one of its checkpoints' names."""
+    if name in settings.base_models:
+        return ResolvedModel(name, None)
+    if name.startswith("ft:"):
+        job = scope.job_by_model_name(name)
+        if job is not None and job.status == JobStatus.SUCCEEDED and job.final_checkpoint_id:
+            return ResolvedModel(job.base_model, job.final_checkpoint_id)
+        ckpt = scope.checkpoint_by_model_name(name)
+        if ckpt is not None:
+            parent = scope.job(ckpt.job_id)
+            return ResolvedModel(parent.base_model, ckpt.id)
+    raise InvalidRequest(
+        f"The model `{name}` does not exist or is not available for fine-tuning",
+        param="model",
+        code="model_not_found",
+    )
+
+
+def model_name(base_model: str, team_name: str, suffix: str | None, job_id: str) -> str:
+    """OpenAI's shape: `ft:<base>:<org>:<suffix>:<job id>`."""
+    org = re.sub(r"[^A-Za-z0-9_-]", "-", team_name)[:40] or "team"
+    return f"ft:{base_model}:{org}:{suffix or ''}:{job_id}"
+
+
+DatasetKind = Literal["supervised", "reinforcement", "dpo"]
+
+
+def method_kind(spec: JobSpec) -> DatasetKind:
+    if spec.method.is_rl:
+        return "reinforcement"
+    return "dpo" if spec.method.type == "dpo" else "supervised"
+
+
+def _check_file(
+    scope: TeamScope, storage: Storage, file_id: str, param: str, kind: DatasetKind, max_errors: int
+) -> bytes:
+    try:
+        row = scope.file(file_id, param=param)
+    except NotFound:
+        raise InvalidRequest(
+            f"invalid {param}: {file_id} does not exist", param=param, code="file_not_found"
+        ) from None
+    if row.purpose != "fine-tune":
+        raise InvalidRequest(f"{file_id} was not uploaded with purpose fine-tune", param=param)
+    if row.status != "processed":
+        raise InvalidRequest(
+            f"invalid {param}: {file_id} failed validation: {row.status_details}",
+            param=param,
+            code="invalid_file",
+        )
+    data = storage.file_path(scope.team_id, file_id).read_bytes()
+    if row.kind != kind:
+        from lco_spec.datasets import validate_dataset
+
+        report = validate_dataset(data, kind, max_errors=max_errors)
+        if report.errors:
+            first = report.errors[0]
+            raise InvalidRequest(
+                f"{file_id} is not a valid {kind} dataset: {first}",
+                param=param,
+                code="invalid_file",
+            )
+    return data
+
+
+def _check_grader(spec: JobSpec, data: bytes) -> None:
+    from lco_spec.graders import check_grader_against_item
+
+    grader = spec.method.rl.grader
+    n = 0
+    for raw in data.splitlines():
+        if not raw.strip():
+            continue
+        check_grader_against_item(grader, json.loads(raw), "method.reinforcement.grader")
+        n += 1
+        if n >= _GRADER_CHECK_ITEMS:
+            break
+
+
+def submit_job(session: Session, scope: TeamScope, settings: Settings, body: Any) -> Job:
+    """Validate a create request and add the job row (`queued`) with its first events.
+
+    Raises SpecError or InvalidRequest (both 400 with `param`). The caller commits and
+    then dispatches the job.
+    """
+    spec = parse_job_spec(body)
+    resolved = resolve_model(scope, settings, spec.model)
+    storage = Storage(settings)
+    kind = method_kind(spec)
+    train = _check_file(
+        scope, storage, spec.training_file, "training_file", kind, settings.max_dataset_errors
+    )
+    if spec.validation_file:
+        _check_file(
+            scope,
+            storage,
+            spec.validation_file,
+            "validation_file",
+            kind,
+            settings.max_dataset_errors,
+        )
+    if spec.method.is_rl:
+        _check_grader(spec, train)
+    if spec.seed is None:
+        # A fixed seed makes a resumed attempt reproduce the interrupted one.
+        spec = spec.model_copy(update={"seed": secrets.randbelow(2**31 - 1)})
+    assert spec.seed is not None
+    now = utcnow()
+    job = Job(
+        id=new_id("ftjob"),
+        team_id=scope.team_id,
+        created_at=now,
+        updated_at=now,
+        spec=spec.model_dump(mode="json"),
+        model=spec.model,
+        base_model=resolved.base_model,
+        source_checkpoint_id=resolved.source_checkpoint_id,
+        training_file=spec.training_file,
+        validation_file=spec.validation_file,
+        method_type=spec.method.type,
+        seed=spec.seed,
+        pool=settings.default_pool,
+        status=JobStatus.QUEUED,
+        phase="waiting_for_capacity",
+        max_attempts=settings.max_attempts,
+        fencing_token=0,
+        attempt=0,
+        step=0,
+        dispatch_count=0,
+    )
+    session.add(job)
+    session.flush()
+    add_event(session, job.id, f"Created fine-tuning job: {job.id}")
+    add_event(session, job.id, "Validated training file: " + spec.training_file)
+    add_event(session, job.id, "Fine-tuning job queued")
+    return job
+
+
+def _finish(session: Session, job: Job, status: JobStatus, message: str) -> None:
+    check_transition(job.status, status)
+    job.status = status
+    job.requested_action = None
+    job.updated_at = utcnow()
+    if status in (JobStatus.CANCELLED, JobStatus.FAILED, JobStatus.SUCCEEDED):
+        job.finished_at = job.updated_at
+    add_event(session, job.id, message)
+
+
+def cancel_job(session: Session, scope: TeamScope, job_id: str) -> Job:
+    """Cancel now if nothing runs it; if running, ask the worker to stop it between steps."""
+    job = scope.job(job_id, for_update=True)
+    if job.status == JobStatus.RUNNING:
+        job.requested_action = "cancel"
+        job.phase = "cancelling"
+        add_event(session, job.id, "Cancellation requested")
+    else:
+        _finish(session, job, JobStatus.CANCELLED, "Fine-tuning job cancelled")
+        job.phase = None
+    return job
+
+
+def pause_job(session: Session, scope: TeamScope, job_id: str) -> Job:
+    job = scope.job(job_id, for_update=True)
+    if job.status == JobStatus.RUNNING:
+        if job.requested_action == "cancel":
+            check_transition(JobStatus.CANCELLED, JobStatus.PAUSED)
+        job.requested_action = "pause"
+        job.phase = "pausing"
+        add_event(session, job.id, "Pause requested")
+    else:
+        _finish(session, job, JobStatus.PAUSED, "Fine-tuning job paused")
+        job.phase = None
+    return job
+
+
+def resume_job(session: Session, scope: TeamScope, job_id: str) -> Job:
+    """A paused job is queued again (and resumes from its newest checkpoint)."""
+    job = scope.job(job_id, for_update=True)
+    if job.status == JobStatus.RUNNING and job.requested_action == "pause":
+        job.requested_action = None
+        job.phase = "training"
+        add_event(session, job.id, "Pause withdrawn")
+        return job
+    check_transition(job.status, JobStatus.QUEUED)
+    job.status = JobStatus.QUEUED
+    job.phase = "waiting_for_capacity"
+    job.requested_action = None
+    job.not_before = None
+    job.updated_at = utcnow()
+    add_event(session, job.id, "Fine-tuning job resumed")
+    return job
+
+
+def team_name(session: Session, team_id: str) -> str:
+    team = session.get(Team, team_id)
+    return team.name if team else "team"
+
+
+def is_final(job: Job) -> bool:
+    return is_terminal(job.status)
+
+
+__all__ = [
+    "SpecError",
+    "cancel_job",
+    "model_name",
+    "pause_job",
+    "resolve_model",
+    "resume_job",
+    "submit_job",
+]

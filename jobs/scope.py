@@ -1,0 +1,154 @@
+"""Every team-scoped read in one place: the API builds a TeamScope per request and asks it.
+
+An object of another team is indistinguishable from a missing one (NotFound -> 404).
+Lists are cursor pages, newest first, keyed by the insertion-ordered `pk`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from sqlalchemy import Select, select
+from sqlalchemy.orm import Session
+
+from jobs.errors import NotFound
+from jobs.models import Checkpoint, File, Job, JobEvent, JobMetric
+from jobs.states import JobStatus
+
+R = TypeVar("R")
+
+
+@dataclass
+class Page(Generic[R]):
+    items: Sequence[R]
+    has_more: bool
+
+
+def _page(
+    session: Session,
+    stmt: Select[Any],
+    model: Any,
+    after_pk: int | None,
+    limit: int,
+    ascending: bool = False,
+) -> Page[Any]:
+    if after_pk is not None:
+        stmt = stmt.where(model.pk > after_pk if ascending else model.pk < after_pk)
+    order = model.pk.asc() if ascending else model.pk.desc()
+    rows = list(session.scalars(stmt.order_by(order).limit(limit + 1)))
+    return Page(items=rows[:limit], has_more=len(rows) > limit)
+
+
+class TeamScope:
+    """Reads (and lookups before writes) for one team; the caller owns the transaction."""
+
+    def __init__(self, session: Session, team_id: str):
+        self.session = session
+        self.team_id = team_id
+
+    # Files
+    def file(self, file_id: str, *, param: str | None = None) -> File:
+        row = self.session.scalar(
+            select(File).where(File.id == file_id, File.team_id == self.team_id)
+        )
+        if row is None:
+            raise NotFound(f"No such File object: {file_id}", param=param, code="file_not_found")
+        return row
+
+    def files(
+        self,
+        *,
+        after: str | None,
+        limit: int,
+        purpose: str | None = None,
+        ascending: bool = False,
+    ) -> Page[File]:
+        stmt = select(File).where(File.team_id == self.team_id)
+        if purpose:
+            stmt = stmt.where(File.purpose == purpose)
+        after_pk = self.file(after, param="after").pk if after else None
+        return _page(self.session, stmt, File, after_pk, limit, ascending)
+
+    def active_jobs_using(self, file_id: str) -> int:
+        active = (JobStatus.VALIDATING_FILES, JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.PAUSED)
+        stmt = select(Job.id).where(
+            Job.team_id == self.team_id,
+            Job.status.in_([s.value for s in active]),
+            (Job.training_file == file_id) | (Job.validation_file == file_id),
+        )
+        return len(list(self.session.scalars(stmt)))
+
+    # Jobs
+    def job(self, job_id: str, *, for_update: bool = False) -> Job:
+        stmt = select(Job).where(Job.id == job_id, Job.team_id == self.team_id)
+        if for_update:
+            stmt = stmt.with_for_update()
+        row = self.session.scalar(stmt)
+        if row is None:
+            raise NotFound(f"No such fine-tuning job: {job_id}", code="job_not_found")
+        return row
+
+    def jobs(self, *, after: str | None, limit: int) -> Page[Job]:
+        stmt = select(Job).where(Job.team_id == self.team_id)
+        after_pk = self.job(after).pk if after else None
+        return _page(self.session, stmt, Job, after_pk, limit)
+
+    def job_by_model_name(self, name: str) -> Job | None:
+        return self.session.scalar(
+            select(Job).where(Job.team_id == self.team_id, Job.fine_tuned_model == name)
+        )
+
+    # Events, checkpoints, metrics (of a job already looked up through this scope)
+    def events(self, job: Job, *, after: str | None, limit: int) -> Page[JobEvent]:
+        stmt = select(JobEvent).where(JobEvent.job_id == job.id)
+        after_pk = None
+        if after:
+            row = self.session.scalar(stmt.where(JobEvent.id == after))
+            if row is None:
+                raise NotFound(f"No such event: {after}", param="after")
+            after_pk = row.pk
+        return _page(self.session, stmt, JobEvent, after_pk, limit)
+
+    def checkpoints(self, job: Job, *, after: str | None, limit: int) -> Page[Checkpoint]:
+        stmt = select(Checkpoint).where(Checkpoint.job_id == job.id)
+        after_pk = self.checkpoint(job, after, param="after").pk if after else None
+        return _page(self.session, stmt, Checkpoint, after_pk, limit)
+
+    def checkpoint(self, job: Job, checkpoint_id: str, *, param: str | None = None) -> Checkpoint:
+        row = self.session.scalar(
+            select(Checkpoint).where(
+                Checkpoint.id == checkpoint_id,
+                Checkpoint.job_id == job.id,
+                Checkpoint.team_id == self.team_id,
+            )
+        )
+        if row is None:
+            raise NotFound(f"No such checkpoint: {checkpoint_id}", param=param)
+        return row
+
+    def checkpoint_by_model_name(self, name: str) -> Checkpoint | None:
+        return self.session.scalar(
+            select(Checkpoint).where(
+                Checkpoint.team_id == self.team_id, Checkpoint.fine_tuned_model_checkpoint == name
+            )
+        )
+
+    def checkpoint_by_id(self, checkpoint_id: str) -> Checkpoint | None:
+        return self.session.scalar(
+            select(Checkpoint).where(
+                Checkpoint.team_id == self.team_id, Checkpoint.id == checkpoint_id
+            )
+        )
+
+    def metrics(
+        self, job: Job, *, from_step: int | None, to_step: int | None, limit: int
+    ) -> Page[JobMetric]:
+        stmt = select(JobMetric).where(JobMetric.job_id == job.id)
+        if from_step is not None:
+            stmt = stmt.where(JobMetric.step >= from_step)
+        if to_step is not None:
+            stmt = stmt.where(JobMetric.step <= to_step)
+        rows = list(self.session.scalars(stmt.order_by(JobMetric.step).limit(limit + 1)))
+        return Page(items=rows[:limit], has_more=len(rows) > limit)

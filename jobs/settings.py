@@ -1,0 +1,94 @@
+"""Service settings from the environment (prefix `LCO_`), built by a factory, never at import.
+
+    settings = Settings()                       # reads LCO_DATA_DIR, LCO_DATABASE_URL, ...
+    settings = Settings(data_dir=Path("/tmp/x")) # explicit values win over the environment
+
+Defaults are the embedded single-machine setup: a SQLite file and a broker that needs no
+server, both under `data_dir`. `environment="production"` refuses those defaults.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+EMBEDDED_BROKER = "filesystem://"
+
+
+class Settings(BaseSettings):
+    """Everything the API, the workers and the CLI read from the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="LCO_", extra="ignore")
+
+    environment: Literal["development", "production"] = "development"
+    data_dir: Path = Path("data")
+    # None means the embedded default under data_dir (see `effective_*` below).
+    database_url: str | None = None
+    broker_url: str | None = None
+
+    # Request limits: uploads may be large, every other body is small JSON.
+    max_upload_bytes: Annotated[int, Field(ge=1)] = 512 * 1024 * 1024
+    max_json_bytes: Annotated[int, Field(ge=1024)] = 1024 * 1024
+    max_dataset_errors: Annotated[int, Field(ge=1, le=1000)] = 20
+
+    # Models a job may name directly; fine-tuned models of finished jobs are added per team.
+    base_models: list[str] = ["lco-tiny"]
+    default_pool: str = "default"
+    pools: list[str] = ["default"]
+
+    # Leases and the supervisor loop (seconds). A lease must outlive a few heartbeats.
+    lease_ttl_s: Annotated[float, Field(gt=0)] = 60.0
+    heartbeat_s: Annotated[float, Field(gt=0)] = 10.0
+    poll_s: Annotated[float, Field(gt=0)] = 0.5
+    stop_grace_s: Annotated[float, Field(gt=0)] = 120.0
+    max_attempts: Annotated[int, Field(ge=1, le=100)] = 3
+    retry_backoff_s: Annotated[float, Field(ge=0)] = 10.0
+    # A queued job whose message is older than this is dispatched again (lost message).
+    redispatch_after_s: Annotated[float, Field(gt=0)] = 120.0
+    reconcile_every_s: Annotated[float, Field(gt=0)] = 30.0
+    device: str = "auto"
+
+    @model_validator(mode="after")
+    def _safe_in_production(self) -> Settings:
+        if self.environment == "production":
+            if not self.database_url or self.database_url.startswith("sqlite"):
+                raise ValueError("production needs LCO_DATABASE_URL pointing at PostgreSQL")
+            if not self.broker_url or self.broker_url.startswith(EMBEDDED_BROKER):
+                raise ValueError("production needs LCO_BROKER_URL pointing at Redis")
+        if self.default_pool not in self.pools:
+            raise ValueError(f"default_pool {self.default_pool!r} is not in pools")
+        return self
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'lco.db').resolve()}"
+
+    @property
+    def effective_broker_url(self) -> str:
+        return self.broker_url or EMBEDDED_BROKER
+
+    def broker_transport_options(self) -> dict[str, Any]:
+        """The embedded filesystem broker keeps its messages under data_dir."""
+        if not self.effective_broker_url.startswith(EMBEDDED_BROKER):
+            # Redis: a job message can wait behind long jobs; the DB row is the truth anyway.
+            return {"visibility_timeout": 24 * 3600}
+        root = (self.data_dir / "broker").resolve()
+        return {
+            "data_folder_in": str(root / "queue"),
+            "data_folder_out": str(root / "queue"),
+            "control_folder": str(root / "control"),
+            "processed_folder": str(root / "processed"),
+            "store_processed": False,
+        }
+
+    def ensure_dirs(self) -> None:
+        """Create data_dir and the embedded broker's folders (idempotent)."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        for key, value in self.broker_transport_options().items():
+            if "folder" in key:
+                Path(value).mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,54 @@
+"""Per-process worker state, built lazily in the process that uses it (after Celery forks):
+settings, DB sessions, storage, dispatcher, and this worker's lease-owner name."""
+
+from __future__ import annotations
+
+import os
+import socket
+from functools import cached_property
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from jobs.db import make_engine, make_session_factory
+from jobs.dispatch import Dispatcher, make_producer
+from jobs.settings import Settings
+from jobs.storage import Storage
+
+
+class WorkerContext:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self._pid = os.getpid()
+
+    def _check_pid(self) -> None:
+        # Engines and broker connections must not cross a fork.
+        if os.getpid() != self._pid:
+            self.__dict__.pop("_sessions", None)
+            self.__dict__.pop("_dispatcher", None)
+            self._pid = os.getpid()
+
+    @cached_property
+    def _sessions(self) -> sessionmaker[Session]:
+        return make_session_factory(make_engine(self.settings))
+
+    @property
+    def sessions(self) -> sessionmaker[Session]:
+        self._check_pid()
+        return self._sessions
+
+    @cached_property
+    def _dispatcher(self) -> Dispatcher:
+        return Dispatcher(make_producer(self.settings))
+
+    @property
+    def dispatcher(self) -> Dispatcher:
+        self._check_pid()
+        return self._dispatcher
+
+    @property
+    def storage(self) -> Storage:
+        return Storage(self.settings)
+
+    @property
+    def owner(self) -> str:
+        return f"{socket.gethostname()}:{os.getpid()}"

@@ -1,0 +1,392 @@
+"""The job supervisor: runs one attempt of a claimed job in a child process and is the only
+writer of that job's row while it holds the lease.
+
+It relays the child's metrics, events and checkpoints to the DB (each write fenced by the
+lease token), heartbeats the lease, passes the user's cancel/pause to the child (which
+stops between steps), kills the child if it does not stop within `stop_grace_s`, and
+writes the one final state. If the lease is lost, it kills the child and writes nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from jobs.events import add_event
+from jobs.leases import (
+    Lease,
+    LeaseLost,
+    fenced,
+    finish,
+    heartbeat,
+    record_checkpoint,
+    record_metrics,
+    requested_action,
+)
+from jobs.lifecycle import model_name, team_name
+from jobs.models import Checkpoint, Job
+from jobs.states import JobStatus
+from worker.context import WorkerContext
+from worker.protocol import decode
+
+log = logging.getLogger(__name__)
+
+_KILL_WAIT_S = 10.0
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    """What the supervisor needs from the job row, read once after the claim."""
+
+    job_id: str
+    team_id: str
+    pool: str
+    spec: dict[str, Any]
+    training_file: Path
+    validation_file: Path | None
+    output_dir: Path
+    model_path: str | None
+    model_name: str
+
+
+def load_job_info(ctx: WorkerContext, job_id: str) -> JobInfo:
+    storage = ctx.storage
+    with ctx.sessions() as session:
+        job = session.scalar(select(Job).where(Job.id == job_id))
+        assert job is not None
+        model_path = None
+        if job.source_checkpoint_id:
+            ckpt = session.scalar(
+                select(Checkpoint).where(Checkpoint.id == job.source_checkpoint_id)
+            )
+            if ckpt is not None:
+                model_path = str(storage.resolve_in_job(job.team_id, ckpt.job_id, ckpt.rel_path))
+        return JobInfo(
+            job_id=job.id,
+            team_id=job.team_id,
+            pool=job.pool,
+            spec=job.spec,
+            training_file=storage.file_path(job.team_id, job.training_file),
+            validation_file=(
+                storage.file_path(job.team_id, job.validation_file) if job.validation_file else None
+            ),
+            output_dir=storage.job_dir(job.team_id, job.id),
+            model_path=model_path,
+            model_name=model_name(
+                job.base_model, team_name(session, job.team_id), job.spec.get("suffix"), job.id
+            ),
+        )
+
+
+class Supervisor:
+    def __init__(self, ctx: WorkerContext, lease: Lease, info: JobInfo):
+        self.ctx = ctx
+        self.settings = ctx.settings
+        self.lease = lease
+        self.info = info
+        self.inbox: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self.result: dict[str, Any] | None = None
+        self.error: dict[str, Any] | None = None
+        self.stop_sent: str | None = None
+        self.killed = False
+        self.requeue_delay: float | None = None
+
+    # -- child process -------------------------------------------------------------------
+    def _start_child(self) -> subprocess.Popen[bytes]:
+        out = self.info.output_dir
+        (out / "logs").mkdir(parents=True, exist_ok=True)
+        config = {
+            "spec": self.info.spec,
+            "training_file": str(self.info.training_file),
+            "validation_file": str(self.info.validation_file)
+            if self.info.validation_file
+            else None,
+            "output_dir": str(out),
+            "model_path": self.info.model_path,
+            "device": self.settings.device,
+        }
+        config_path = out / f"run-attempt-{self.lease.attempt}.json"
+        config_path.write_text(json.dumps(config, indent=2))
+        ev_r, ev_w = os.pipe()
+        ctl_r, ctl_w = os.pipe()
+        log_file = (out / "logs" / f"attempt-{self.lease.attempt}.log").open("ab")
+        try:
+            child = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "worker.child",
+                    "--config",
+                    str(config_path),
+                    "--events-fd",
+                    str(ev_w),
+                    "--control-fd",
+                    str(ctl_r),
+                ],
+                pass_fds=(ev_w, ctl_r),
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                cwd=str(Path(__file__).resolve().parent.parent),
+                start_new_session=True,  # its own process group: killed as a whole
+            )
+        finally:
+            os.close(ev_w)
+            os.close(ctl_r)
+            log_file.close()
+        self.control = os.fdopen(ctl_w, "w", buffering=1)
+        threading.Thread(target=self._read_events, args=(ev_r,), daemon=True).start()
+        return child
+
+    def _read_events(self, fd: int) -> None:
+        with os.fdopen(fd, "r") as events:
+            for line in events:
+                message = decode(line)
+                if message is not None:
+                    self.inbox.put(message)
+        self.inbox.put(None)
+
+    def _send_stop(self, word: str) -> None:
+        self.stop_sent = word
+        try:
+            self.control.write(word + "\n")
+            self.control.flush()
+        except (BrokenPipeError, ValueError):
+            pass
+
+    @staticmethod
+    def _kill(child: subprocess.Popen[bytes]) -> None:
+        if child.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGKILL)
+        child.wait(timeout=_KILL_WAIT_S)
+
+    # -- relaying --------------------------------------------------------------------------
+    def _relay(self, batch: list[dict[str, Any]]) -> None:
+        """Write a batch of child messages in one fenced transaction."""
+        with fenced(self.ctx.sessions, self.lease) as session:
+            for message in batch:
+                kind = message.get("t")
+                if kind == "metrics":
+                    record_metrics(
+                        session, self.lease, int(message["step"]), message.get("metrics") or {}
+                    )
+                elif kind == "event":
+                    add_event(
+                        session,
+                        self.lease.job_id,
+                        str(message.get("message", ""))[:4000],
+                        level=str(message.get("level", "info")),
+                        data=message.get("data"),
+                    )
+                elif kind == "checkpoint":
+                    self._record_checkpoint(
+                        session,
+                        Path(message["path"]),
+                        int(message["step"]),
+                        message.get("metrics") or {},
+                    )
+                elif kind == "result":
+                    self.result = message
+                elif kind == "error":
+                    self.error = message
+
+    def _record_checkpoint(
+        self, session: Any, path: Path, step: int, metrics: dict[str, Any]
+    ) -> Checkpoint:
+        rel = self.ctx.storage.relative_to_job(self.info.team_id, self.info.job_id, path)
+        return record_checkpoint(
+            session,
+            self.lease,
+            team_id=self.info.team_id,
+            step=step,
+            rel_path=rel,
+            metrics=metrics,
+            model_name=self.info.model_name,
+        )
+
+    # -- the loop --------------------------------------------------------------------------
+    def run(self) -> None:
+        child = self._start_child()
+        log.info("job.child_started", extra={"job_id": self.lease.job_id, "pid": child.pid})
+        next_beat = next_poll = 0.0
+        stop_deadline: float | None = None
+        done_reading = False
+        try:
+            while True:
+                batch: list[dict[str, Any]] = []
+                try:
+                    item = self.inbox.get(timeout=self.settings.poll_s)
+                    while True:
+                        if item is None:
+                            done_reading = True
+                            break
+                        batch.append(item)
+                        if len(batch) >= 200:
+                            break
+                        item = self.inbox.get_nowait()
+                except queue.Empty:
+                    pass
+                if batch:
+                    self._relay(batch)
+                now = time.monotonic()
+                if now >= next_poll:
+                    next_poll = now + self.settings.poll_s
+                    if now >= next_beat:
+                        action = heartbeat(self.ctx.sessions, self.lease)
+                        next_beat = now + self.settings.heartbeat_s
+                    else:
+                        action = requested_action(self.ctx.sessions, self.lease.job_id)
+                    if action and self.stop_sent is None:
+                        self._send_stop(action)
+                        stop_deadline = now + self.settings.stop_grace_s
+                if stop_deadline is not None and now > stop_deadline and child.poll() is None:
+                    log.warning("job.child_killed", extra={"job_id": self.lease.job_id})
+                    self.killed = True
+                    self._kill(child)
+                if done_reading and self.inbox.empty():
+                    break
+            child.wait(timeout=_KILL_WAIT_S)
+        except LeaseLost:
+            log.warning("job.lease_lost", extra={"job_id": self.lease.job_id})
+            self._kill(child)
+            return
+        except BaseException:
+            self._kill(child)
+            raise
+        finally:
+            self.control.close()
+            if child.poll() is None:
+                self._kill(child)
+        self._finish(child.returncode)
+
+    # -- the one final write ---------------------------------------------------------------
+    def _finish(self, returncode: int | None) -> None:
+        try:
+            with fenced(self.ctx.sessions, self.lease) as session:
+                self._finish_in(session, returncode)
+        except LeaseLost:
+            log.warning("job.lease_lost_at_finish", extra={"job_id": self.lease.job_id})
+            return
+        if self.requeue_delay is not None:
+            self.ctx.dispatcher.send(self.info.job_id, self.info.pool, self.requeue_delay)
+
+    def _finish_in(self, session: Any, returncode: int | None) -> None:
+        result, lease = self.result, self.lease
+        if result is not None:
+            status = result.get("status")
+            values: dict[str, Any] = {
+                "step": int(result.get("step") or 0),
+                "total_steps": int(result.get("total_steps") or 0) or None,
+                "trained_tokens": int(result.get("trained_tokens") or 0),
+            }
+            if status == "succeeded":
+                final = result.get("final_checkpoint")
+                if final:
+                    ckpt = self._record_checkpoint(
+                        session, Path(final), values["step"], result.get("summary") or {}
+                    )
+                    values["final_checkpoint_id"] = ckpt.id
+                values["fine_tuned_model"] = self.info.model_name
+                finish(
+                    session,
+                    lease,
+                    JobStatus.SUCCEEDED,
+                    values=values,
+                    message="The job has successfully completed",
+                )
+                if result.get("summary"):
+                    add_event(
+                        session, lease.job_id, "Run summary", type="metrics", data=result["summary"]
+                    )
+                return
+            if status == "cancelled":
+                finish(
+                    session,
+                    lease,
+                    JobStatus.CANCELLED,
+                    values=values,
+                    message="Fine-tuning job cancelled",
+                )
+                return
+            if status == "paused":
+                finish(
+                    session,
+                    lease,
+                    JobStatus.PAUSED,
+                    values=values,
+                    message="Fine-tuning job paused",
+                )
+                return
+            # Preempted: requeue without spending an attempt.
+            values["attempt"] = max(lease.attempt - 1, 0)
+            finish(
+                session,
+                lease,
+                JobStatus.QUEUED,
+                values=values,
+                message="Fine-tuning job preempted; requeued",
+            )
+            self._requeue(session, 0.0)
+            return
+        # No result: the user stopped it (and it had to be killed), a user error, or a crash.
+        if self.stop_sent == "cancel":
+            finish(session, lease, JobStatus.CANCELLED, message="Fine-tuning job cancelled")
+            return
+        if self.stop_sent == "pause":
+            finish(session, lease, JobStatus.PAUSED, message="Fine-tuning job paused")
+            return
+        error = self.error or {}
+        message = str(error.get("message") or f"the training process exited with code {returncode}")
+        if error.get("category") == "user":
+            finish(
+                session,
+                lease,
+                JobStatus.FAILED,
+                level="error",
+                message=f"Fine-tuning job failed: {message}",
+                error={"code": "invalid_request", "message": message, "param": error.get("param")},
+            )
+            return
+        job = session.scalar(select(Job).where(Job.id == lease.job_id))
+        if lease.attempt < job.max_attempts:
+            delay = self.settings.retry_backoff_s * lease.attempt
+            finish(
+                session,
+                lease,
+                JobStatus.QUEUED,
+                level="warn",
+                message=f"Attempt {lease.attempt} failed ({message}); retrying in {delay:.0f}s",
+            )
+            self._requeue(session, delay)
+            return
+        finish(
+            session,
+            lease,
+            JobStatus.FAILED,
+            level="error",
+            message=f"Fine-tuning job failed: {message}",
+            error={"code": "training_failed", "message": message, "param": None},
+        )
+
+    def _requeue(self, session: Any, delay: float) -> None:
+        from jobs.dispatch import Dispatcher
+
+        job = session.scalar(select(Job).where(Job.id == self.lease.job_id))
+        job.phase = "requeued"
+        Dispatcher.mark(job, delay)
+        self.requeue_delay = delay

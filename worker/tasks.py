@@ -1,0 +1,30 @@
+"""The task body, kept free of Celery so tests can call it directly.
+
+`run_job(ctx, job_id)`: claim the job (a no-op if it is not queued: a duplicate or stale
+message) and supervise one attempt.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from jobs.db import transaction
+from jobs.leases import claim
+from worker.context import WorkerContext
+from worker.supervisor import Supervisor, load_job_info
+
+log = logging.getLogger(__name__)
+
+
+def run_job(ctx: WorkerContext, job_id: str) -> bool:
+    """Returns True if this call ran (an attempt of) the job, False for a no-op message."""
+    with transaction(ctx.sessions) as session:
+        lease = claim(session, job_id, owner=ctx.owner, ttl_s=ctx.settings.lease_ttl_s)
+    if lease is None:
+        log.info("job.claim_skipped", extra={"job_id": job_id})
+        return False
+    log.info(
+        "job.claimed", extra={"job_id": job_id, "attempt": lease.attempt, "token": lease.token}
+    )
+    Supervisor(ctx, lease, load_job_info(ctx, job_id)).run()
+    return True
