@@ -23,12 +23,20 @@ class SpecError(ValueError):
 
 def pydantic_error_to_spec_error(exc: object, prefix: str = "") -> SpecError:
     """Turn the first error of a pydantic ValidationError into a SpecError naming its field."""
-    errors = exc.errors() if hasattr(exc, "errors") else []  # type: ignore[union-attr]
+    from lco_spec.graders import GRADER_TYPES  # graders imports this module
+
+    errors = exc.errors() if hasattr(exc, "errors") else []
     if not errors:
         return SpecError(str(exc), param=prefix or None)
     first = errors[0]
-    loc = [str(p) for p in first.get("loc", ()) if not str(p).startswith("function-")]
-    # Discriminated unions put the tag name in the location; it is noise to a user.
-    param = ".".join([prefix, *loc] if prefix else loc) or None
-    msg = first.get("msg", "invalid value")
+    loc = [str(p) for p in first.get("loc", ())]
+    # Discriminated unions insert the chosen tag (a grader type) after the field that holds
+    # the union, and validators their function name: both are noise to a user.
+    parts = [
+        p for i, p in enumerate(loc)
+        if not p.startswith("function-")
+        and not (p in GRADER_TYPES and i > 0 and (loc[i - 1] == "grader" or (i >= 2 and loc[i - 2] == "graders")))
+    ]
+    param = ".".join([prefix, *parts] if prefix else parts) or None
+    msg = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
     return SpecError(msg, param=param)
