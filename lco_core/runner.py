@@ -10,24 +10,37 @@ holds a complete checkpoint, the run resumes from the newest one.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import logging
 from pathlib import Path
-from typing import Literal
+from typing import Any
+
+import torch
 
 from lco_core.callbacks import Callbacks
+from lco_core.checkpoint import latest_checkpoint, load_train_state
+from lco_core.config import TrainConfig, resolve_config
+from lco_core.data import load_items
+from lco_core.models import load_model_and_tokenizer, pick_device, resolve_model
+from lco_core.result import RunResult
+from lco_core.rollout import RolloutEngine
+from lco_core.trainer import Trainer
+from lco_spec.graders import check_grader_against_item
 from lco_spec.job import JobSpec
 
-RunStatus = Literal["succeeded", "cancelled", "paused", "preempted"]
+log = logging.getLogger(__name__)
+
+# Reference-policy forwards (KL to the initial policy) cost a second model in memory; past
+# this size they run only when the loss needs them (kl_coef > 0).
+KL_INIT_MAX_PARAMS = 1_000_000_000
 
 
-@dataclass
-class RunResult:
-    status: RunStatus
-    step: int
-    total_steps: int
-    final_checkpoint: Path | None
-    trained_tokens: int = 0
-    summary: dict[str, float] = field(default_factory=dict)
+def make_engine(name: str, model: torch.nn.Module, tokenizer: Any) -> RolloutEngine:
+    """The rollout engine a job asked for."""
+    if name == "hf":
+        from lco_core.hf_engine import HFEngine
+
+        return HFEngine(model, tokenizer)
+    raise ValueError(f"rollout engine '{name}' is not available; use 'hf'")
 
 
 def run_job(
@@ -42,4 +55,69 @@ def run_job(
 ) -> RunResult:
     """Train `spec` (already validated). `model_path` overrides how `spec.model` is resolved
     (the service passes the checkpoint dir of a fine-tuned model name)."""
-    raise NotImplementedError("being written")
+    callbacks = callbacks or Callbacks()
+    trainer = build_trainer(spec, training_file=training_file, validation_file=validation_file,
+                            output_dir=output_dir, callbacks=callbacks, model_path=model_path,
+                            device=device)
+    return trainer.run()
+
+
+def build_trainer(
+    spec: JobSpec,
+    *,
+    training_file: Path,
+    validation_file: Path | None,
+    output_dir: Path,
+    callbacks: Callbacks,
+    model_path: str | None = None,
+    device: str = "auto",
+) -> Trainer:
+    """Validate the data against the spec, load the model (from the newest checkpoint in
+    `output_dir` when resuming) and return a ready trainer."""
+    kind = "reinforcement" if spec.method.is_rl else "supervised"
+    items = load_items(training_file, kind)
+    eval_items = load_items(validation_file, kind) if validation_file else items
+    cfg = resolve_config(spec, n_train=len(items))
+    if spec.method.is_rl:
+        check_grader_against_item(spec.method.rl.grader, items[0],
+                                  param_prefix="method.reinforcement.grader")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    torch_device = pick_device(device)
+    if torch_device.type != "cuda" and cfg.dtype == "bfloat16":
+        cfg = _replace(cfg, dtype="float32")
+    elif cfg.dtype == "auto":
+        bf16 = torch_device.type == "cuda" and torch.cuda.is_bf16_supported()
+        cfg = _replace(cfg, dtype="bfloat16" if bf16 else "float32")
+
+    base_path = model_path or resolve_model(spec.model)
+    resume_from = latest_checkpoint(output_dir / "checkpoints")
+    # Master weights stay float32; bfloat16 runs under autocast.
+    model, tokenizer = load_model_and_tokenizer(str(resume_from or base_path), device=torch_device)
+    trainer: Trainer
+    if cfg.kind == "sft":
+        from lco_core.sft import SFTTrainer
+
+        trainer = SFTTrainer(cfg, model, tokenizer, items=items, eval_items=eval_items,
+                             output_dir=output_dir, callbacks=callbacks, device=torch_device)
+    else:
+        from lco_core.rl import RLTrainer
+
+        ref_model = None
+        n_params = sum(p.numel() for p in model.parameters())
+        if cfg.kl_coef > 0 or n_params <= KL_INIT_MAX_PARAMS:
+            ref_model, _ = load_model_and_tokenizer(str(base_path), device=torch_device)
+            ref_model.requires_grad_(False).eval()
+        trainer = RLTrainer(cfg, model, tokenizer, items=items, eval_items=eval_items,
+                            grader_spec=spec.method.rl.grader,
+                            engine=make_engine(cfg.rollout_engine, model, tokenizer),
+                            ref_model=ref_model, output_dir=output_dir, callbacks=callbacks,
+                            device=torch_device)
+    if resume_from is not None:
+        trainer.load_state_dict(load_train_state(resume_from))
+    return trainer
+
+
+def _replace(cfg: TrainConfig, **changes: Any) -> TrainConfig:
+    from dataclasses import replace
+
+    return replace(cfg, **changes)

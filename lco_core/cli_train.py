@@ -1,0 +1,95 @@
+"""`lco train --config job.yaml --output DIR`: run one job locally, without the service.
+
+The YAML holds the same body `POST /v1/fine_tuning/jobs` takes (`model`, `training_file`,
+`method`, ...); file fields are paths, relative to the YAML file. Writes
+`DIR/metrics.jsonl` and `DIR/checkpoints/step-N/`, shows a progress bar, and resumes if
+DIR already holds a checkpoint. Also runnable as `python -m lco_core.cli_train`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+from tqdm import tqdm
+
+from lco_core.callbacks import Callbacks, Level
+from lco_spec.errors import SpecError
+from lco_spec.job import parse_job_spec
+
+SHOWN = ("reward_mean", "loss", "grad_norm", "entropy", "eval_reward", "eval_loss")
+
+
+class ProgressCallbacks(Callbacks):
+    """A tqdm bar with the headline metrics; events go to stderr."""
+
+    def __init__(self) -> None:
+        self.bar: tqdm[Any] | None = None
+
+    def on_event(self, level: Level, message: str, data: dict[str, Any] | None = None) -> None:
+        if data and "config" in data and self.bar is None:
+            self.bar = tqdm(total=data["config"]["total_steps"], unit="step", file=sys.stderr)
+        (self.bar.write if self.bar else print)(f"[{level}] {message}", file=sys.stderr)
+
+    def on_metrics(self, step: int, metrics: dict[str, float]) -> None:
+        if self.bar is not None:
+            self.bar.n = step
+            self.bar.set_postfix({k: f"{metrics[k]:.3f}" for k in SHOWN if k in metrics})
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def load_config(path: Path) -> tuple[Any, Path, Path | None]:
+    """Parse the YAML job file; returns (spec, training file, validation file)."""
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise SpecError(f"cannot read config: {exc}", param="config") from None
+    spec = parse_job_spec(raw)
+    base = path.parent
+    train = (base / spec.training_file).resolve()
+    val = (base / spec.validation_file).resolve() if spec.validation_file else None
+    for name, file in (("training_file", train), ("validation_file", val)):
+        if file is not None and not file.is_file():
+            raise SpecError(f"no such file: {file}", param=name)
+    return spec, train, val
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="lco train", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", type=Path, required=True, help="job YAML (the API's job body)")
+    parser.add_argument("--output", type=Path, required=True, help="run directory")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+
+    from lco_core.runner import run_job  # torch loads only once the config is known good
+
+    try:
+        spec, train, val = load_config(args.config)
+        progress = ProgressCallbacks()
+        try:
+            result = run_job(spec, training_file=train, validation_file=val, output_dir=args.output,
+                             callbacks=progress, device=args.device)
+        finally:
+            progress.close()
+    except SpecError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{result.status} after {result.step}/{result.total_steps} steps")
+    for key, value in sorted(result.summary.items()):
+        print(f"  {key}: {value:.4f}")
+    print(f"metrics: {args.output / 'metrics.jsonl'}")
+    if result.final_checkpoint:
+        print(f"checkpoint: {result.final_checkpoint}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

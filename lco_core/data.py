@@ -1,0 +1,78 @@
+"""Datasets for training: JSONL files validated by `lco_spec.datasets`, chat-templated and
+tokenised, and a deterministic, resumable order of examples.
+
+The order is a pure function of (seed, position): example `p` of the stream is
+`permutation(seed, epoch = p // n)[p % n]`, so a resumed run needs only its step number
+to continue exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lco_spec.datasets import parse_dataset
+from lco_spec.errors import SpecError
+
+
+def load_items(path: Path, kind: str) -> list[dict[str, Any]]:
+    """Read and validate a JSONL dataset (errors name the line and field)."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise SpecError(f"cannot read dataset: {exc.strerror}", param="training_file") from None
+    return parse_dataset(data, kind)  # type: ignore[arg-type]
+
+
+def example_indices(seed: int, n: int, start: int, count: int) -> list[int]:
+    """Indices of stream positions [start, start + count) over a dataset of n examples."""
+    out: list[int] = []
+    perm_epoch, perm = -1, torch.empty(0, dtype=torch.long)
+    for position in range(start, start + count):
+        epoch = position // n
+        if epoch != perm_epoch:
+            perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+            perm_epoch = epoch
+        out.append(int(perm[position % n]))
+    return out
+
+
+def encode_prompt(tokenizer: Any, messages: list[dict[str, Any]]) -> list[int]:
+    """Token ids of a prompt ending with the assistant turn's opening."""
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+@dataclass
+class SFTExample:
+    input_ids: list[int]
+    trainable: list[bool]  # True where the token is part of an assistant reply
+
+
+def encode_sft(tokenizer: Any, messages: list[dict[str, Any]], max_len: int) -> SFTExample:
+    """Tokenise a conversation; only assistant replies (and their end-of-turn token) train.
+
+    Each assistant reply is located by rendering the conversation up to it with and
+    without the reply, which works for any chat template that renders turns in order.
+    """
+    ids: list[int] = []
+    trainable: list[bool] = []
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        prefix = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
+        full = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
+        if not full.startswith(prefix):
+            raise SpecError("the chat template does not render turns in order", param="model")
+        prefix_ids = tokenizer(prefix, add_special_tokens=False)["input_ids"]
+        full_ids = tokenizer(full, add_special_tokens=False)["input_ids"]
+        new_context = prefix_ids[len(ids) :]
+        ids += new_context
+        trainable += [False] * len(new_context)
+        reply = full_ids[len(prefix_ids) :]
+        ids += reply
+        trainable += [True] * len(reply)
+    return SFTExample(ids[:max_len], trainable[:max_len])

@@ -1,0 +1,104 @@
+"""The SFT loop: cross-entropy on assistant tokens, through the same chunked-loss driver as
+the RL losses (`sft` is -log pi(a), token-mean over the batch)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lco_core.callbacks import Callbacks
+from lco_core.config import TrainConfig
+from lco_core.data import SFTExample, encode_sft, example_indices
+from lco_core.losses import LossConfig, TokenData, chunked_loss
+from lco_core.metrics import grad_norm, peak_memory_mb
+from lco_core.trainer import Trainer
+from lco_spec.errors import SpecError
+
+
+class SFTTrainer(Trainer):
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        model: torch.nn.Module,
+        tokenizer: Any,
+        *,
+        items: list[dict[str, Any]],
+        eval_items: list[dict[str, Any]],
+        output_dir: Path,
+        callbacks: Callbacks,
+        device: torch.device,
+    ) -> None:
+        super().__init__(cfg, model, tokenizer, output_dir=output_dir, callbacks=callbacks, device=device)
+        self.examples = [self._encode(item, i) for i, item in enumerate(items)]
+        self.eval_examples = [self._encode(item, i) for i, item in enumerate(eval_items[: cfg.eval_samples])]
+        self.base = getattr(model, model.base_model_prefix)
+        self.head = model.get_output_embeddings()
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.autocast = cfg.dtype == "bfloat16"
+
+    def _encode(self, item: dict[str, Any], index: int) -> SFTExample:
+        example = encode_sft(self.tokenizer, item["messages"], self.cfg.max_seq_len)
+        if not any(example.trainable[1:]):
+            raise SpecError(f"no assistant tokens left within max_seq_len={self.cfg.max_seq_len}",
+                            param="training_file", line=index + 1)
+        return example
+
+    def loss(self, batch: list[SFTExample]) -> tuple[torch.Tensor, dict[str, float], int]:
+        width = max(len(e.input_ids) for e in batch)
+        input_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+        attention = torch.zeros_like(input_ids)
+        rows, cols, targets = [], [], []
+        for i, e in enumerate(batch):
+            input_ids[i, : len(e.input_ids)] = torch.tensor(e.input_ids)
+            attention[i, : len(e.input_ids)] = 1
+            for t in range(1, len(e.input_ids)):
+                if e.trainable[t]:
+                    rows.append(i)
+                    cols.append(t - 1)  # the state at t-1 predicts token t
+                    targets.append(e.input_ids[t])
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            out = self.base(input_ids=input_ids.to(self.device), attention_mask=attention.to(self.device))
+        h = out.last_hidden_state[torch.tensor(rows, device=self.device), torch.tensor(cols, device=self.device)]
+        n = len(targets)
+        zeros = torch.zeros(n, device=self.device)
+        data = TokenData(tokens=torch.tensor(targets, device=self.device), advantages=zeros,
+                         weights=torch.full((n,), 1.0 / n, device=self.device),
+                         old_logprobs=zeros, old_logits=zeros)
+        res = chunked_loss(h, self.head.weight, self.head.bias, data, "sft", LossConfig(),
+                           self.cfg.loss_chunk_size)
+        stats = {"entropy": res.entropy_sum / n, "sampled_prob": res.sampled_prob_sum / n}
+        return res.loss, stats, n
+
+    def train_step(self, step: int) -> dict[str, float]:
+        cfg = self.cfg
+        started = time.perf_counter()
+        indices = example_indices(cfg.seed, len(self.examples), (step - 1) * cfg.batch_size, cfg.batch_size)
+        self.model.train()
+        loss, stats, n = self.loss([self.examples[i] for i in indices])
+        loss.backward()
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        norm = grad_norm(params)
+        if cfg.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.trained_tokens += n
+        elapsed = time.perf_counter() - started
+        return {"loss": float(loss), "grad_norm": norm, **stats, "tokens_per_sec": n / elapsed,
+                "time_update": elapsed, "peak_mem_mb": peak_memory_mb(self.device)}
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        if not self.eval_examples:
+            return {}
+        self.model.eval()
+        total, count = 0.0, 0
+        for start in range(0, len(self.eval_examples), self.cfg.batch_size):
+            loss, _, n = self.loss(self.eval_examples[start : start + self.cfg.batch_size])
+            total += float(loss) * n
+            count += n
+        self.model.train()
+        return {"eval_loss": total / count}

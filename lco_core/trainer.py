@@ -1,0 +1,185 @@
+"""The training skeleton shared by the RL and SFT loops: optimiser, LR schedule, the step
+loop with callbacks, evaluation, checkpoints and exact resume.
+
+A subclass supplies `train_step(step) -> metrics` and `evaluate() -> metrics`; everything
+else (when to evaluate, checkpoint, stop, and how to save and restore training state)
+lives here once. Steps are numbered from 1; a checkpoint `step-N` holds the state after
+step N, and resuming from it runs step N+1 next with the same data and sampling seeds.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lco_core.callbacks import Callbacks, StopReason
+from lco_core.checkpoint import save_checkpoint
+from lco_core.config import TrainConfig
+from lco_core.metrics import MetricsLog
+from lco_core.result import RunResult, RunStatus
+
+log = logging.getLogger(__name__)
+
+STATUS_FOR_STOP: dict[StopReason, RunStatus] = {
+    "cancel": "cancelled", "pause": "paused", "preempt": "preempted",
+}
+
+
+def lr_lambda(cfg: TrainConfig) -> Any:
+    """Multiplier of the base LR at a given optimiser step (linear warm-up, then schedule)."""
+
+    def factor(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / (cfg.warmup_steps + 1)
+        span = max(1, cfg.total_steps - cfg.warmup_steps)
+        progress = min(1.0, (step - cfg.warmup_steps) / span)
+        if cfg.lr_schedule == "linear":
+            return 1.0 - progress
+        if cfg.lr_schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        return 1.0
+
+    return factor
+
+
+class Trainer:
+    """One run of one job. Subclasses: `rl.RLTrainer`, `sft.SFTTrainer`."""
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        model: torch.nn.Module,
+        tokenizer: Any,
+        *,
+        output_dir: Path,
+        callbacks: Callbacks,
+        device: torch.device,
+        extra_params: list[torch.nn.Parameter] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.model = model
+        self.tokenizer = tokenizer
+        self.output_dir = output_dir
+        self.checkpoint_dir = output_dir / "checkpoints"
+        self.callbacks = callbacks
+        self.device = device
+        self.step = 0
+        self.trained_tokens = 0
+        self.metrics_log = MetricsLog(output_dir / "metrics.jsonl")
+        params = [p for p in model.parameters() if p.requires_grad] + list(extra_params or [])
+        self.optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
+        self.last_metrics: dict[str, float] = {}
+        self.summary: dict[str, float] = {}
+
+    # -- subclass hooks -------------------------------------------------------------
+    def train_step(self, step: int) -> dict[str, float]:
+        raise NotImplementedError
+
+    def evaluate(self) -> dict[str, float]:
+        return {}
+
+    def extra_state(self) -> dict[str, Any]:
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        """Restore what `extra_state` saved."""
+
+    def close(self) -> None:
+        """Release engines and other resources."""
+
+    # -- state ------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "trained_tokens": self.trained_tokens,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "summary": dict(self.summary),
+            "extra": self.extra_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step = int(state["step"])
+        self.trained_tokens = int(state.get("trained_tokens", 0))
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.summary = dict(state.get("summary", {}))
+        self.load_extra_state(state.get("extra", {}))
+        dropped = self.metrics_log.truncate_after(self.step)
+        message = f"resumed from checkpoint at step {self.step}"
+        if dropped:
+            message += f"; {dropped} later step(s) will be redone"
+        self.callbacks.on_event("warn" if dropped else "info", message,
+                                {"step": self.step, "redone_steps": dropped})
+
+    def save(self) -> Path:
+        path = save_checkpoint(self.checkpoint_dir, self.step, self.model, self.tokenizer,
+                               self.state_dict())
+        self.callbacks.on_checkpoint(path, self.step, self.last_metrics)
+        return path
+
+    # -- the loop -----------------------------------------------------------------------
+    def _eval_into(self, metrics: dict[str, float], label: str) -> None:
+        if self.cfg.eval_samples <= 0:
+            return
+        result = self.evaluate()
+        if not result:
+            return
+        metrics.update(result)
+        self.callbacks.on_event("info", f"evaluation {label}: " + ", ".join(
+            f"{k}={v:.4f}" for k, v in result.items()), {"step": self.step, **result})
+
+    def run(self) -> RunResult:
+        cfg = self.cfg
+        self.callbacks.on_event("info", f"training {cfg.kind} ({cfg.loss}) for {cfg.total_steps} steps",
+                                {"config": cfg.describe()})
+        log.info("config %s", cfg.describe())
+        if self.step == 0:
+            initial: dict[str, float] = {}
+            self._eval_into(initial, "before training")
+            self.summary.update({f"initial_{k}": v for k, v in initial.items()})
+        last_saved = self.step
+        try:
+            while self.step < cfg.total_steps:
+                reason = self.callbacks.should_stop()
+                if reason is not None:
+                    checkpoint = None
+                    if reason != "cancel" and self.step > last_saved:
+                        checkpoint = self.save()
+                    elif self.step > 0:
+                        checkpoint = self.checkpoint_dir / f"step-{self.step}"
+                    self.callbacks.on_event("info", f"stopped at step {self.step}: {reason}")
+                    return self._result(STATUS_FOR_STOP[reason], checkpoint)
+                started = time.perf_counter()
+                torch.manual_seed(cfg.seed * 7919 + self.step + 1)
+                metrics = self.train_step(self.step + 1)
+                self.step += 1
+                self.scheduler.step()
+                if self.step % cfg.eval_interval == 0 or self.step == cfg.total_steps:
+                    self._eval_into(metrics, f"at step {self.step}")
+                metrics.update(step=self.step, lr=self.optimizer.param_groups[0]["lr"],
+                               time_step=time.perf_counter() - started,
+                               trained_tokens=self.trained_tokens)
+                self.last_metrics = metrics
+                self.metrics_log.append(metrics)
+                self.callbacks.on_metrics(self.step, metrics)
+                if self.step % cfg.checkpoint_interval == 0 or self.step == cfg.total_steps:
+                    self.save()
+                    last_saved = self.step
+        finally:
+            self.close()
+        final = {k: v for k, v in self.last_metrics.items() if k.startswith("eval_")}
+        self.summary.update({f"final_{k}": v for k, v in final.items()})
+        checkpoint = self.checkpoint_dir / f"step-{self.step}"
+        return self._result("succeeded", checkpoint if checkpoint.exists() else None)
+
+    def _result(self, status: RunStatus, checkpoint: Path | None) -> RunResult:
+        return RunResult(status=status, step=self.step, total_steps=self.cfg.total_steps,
+                         final_checkpoint=checkpoint, trained_tokens=self.trained_tokens,
+                         summary=dict(self.summary))
