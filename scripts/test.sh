@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs everything and runs the whole test suite: lint, types, then pytest.
+# Usage: bash scripts/test.sh [pytest args]   (long variants: bash scripts/test.sh -m slow)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install.sh
+bash scripts/services.sh
+# One lco-tiny build shared by every test and every run of the suite.
+export LCO_HOME=${LCO_HOME:-$PWD/.cache/lco}
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+.venv/bin/mypy
+set +e
+.venv/bin/python -m pytest "$@"
+status=$?
+set -e
+if [ "$status" -eq 5 ]; then
+  echo "pytest collected no tests: failing on purpose" >&2
+  exit 1
+fi
+exit "$status"
