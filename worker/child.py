@@ -17,6 +17,7 @@ import sys
 import threading
 import traceback
 from pathlib import Path
+from collections.abc import Callable
 from typing import IO, Any
 
 from lco_core.callbacks import Callbacks, Level, StopReason
@@ -62,7 +63,8 @@ class RelayCallbacks(Callbacks):
         return self._stop
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, run: Callable[..., Any] | None = None) -> int:
+    """Run one attempt; `run` defaults to `lco_core.runner.run_job` (tests pass a scripted one)."""
     parser = argparse.ArgumentParser(prog="worker.child")
     parser.add_argument("--config", required=True, type=Path)
     parser.add_argument("--events-fd", required=True, type=int)
@@ -74,10 +76,11 @@ def main(argv: list[str] | None = None) -> int:
     callbacks = RelayCallbacks(out, control)
     config = json.loads(args.config.read_text())
     try:
-        from lco_core.runner import run_job
         from lco_spec.job import parse_job_spec
 
-        result = run_job(
+        if run is None:
+            from lco_core.runner import run_job as run
+        result = run(
             parse_job_spec(config["spec"]),
             training_file=Path(config["training_file"]),
             validation_file=Path(config["validation_file"])

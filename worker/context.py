@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from functools import cached_property
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -16,8 +17,10 @@ from jobs.storage import Storage
 
 
 class WorkerContext:
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, child_command: list[str] | None = None):
         self.settings = settings
+        # The training process' command line (tests substitute a scripted trainer).
+        self.child_command = child_command or [sys.executable, "-m", "worker.child"]
         self._pid = os.getpid()
 
     def _check_pid(self) -> None:

@@ -16,7 +16,6 @@ import os
 import queue
 import signal
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -126,9 +125,7 @@ class Supervisor:
         try:
             child = subprocess.Popen(
                 [
-                    sys.executable,
-                    "-m",
-                    "worker.child",
+                    *self.ctx.child_command,
                     "--config",
                     str(config_path),
                     "--events-fd",

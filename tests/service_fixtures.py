@@ -1,0 +1,327 @@
+"""Fixtures and helpers for the service tests (API, job store, workers, live server).
+
+Import what a test needs: `from tests.service_fixtures import api, sqlite_settings, ...`.
+Every test gets its own data dir and database: SQLite under tmp_path, or a fresh
+PostgreSQL database `lco_test_<random>` (dropped afterwards) and a dedicated Redis db.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from jobs.auth import create_api_key, create_team
+from jobs.db import make_engine, make_session_factory, transaction
+from jobs.migrate import upgrade
+from jobs.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+REDIS_URL = "redis://127.0.0.1:6379/11"
+
+# Fast control loops so tests see leases, stops and re-dispatches within seconds.
+FAST = {
+    "lease_ttl_s": 5.0,
+    "heartbeat_s": 1.0,
+    "poll_s": 0.2,
+    "stop_grace_s": 20.0,
+    "retry_backoff_s": 0.0,
+    "redispatch_after_s": 30.0,
+    "reconcile_every_s": 1.0,
+}
+
+
+def fast_settings(data_dir: Path, **overrides: Any) -> Settings:
+    return Settings(data_dir=data_dir, **{**FAST, **overrides})
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The LCO_* environment that reproduces `settings` in a subprocess."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LCO_")}
+    env["LCO_DATA_DIR"] = str(settings.data_dir.resolve())
+    if settings.database_url:
+        env["LCO_DATABASE_URL"] = settings.database_url
+    if settings.broker_url:
+        env["LCO_BROKER_URL"] = settings.broker_url
+    for key in FAST:
+        env[f"LCO_{key.upper()}"] = str(getattr(settings, key))
+    env["LCO_MAX_UPLOAD_BYTES"] = str(settings.max_upload_bytes)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def new_key(settings: Settings, team: str) -> str:
+    with transaction(make_session_factory(make_engine(settings))) as session:
+        row = create_team(session, team)
+        _, key = create_api_key(session, row)
+    return key
+
+
+@pytest.fixture
+def sqlite_settings(tmp_path: Path) -> Settings:
+    settings = fast_settings(tmp_path / "data")
+    upgrade(settings)
+    return settings
+
+
+# -- PostgreSQL and Redis ------------------------------------------------------------------------
+def pg_available() -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", 5432), timeout=1):
+        return True
+    return False
+
+
+def redis_available() -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", 6379), timeout=1):
+        return True
+    return False
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for this test; dropped afterwards."""
+    if not pg_available():
+        pytest.skip("PostgreSQL is not running on 127.0.0.1:5432")
+    import psycopg
+
+    name = f"lco_test_{secrets.token_hex(6)}"
+    with psycopg.connect("host=127.0.0.1 user=postgres dbname=postgres", autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with psycopg.connect(
+            "host=127.0.0.1 user=postgres dbname=postgres", autocommit=True
+        ) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    """A dedicated Redis db number, flushed before and after."""
+    if not redis_available():
+        pytest.skip("Redis is not running on 127.0.0.1:6379")
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    client.flushdb()
+    try:
+        yield REDIS_URL
+    finally:
+        client.flushdb()
+        client.close()
+
+
+# -- in-process API client ---------------------------------------------------------------------
+@dataclass
+class ApiClient:
+    """A TestClient with one team's key, plus a second team for tenancy checks."""
+
+    client: TestClient
+    settings: Settings
+    key: str
+    other_key: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"}
+
+    @property
+    def other_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.other_key}"}
+
+    def get(self, path: str, **kw: Any) -> httpx.Response:
+        return self.client.get(path, headers=kw.pop("headers", self.headers), **kw)
+
+    def post(self, path: str, **kw: Any) -> httpx.Response:
+        return self.client.post(path, headers=kw.pop("headers", self.headers), **kw)
+
+    def delete(self, path: str, **kw: Any) -> httpx.Response:
+        return self.client.delete(path, headers=kw.pop("headers", self.headers), **kw)
+
+    def upload(self, data: bytes, name: str = "train.jsonl", **kw: Any) -> httpx.Response:
+        return self.post(
+            "/v1/files", files={"file": (name, data)}, data={"purpose": "fine-tune"}, **kw
+        )
+
+
+@pytest.fixture
+def api(sqlite_settings: Settings) -> Iterator[ApiClient]:
+    from api.app import create_app
+
+    key, other = new_key(sqlite_settings, "team-a"), new_key(sqlite_settings, "team-b")
+    with TestClient(create_app(sqlite_settings), raise_server_exceptions=False) as client:
+        yield ApiClient(client, sqlite_settings, key, other)
+
+
+def sft_lines(n: int = 4) -> bytes:
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": f"{i}+1?"},
+                {"role": "assistant", "content": str(i + 1)},
+            ]
+        }
+        for i in range(n)
+    ]
+    return "".join(json.dumps(r) + "\n" for r in rows).encode()
+
+
+def rl_lines(n: int = 4) -> bytes:
+    rows = [
+        {"messages": [{"role": "user", "content": f"{i}+1?"}], "answer": str(i + 1)}
+        for i in range(n)
+    ]
+    return "".join(json.dumps(r) + "\n" for r in rows).encode()
+
+
+STRING_CHECK = {
+    "type": "string_check",
+    "name": "exact",
+    "input": "{{sample.output_text}}",
+    "reference": "{{item.answer}}",
+    "operation": "eq",
+}
+
+
+def sft_body(file_id: str, **hp: Any) -> dict[str, Any]:
+    return {
+        "model": "lco-tiny",
+        "training_file": file_id,
+        "method": {"type": "supervised", "supervised": {"hyperparameters": {"max_steps": 3, **hp}}},
+    }
+
+
+# -- a scripted training child for worker plumbing tests --------------------------------------
+@dataclass
+class FakeResult:
+    status: str
+    step: int
+    total_steps: int
+    final_checkpoint: Path | None
+    trained_tokens: int = 0
+    summary: dict[str, float] = field(default_factory=dict)
+
+
+def fake_run_job(spec: Any, *, output_dir: Path, callbacks: Any, **_: Any) -> FakeResult:
+    """Behaves like lco_core.runner.run_job on a timer. `spec.metadata["fake"]` picks a script:
+    ok (default), crash (exit without a result), user_error, hang (ignores stop requests)."""
+    from lco_spec.errors import SpecError
+
+    mode = (spec.metadata or {}).get("fake", "ok")
+    steps = int((spec.metadata or {}).get("steps", "4"))
+    delay = float((spec.metadata or {}).get("delay", "0.3"))
+    ckpts = output_dir / "checkpoints"
+    start = 0
+    if ckpts.is_dir():  # resume from the newest checkpoint, like the real core
+        done = sorted(int(p.name.split("-")[1]) for p in ckpts.glob("step-*"))
+        start = done[-1] if done else 0
+    if mode == "user_error":
+        raise SpecError("the dataset has no field 'answer'", param="training_file")
+    callbacks.on_event("info", "fake run starting", {"start": start})
+    final = None
+    for step in range(start + 1, steps + 1):
+        if mode != "hang":
+            reason = callbacks.should_stop()
+            if reason is not None:
+                status = {"cancel": "cancelled", "pause": "paused", "preempt": "preempted"}[reason]
+                return FakeResult(status, step - 1, steps, final)
+        time.sleep(delay)
+        if mode == "crash" and step == 2:
+            os._exit(3)
+        callbacks.on_metrics(step, {"loss": 1.0 / step, "total_steps": steps})
+        if step % 2 == 0 or step == steps:
+            final = ckpts / f"step-{step}"
+            final.mkdir(parents=True, exist_ok=True)
+            (final / "config.json").write_text(json.dumps({"step": step}))
+            callbacks.on_checkpoint(final, step, {"loss": 1.0 / step})
+    return FakeResult(
+        "succeeded", steps, steps, final, trained_tokens=10 * steps, summary={"loss": 0.25}
+    )
+
+
+FAKE_CHILD = [
+    sys.executable,
+    "-c",
+    "import sys; from tests.service_fixtures import fake_run_job; "
+    "from worker.child import main; sys.exit(main(sys.argv[1:], run=fake_run_job))",
+]
+
+
+# -- live server -----------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class LiveService:
+    """Processes started for one live test; stopped (process groups killed) at teardown."""
+
+    base_url: str
+    settings: Settings
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    logs: list[Path] = field(default_factory=list)
+
+    def start(self, argv: list[str], log: Path) -> None:
+        out = log.open("wb")
+        self.procs.append(
+            subprocess.Popen(
+                argv,
+                env=settings_env(self.settings),
+                cwd=str(ROOT),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        )
+        self.logs.append(log)
+
+    def wait_healthy(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for proc, log in zip(self.procs, self.logs, strict=True):
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{proc.args} exited:\n{log.read_text()[-3000:]}")
+            with contextlib.suppress(httpx.HTTPError):
+                if (
+                    httpx.get(self.base_url.removesuffix("/v1") + "/healthz", timeout=2).status_code
+                    == 200
+                ):
+                    return
+            time.sleep(0.3)
+        raise TimeoutError("the service did not become healthy")
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+
+    def dump_logs(self) -> str:
+        return "\n".join(
+            f"== {log.name}\n{log.read_text()[-4000:]}" for log in self.logs if log.exists()
+        )

@@ -1,0 +1,148 @@
+"""The worker's supervisor with a scripted training child (no torch): relaying, fencing,
+cancel/pause between steps, kill after the grace period, crash retries, duplicate messages."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from sqlalchemy import select
+
+from jobs.db import make_engine, make_session_factory
+from jobs.models import Job, JobMetric
+from tests.service_fixtures import (  # noqa: F401 (fixtures)
+    FAKE_CHILD,
+    ApiClient,
+    api,
+    sft_body,
+    sft_lines,
+    sqlite_settings,
+)
+from worker.context import WorkerContext
+from worker.tasks import run_job
+
+
+def _submit(api: ApiClient, **metadata: str) -> str:
+    file_id = api.upload(sft_lines()).json()["id"]
+    body = sft_body(file_id)
+    body["metadata"] = metadata
+    response = api.post("/v1/fine_tuning/jobs", json=body)
+    assert response.status_code == 200, response.text
+    return str(response.json()["id"])
+
+
+def _ctx(api: ApiClient, **overrides: Any) -> WorkerContext:
+    settings = api.settings.model_copy(update=overrides)
+    return WorkerContext(settings, child_command=FAKE_CHILD)
+
+
+def _job(api: ApiClient, job_id: str) -> dict[str, Any]:
+    return dict(api.get(f"/v1/fine_tuning/jobs/{job_id}").json())
+
+
+def _wait_step(api: ApiClient, job_id: str, step: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while _job(api, job_id)["progress"]["step"] < step:
+        assert time.monotonic() < deadline, _job(api, job_id)
+        time.sleep(0.1)
+
+
+def test_success_relays_metrics_checkpoints_and_model_name(api: ApiClient) -> None:
+    job_id = _submit(api, steps="4", delay="0.05")
+    assert run_job(_ctx(api), job_id) is True
+    job = _job(api, job_id)
+    assert job["status"] == "succeeded", job
+    assert (
+        job["fine_tuned_model"].startswith("ft:lco-tiny:team-a::")
+        and job_id in job["fine_tuned_model"]
+    )
+    assert job["trained_tokens"] == 40 and job["finished_at"] is not None
+    metrics = api.get(f"/v1/fine_tuning/jobs/{job_id}/metrics").json()["data"]
+    assert [m["step"] for m in metrics] == [1, 2, 3, 4]
+    ckpts = api.get(f"/v1/fine_tuning/jobs/{job_id}/checkpoints").json()["data"]
+    assert [c["step_number"] for c in ckpts] == [4, 2]
+    messages = [
+        e["message"]
+        for e in api.get(f"/v1/fine_tuning/jobs/{job_id}/events?limit=100").json()["data"]
+    ]
+    assert "The job has successfully completed" in messages and "fake run starting" in messages
+    # A redelivered message for a finished job does nothing.
+    assert run_job(_ctx(api), job_id) is False
+
+
+def test_cancel_while_running_stops_between_steps(api: ApiClient) -> None:
+    job_id = _submit(api, steps="50", delay="0.2")
+    thread = threading.Thread(target=run_job, args=(_ctx(api), job_id))
+    thread.start()
+    _wait_step(api, job_id, 1)
+    # A second message while the lease is live is a no-op (I2).
+    assert run_job(_ctx(api), job_id) is False
+    assert (
+        api.post(f"/v1/fine_tuning/jobs/{job_id}/cancel").json()["status_details"]["phase"]
+        == "cancelling"
+    )
+    thread.join(timeout=30)
+    assert not thread.is_alive()
+    job = _job(api, job_id)
+    assert job["status"] == "cancelled" and job["progress"]["step"] < 50
+    assert api.post(f"/v1/fine_tuning/jobs/{job_id}/cancel").status_code == 409
+
+
+def test_pause_then_resume_continues_from_checkpoint(api: ApiClient) -> None:
+    job_id = _submit(api, steps="6", delay="0.3")
+    thread = threading.Thread(target=run_job, args=(_ctx(api), job_id))
+    thread.start()
+    _wait_step(api, job_id, 2)
+    api.post(f"/v1/fine_tuning/jobs/{job_id}/pause")
+    thread.join(timeout=30)
+    assert _job(api, job_id)["status"] == "paused"
+    assert api.post(f"/v1/fine_tuning/jobs/{job_id}/resume").json()["status"] == "queued"
+    assert run_job(_ctx(api), job_id) is True
+    job = _job(api, job_id)
+    assert job["status"] == "succeeded" and job["attempts"] == 2
+    steps = [m["step"] for m in api.get(f"/v1/fine_tuning/jobs/{job_id}/metrics").json()["data"]]
+    assert steps == sorted(set(steps)) and steps[-1] == 6  # strictly increasing (I4)
+
+
+def test_child_that_ignores_stop_is_killed(api: ApiClient) -> None:
+    job_id = _submit(api, fake="hang", steps="200", delay="0.1")
+    thread = threading.Thread(target=run_job, args=(_ctx(api, stop_grace_s=1.0), job_id))
+    thread.start()
+    _wait_step(api, job_id, 1)
+    api.post(f"/v1/fine_tuning/jobs/{job_id}/cancel")
+    thread.join(timeout=30)
+    assert _job(api, job_id)["status"] == "cancelled"
+
+
+def test_crash_is_retried_then_fails_after_max_attempts(api: ApiClient) -> None:
+    job_id = _submit(api, fake="crash", delay="0.01")
+    ctx = _ctx(api, max_attempts=2)
+    with make_session_factory(make_engine(api.settings))() as session:
+        job = session.scalar(select(Job).where(Job.id == job_id))
+        assert job is not None
+        job.max_attempts = 2
+        session.commit()
+    assert run_job(ctx, job_id) is True
+    job = _job(api, job_id)
+    assert job["status"] == "queued" and job["attempts"] == 1
+    assert run_job(ctx, job_id) is True
+    job = _job(api, job_id)
+    assert job["status"] == "failed" and job["error"]["code"] == "training_failed"
+    assert run_job(ctx, job_id) is False
+
+
+def test_user_error_fails_without_retry(api: ApiClient) -> None:
+    job_id = _submit(api, fake="user_error")
+    assert run_job(_ctx(api), job_id) is True
+    job = _job(api, job_id)
+    assert job["status"] == "failed" and job["error"]["param"] == "training_file"
+    assert job["attempts"] == 1
+
+
+def test_metric_rows_are_unique_per_step(api: ApiClient) -> None:
+    job_id = _submit(api, steps="3", delay="0.01")
+    run_job(_ctx(api), job_id)
+    with make_session_factory(make_engine(api.settings))() as session:
+        steps = list(session.scalars(select(JobMetric.step).where(JobMetric.job_id == job_id)))
+    assert sorted(steps) == [1, 2, 3]
