@@ -11,16 +11,11 @@ from sqlalchemy import select
 
 from jobs.db import make_engine, make_session_factory
 from jobs.models import Job, JobMetric
-from tests.service_fixtures import (  # noqa: F401 (fixtures)
-    FAKE_CHILD,
-    ApiClient,
-    api,
-    sft_body,
-    sft_lines,
-    sqlite_settings,
-)
+from tests.service_fixtures import FAKE_CHILD, ApiClient, sft_body, sft_lines
 from worker.context import WorkerContext
 from worker.tasks import run_job
+
+pytest_plugins = ["tests.service_fixtures"]
 
 
 def _submit(api: ApiClient, **metadata: str) -> str:

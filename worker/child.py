@@ -16,8 +16,8 @@ import os
 import sys
 import threading
 import traceback
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import IO, Any
 
 from lco_core.callbacks import Callbacks, Level, StopReason
@@ -79,7 +79,9 @@ def main(argv: list[str] | None = None, run: Callable[..., Any] | None = None) -
         from lco_spec.job import parse_job_spec
 
         if run is None:
-            from lco_core.runner import run_job as run
+            from lco_core.runner import run_job
+
+            run = run_job
         result = run(
             parse_job_spec(config["spec"]),
             training_file=Path(config["training_file"]),
