@@ -52,7 +52,9 @@ def fast_settings(data_dir: Path, **overrides: Any) -> Settings:
 
 def settings_env(settings: Settings) -> dict[str, str]:
     """The LCO_* environment that reproduces `settings` in a subprocess."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LCO_")}
+    # Drop the caller's service settings (keep others, e.g. LCO_HOME, the model cache).
+    fields = {f"LCO_{name.upper()}" for name in Settings.model_fields}
+    env = {k: v for k, v in os.environ.items() if k not in fields}
     env["LCO_DATA_DIR"] = str(settings.data_dir.resolve())
     if settings.database_url:
         env["LCO_DATABASE_URL"] = settings.database_url
