@@ -117,7 +117,7 @@ def test_reaper_finishes_cancel_and_fails_exhausted_jobs(sessions: sessionmaker[
     with transaction(sessions) as session:
         assert reap_expired(session, retry_backoff_s=0) == []
     with sessions() as session:
-        status = dict(session.execute(select(Job.id, Job.status)).tuples().all())
+        status = dict(session.execute(select(Job.id, Job.status)).all())
     assert (
         status[cancel] == "cancelled"
         and status[exhausted] == "failed"
