@@ -1,0 +1,29 @@
+"""Suite-wide fixtures: the bundled model, built once per session.
+
+`tiny_model_path` builds lco-tiny on first use (a minute or two on CPU) into
+`$LCO_HOME/models/` and every later run finds it cached; the CI script points LCO_HOME at a
+cache dir. torch is imported inside the fixtures, so tests that check the API starts
+without torch are not affected by this file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path() -> Path:
+    from lco_core.tiny_model import ensure_tiny_model
+
+    return ensure_tiny_model()
+
+
+@pytest.fixture
+def tiny_model_and_tokenizer(tiny_model_path: Path) -> tuple[Any, Any]:
+    """A fresh float32 CPU copy (loading takes milliseconds): tests may change it freely."""
+    from lco_core.models import load_model_and_tokenizer
+
+    return load_model_and_tokenizer(str(tiny_model_path))
