@@ -13,9 +13,9 @@ registry (`LOSSES`), so LCO and the baselines run through one driver on the same
 | `ppo_clip`    | clipped ratio surrogate (GAE advantages)     |                            |
 | `sft`         | -log pi(a)                                   | softmax(z) - onehot(a)     |
 
-`chunked_loss` projects hidden states through the LM head one chunk of tokens at a time
-under activation checkpointing, so no B x T x V tensor ever exists: peak memory is one
-chunk's logits whichever loss runs (the LCO target is built inside the chunk).
+These autograd definitions are the specification: `fused.py` computes the same values
+with closed-form gradients one chunk of tokens at a time (so no B x T x V tensor exists),
+and the tests hold the two to each other.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.checkpoint import checkpoint
 
 
 @dataclass
@@ -193,71 +192,3 @@ def grpo(logits: Tensor, data: TokenData, cfg: LossConfig) -> Tensor:
         log_r = data.ref_logprobs.to(logp_a.dtype) - logp_a
         loss = loss + cfg.kl_coef * (torch.exp(log_r) - log_r - 1)  # k3, unbiased, >= 0
     return loss
-
-
-@dataclass
-class LossResult:
-    """The minibatch loss split by the sign of the advantage (loss = pos + neg), so the
-    caller can measure the gradient norm of each part, plus detached token statistics."""
-
-    loss: Tensor
-    pos: Tensor
-    neg: Tensor
-    entropy_sum: float
-    sampled_prob_sum: float
-    clipped: int
-    tokens: int
-
-
-def chunked_loss(
-    hidden: Tensor,
-    head_weight: Tensor,
-    head_bias: Tensor | None,
-    data: TokenData,
-    name: str,
-    cfg: LossConfig,
-    chunk_size: int = 1024,
-) -> LossResult:
-    """Sum of `weights * loss(name)` over N tokens, from hidden states [N, H]."""
-    loss_fn = get_loss(name)
-    ratio_loss = name in ("grpo", "ppo_clip")
-
-    def chunk_terms(h: Tensor, weight: Tensor, part: TokenData) -> tuple[Tensor, ...]:
-        # float32 logits whatever the model dtype: softmax over a large vocab in bf16 is too
-        # coarse for the target and the statistics.
-        logits = F.linear(h, weight, head_bias).float()
-        per_token = loss_fn(logits, part, cfg)
-        w = part.weights.to(per_token.dtype)
-        positive = part.advantages > 0
-        pos = (per_token * w * positive).sum()
-        neg = (per_token * w * ~positive).sum()
-        with torch.no_grad():
-            logp = torch.log_softmax(logits.detach(), -1)
-            entropy = -(logp.exp() * logp).sum()
-            logp_a = _sampled(logp, part.tokens)
-            prob = logp_a.exp().sum()
-            clipped = (
-                clipped_surrogate(logp_a, part, cfg)[1].sum() if ratio_loss else torch.zeros(())
-            )
-        return pos, neg, entropy, prob, clipped
-
-    pos_total = hidden.new_zeros((), dtype=torch.float32)
-    neg_total = hidden.new_zeros((), dtype=torch.float32)
-    entropy = prob = 0.0
-    clipped = 0
-    n = hidden.shape[0]
-    for start in range(0, n, chunk_size):
-        part = data.slice(start, min(start + chunk_size, n))
-        h = hidden[start : start + chunk_size]
-        if torch.is_grad_enabled() and (h.requires_grad or head_weight.requires_grad):
-            # Recompute the chunk's logits in backward instead of keeping them.
-            outs = checkpoint(chunk_terms, h, head_weight, part, use_reentrant=False)
-        else:
-            outs = chunk_terms(h, head_weight, part)
-        pos, neg, ent, pr, cl = outs
-        pos_total = pos_total + pos
-        neg_total = neg_total + neg
-        entropy += float(ent)
-        prob += float(pr)
-        clipped += int(cl)
-    return LossResult(pos_total + neg_total, pos_total, neg_total, entropy, prob, clipped, n)

@@ -22,7 +22,8 @@ from lco_core.advantages import gae_advantages, sequence_advantages, whiten
 from lco_core.callbacks import Callbacks
 from lco_core.config import TrainConfig
 from lco_core.data import encode_prompt, example_indices
-from lco_core.losses import LossConfig, TokenData, chunked_loss
+from lco_core.fused import chunked_loss
+from lco_core.losses import LossConfig, TokenData
 from lco_core.metrics import PhaseTimer, grad_norm, peak_memory_mb
 from lco_core.rollout import Completion, RolloutEngine, SamplingParams
 from lco_core.trainer import Trainer
@@ -53,13 +54,21 @@ class Rollouts:
         rows = torch.repeat_interleave(torch.arange(len(seqs)), lengths)
         starts = torch.repeat_interleave(self.offsets[seqs], lengths)
         within = torch.arange(int(lengths.sum())) - torch.repeat_interleave(
-            torch.cumsum(lengths, 0) - lengths, lengths)
+            torch.cumsum(lengths, 0) - lengths, lengths
+        )
         cols = torch.repeat_interleave(self.prompt_lens[seqs] - 1, lengths) + within
-        return (self.input_ids[seqs, :width], self.attention_mask[seqs, :width], rows, cols,
-                starts + within)
+        return (
+            self.input_ids[seqs, :width],
+            self.attention_mask[seqs, :width],
+            rows,
+            cols,
+            starts + within,
+        )
 
 
-def build_rollouts(prompts: list[list[int]], groups: list[list[Completion]], pad_id: int) -> Rollouts:
+def build_rollouts(
+    prompts: list[list[int]], groups: list[list[Completion]], pad_id: int
+) -> Rollouts:
     seqs = [(p, c) for p, group in zip(prompts, groups, strict=True) for c in group]
     width = max(len(p) + len(c.token_ids) for p, c in seqs)
     input_ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
@@ -76,7 +85,9 @@ def build_rollouts(prompts: list[list[int]], groups: list[list[Completion]], pad
         lengths=lengths,
         offsets=torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(lengths, 0)]),
         tokens=torch.tensor([t for _, c in seqs for t in c.token_ids], dtype=torch.long),
-        engine_logprobs=torch.tensor([lp for _, c in seqs for lp in c.logprobs], dtype=torch.float32),
+        engine_logprobs=torch.tensor(
+            [lp for _, c in seqs for lp in c.logprobs], dtype=torch.float32
+        ),
     )
 
 
@@ -104,10 +115,18 @@ class RLTrainer(Trainer):
         hidden_size = model.get_output_embeddings().weight.shape[1]
         # PPO's value head reads the policy's hidden states detached, so value errors never
         # push the shared trunk: the policy sees exactly the gradients of its loss.
-        self.value_head = torch.nn.Linear(hidden_size, 1).to(device) if cfg.algorithm == "ppo" else None
-        super().__init__(cfg, model, tokenizer, output_dir=output_dir, callbacks=callbacks,
-                         device=device,
-                         extra_params=list(self.value_head.parameters()) if self.value_head else None)
+        self.value_head = (
+            torch.nn.Linear(hidden_size, 1).to(device) if cfg.algorithm == "ppo" else None
+        )
+        super().__init__(
+            cfg,
+            model,
+            tokenizer,
+            output_dir=output_dir,
+            callbacks=callbacks,
+            device=device,
+            extra_params=list(self.value_head.parameters()) if self.value_head else None,
+        )
         self.items = items
         self.eval_items = eval_items[: cfg.eval_samples]
         self.grader = build_grader(grader_spec)
@@ -115,12 +134,17 @@ class RLTrainer(Trainer):
         self.ref_model = ref_model
         self.base = getattr(model, model.base_model_prefix)
         self.head = model.get_output_embeddings()
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.pad_id = (
+            tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        )
         self.loss_cfg = LossConfig(
-            beta=cfg.beta, vocab_advantage=cfg.vocab_advantage,  # type: ignore[arg-type]
+            beta=cfg.beta,
+            vocab_advantage=cfg.vocab_advantage,  # type: ignore[arg-type]
             target_base=cfg.target_base,  # type: ignore[arg-type]
             old_source="current" if cfg.updates_per_batch == 1 else "topk",
-            clip_eps=cfg.clip_eps, clip_eps_high=cfg.clip_eps_high, kl_coef=cfg.kl_coef,
+            clip_eps=cfg.clip_eps,
+            clip_eps_high=cfg.clip_eps_high,
+            kl_coef=cfg.kl_coef,
         )
         self.store_topk = cfg.updates_per_batch > 1 and cfg.loss == "lco_kld"
         self.autocast = cfg.dtype == "bfloat16"
@@ -134,7 +158,9 @@ class RLTrainer(Trainer):
             self._prompt_cache[index] = encode_prompt(self.tokenizer, self.items[index]["messages"])
         return self._prompt_cache[index]
 
-    def grade(self, items: list[dict[str, Any]], groups: list[list[Completion]]) -> tuple[Tensor, dict[str, float]]:
+    def grade(
+        self, items: list[dict[str, Any]], groups: list[list[Completion]]
+    ) -> tuple[Tensor, dict[str, float]]:
         """Rewards [S]; a grader error gives that sample 0 and is counted, never raised."""
         rewards, errors = [], 0
         sub: dict[str, list[float]] = {}
@@ -155,18 +181,24 @@ class RLTrainer(Trainer):
 
     def hidden(self, model_base: torch.nn.Module, input_ids: Tensor, attention: Tensor) -> Tensor:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-            out = model_base(input_ids=input_ids.to(self.device), attention_mask=attention.to(self.device))
+            out = model_base(
+                input_ids=input_ids.to(self.device), attention_mask=attention.to(self.device)
+            )
         return out.last_hidden_state
 
     @torch.no_grad()
-    def token_logprobs(self, model: torch.nn.Module, ro: Rollouts, *, full: bool) -> dict[str, Tensor]:
+    def token_logprobs(
+        self, model: torch.nn.Module, ro: Rollouts, *, full: bool
+    ) -> dict[str, Tensor]:
         """log pi(a) for every response token (and with `full`, the raw logit of a, entropy,
         top-k old logprobs and PPO values), computed in chunks of tokens."""
         base = getattr(model, model.base_model_prefix)
         head = model.get_output_embeddings()
         out: dict[str, list[Tensor]] = {}
         chunk = self.cfg.loss_chunk_size
-        for seqs in torch.arange(len(ro.lengths)).split(max(1, len(ro.lengths) // self.cfg.mini_batches)):
+        for seqs in torch.arange(len(ro.lengths)).split(
+            max(1, len(ro.lengths) // self.cfg.mini_batches)
+        ):
             input_ids, attention, rows, cols, index = ro.pack(seqs)
             h = self.hidden(base, input_ids, attention)[rows.to(self.device), cols.to(self.device)]
             tokens = ro.tokens[index].to(self.device)
@@ -187,11 +219,15 @@ class RLTrainer(Trainer):
                     out.setdefault("values", []).append(self.value_head(hc.float())[:, 0])
         return {k: torch.cat(v).cpu() for k, v in out.items()}
 
-    def advantages(self, ro: Rollouts, rewards: Tensor, values: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    def advantages(
+        self, ro: Rollouts, rewards: Tensor, values: Tensor | None
+    ) -> tuple[Tensor, Tensor | None]:
         """Per-token advantages [N] (and PPO returns [N])."""
         cfg = self.cfg
         if cfg.advantage != "gae":
-            per_seq = sequence_advantages(rewards, cfg.advantage, cfg.n_samples, cfg.advantage_scale)
+            per_seq = sequence_advantages(
+                rewards, cfg.advantage, cfg.n_samples, cfg.advantage_scale
+            )
             return per_seq[ro.seq_of_token()], None
         assert values is not None
         width = int(ro.lengths.max())
@@ -216,8 +252,14 @@ class RLTrainer(Trainer):
             return torch.full((n,), 1.0 / (len(seqs) * cfg.max_completion_tokens))
         return torch.full((n,), 1.0 / max(n, 1))
 
-    def update(self, ro: Rollouts, old: dict[str, Tensor], adv: Tensor, returns: Tensor | None,
-               ref_logp: Tensor | None) -> dict[str, float]:
+    def update(
+        self,
+        ro: Rollouts,
+        old: dict[str, Tensor],
+        adv: Tensor,
+        returns: Tensor | None,
+        ref_logp: Tensor | None,
+    ) -> dict[str, float]:
         """`ppo_epochs` passes over `mini_batches` minibatches; one optimiser step each."""
         cfg = self.cfg
         policy_params = [p for p in self.model.parameters() if p.requires_grad]
@@ -229,19 +271,35 @@ class RLTrainer(Trainer):
             order = torch.randperm(len(ro.lengths), generator=generator)
             for seqs in order.chunk(cfg.mini_batches):
                 input_ids, attention, rows, cols, index = ro.pack(seqs)
-                h = self.hidden(self.base, input_ids, attention)[rows.to(self.device), cols.to(self.device)]
+                h = self.hidden(self.base, input_ids, attention)[
+                    rows.to(self.device), cols.to(self.device)
+                ]
                 data = TokenData(
-                    tokens=ro.tokens[index], advantages=adv[index],
+                    tokens=ro.tokens[index],
+                    advantages=adv[index],
                     weights=self.token_weights(ro, seqs, index, adv[index]),
-                    old_logprobs=old["logp"][index], old_logits=old["logit"][index],
+                    old_logprobs=old["logp"][index],
+                    old_logits=old["logit"][index],
                     topk_ids=old["topk_ids"][index] if "topk_ids" in old else None,
                     topk_logprobs=old["topk_logprobs"][index] if "topk_logprobs" in old else None,
                     ref_logprobs=ref_logp[index] if ref_logp is not None else None,
                 )
-                data = TokenData(**{k: (v.to(self.device) if v is not None else None)
-                                    for k, v in vars(data).items()})
-                res = chunked_loss(h, self.head.weight, self.head.bias, data, cfg.loss,
-                                   self.loss_cfg, cfg.loss_chunk_size)
+                data = TokenData(
+                    **{
+                        k: (v.to(self.device) if v is not None else None)
+                        for k, v in vars(data).items()
+                    }
+                )
+                res = chunked_loss(
+                    h,
+                    self.head.weight,
+                    self.head.bias,
+                    data,
+                    cfg.loss,
+                    self.loss_cfg,
+                    cfg.loss_chunk_size,
+                    split=cfg.split_grad_norm,
+                )
                 value_loss = None
                 if self.value_head is not None and returns is not None:
                     predicted = self.value_head(h.detach().float())[:, 0]
@@ -250,13 +308,24 @@ class RLTrainer(Trainer):
                 if cfg.split_grad_norm:
                     # Backward the two halves separately to measure each one's gradient norm.
                     res.pos.backward(retain_graph=True)
-                    pos_grads = [p.grad.clone() if p.grad is not None else None for p in policy_params]
+                    pos_grads = [
+                        p.grad.clone() if p.grad is not None else None for p in policy_params
+                    ]
                     norm_pos = grad_norm(policy_params)
                     res.neg.backward()
-                    diff = [(p.grad - g) if g is not None and p.grad is not None else p.grad
-                            for p, g in zip(policy_params, pos_grads, strict=True)]
-                    norm_neg = float(torch.linalg.vector_norm(torch.stack(
-                        [d.float().norm() for d in diff if d is not None]))) if diff else 0.0
+                    diff = [
+                        (p.grad - g) if g is not None and p.grad is not None else p.grad
+                        for p, g in zip(policy_params, pos_grads, strict=True)
+                    ]
+                    norm_neg = (
+                        float(
+                            torch.linalg.vector_norm(
+                                torch.stack([d.float().norm() for d in diff if d is not None])
+                            )
+                        )
+                        if diff
+                        else 0.0
+                    )
                     sums["grad_norm_pos"] = sums.get("grad_norm_pos", 0.0) + norm_pos
                     sums["grad_norm_neg"] = sums.get("grad_norm_neg", 0.0) + norm_neg
                 else:
@@ -279,11 +348,18 @@ class RLTrainer(Trainer):
     # -- the step -----------------------------------------------------------------------
     def train_step(self, step: int) -> dict[str, float]:
         cfg, timer = self.cfg, PhaseTimer()
-        indices = example_indices(cfg.seed, len(self.items), (step - 1) * cfg.batch_size, cfg.batch_size)
+        indices = example_indices(
+            cfg.seed, len(self.items), (step - 1) * cfg.batch_size, cfg.batch_size
+        )
         items = [self.items[i] for i in indices]
         prompts = [self.prompt(i) for i in indices]
-        params = SamplingParams(n=cfg.n_samples, temperature=cfg.temperature, top_p=cfg.top_p,
-                                max_tokens=cfg.max_completion_tokens, seed=cfg.seed * 1_000_003 + step)
+        params = SamplingParams(
+            n=cfg.n_samples,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            max_tokens=cfg.max_completion_tokens,
+            seed=cfg.seed * 1_000_003 + step,
+        )
         with timer.phase("rollout"):
             groups = self.engine.generate(prompts, params)
         with timer.phase("reward"):
@@ -291,7 +367,11 @@ class RLTrainer(Trainer):
         ro = build_rollouts(prompts, groups, self.pad_id)
         with timer.phase("old_logprobs"):
             old = self.token_logprobs(self.model, ro, full=True)
-            ref_logp = self.token_logprobs(self.ref_model, ro, full=False)["logp"] if self.ref_model else None
+            ref_logp = (
+                self.token_logprobs(self.ref_model, ro, full=False)["logp"]
+                if self.ref_model
+                else None
+            )
             adv, returns = self.advantages(ro, rewards, old.get("values"))
         self.model.train()
         with timer.phase("update"):

@@ -12,7 +12,8 @@ import torch
 from lco_core.callbacks import Callbacks
 from lco_core.config import TrainConfig
 from lco_core.data import SFTExample, encode_sft, example_indices
-from lco_core.losses import LossConfig, TokenData, chunked_loss
+from lco_core.fused import chunked_loss
+from lco_core.losses import LossConfig, TokenData
 from lco_core.metrics import grad_norm, peak_memory_mb
 from lco_core.trainer import Trainer
 from lco_spec.errors import SpecError
@@ -31,19 +32,28 @@ class SFTTrainer(Trainer):
         callbacks: Callbacks,
         device: torch.device,
     ) -> None:
-        super().__init__(cfg, model, tokenizer, output_dir=output_dir, callbacks=callbacks, device=device)
+        super().__init__(
+            cfg, model, tokenizer, output_dir=output_dir, callbacks=callbacks, device=device
+        )
         self.examples = [self._encode(item, i) for i, item in enumerate(items)]
-        self.eval_examples = [self._encode(item, i) for i, item in enumerate(eval_items[: cfg.eval_samples])]
+        self.eval_examples = [
+            self._encode(item, i) for i, item in enumerate(eval_items[: cfg.eval_samples])
+        ]
         self.base = getattr(model, model.base_model_prefix)
         self.head = model.get_output_embeddings()
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.pad_id = (
+            tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        )
         self.autocast = cfg.dtype == "bfloat16"
 
     def _encode(self, item: dict[str, Any], index: int) -> SFTExample:
         example = encode_sft(self.tokenizer, item["messages"], self.cfg.max_seq_len)
         if not any(example.trainable[1:]):
-            raise SpecError(f"no assistant tokens left within max_seq_len={self.cfg.max_seq_len}",
-                            param="training_file", line=index + 1)
+            raise SpecError(
+                f"no assistant tokens left within max_seq_len={self.cfg.max_seq_len}",
+                param="training_file",
+                line=index + 1,
+            )
         return example
 
     def loss(self, batch: list[SFTExample]) -> tuple[torch.Tensor, dict[str, float], int]:
@@ -60,22 +70,33 @@ class SFTTrainer(Trainer):
                     cols.append(t - 1)  # the state at t-1 predicts token t
                     targets.append(e.input_ids[t])
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-            out = self.base(input_ids=input_ids.to(self.device), attention_mask=attention.to(self.device))
-        h = out.last_hidden_state[torch.tensor(rows, device=self.device), torch.tensor(cols, device=self.device)]
+            out = self.base(
+                input_ids=input_ids.to(self.device), attention_mask=attention.to(self.device)
+            )
+        h = out.last_hidden_state[
+            torch.tensor(rows, device=self.device), torch.tensor(cols, device=self.device)
+        ]
         n = len(targets)
         zeros = torch.zeros(n, device=self.device)
-        data = TokenData(tokens=torch.tensor(targets, device=self.device), advantages=zeros,
-                         weights=torch.full((n,), 1.0 / n, device=self.device),
-                         old_logprobs=zeros, old_logits=zeros)
-        res = chunked_loss(h, self.head.weight, self.head.bias, data, "sft", LossConfig(),
-                           self.cfg.loss_chunk_size)
+        data = TokenData(
+            tokens=torch.tensor(targets, device=self.device),
+            advantages=zeros,
+            weights=torch.full((n,), 1.0 / n, device=self.device),
+            old_logprobs=zeros,
+            old_logits=zeros,
+        )
+        res = chunked_loss(
+            h, self.head.weight, self.head.bias, data, "sft", LossConfig(), self.cfg.loss_chunk_size
+        )
         stats = {"entropy": res.entropy_sum / n, "sampled_prob": res.sampled_prob_sum / n}
         return res.loss, stats, n
 
     def train_step(self, step: int) -> dict[str, float]:
         cfg = self.cfg
         started = time.perf_counter()
-        indices = example_indices(cfg.seed, len(self.examples), (step - 1) * cfg.batch_size, cfg.batch_size)
+        indices = example_indices(
+            cfg.seed, len(self.examples), (step - 1) * cfg.batch_size, cfg.batch_size
+        )
         self.model.train()
         loss, stats, n = self.loss([self.examples[i] for i in indices])
         loss.backward()
@@ -87,8 +108,14 @@ class SFTTrainer(Trainer):
         self.optimizer.zero_grad(set_to_none=True)
         self.trained_tokens += n
         elapsed = time.perf_counter() - started
-        return {"loss": float(loss), "grad_norm": norm, **stats, "tokens_per_sec": n / elapsed,
-                "time_update": elapsed, "peak_mem_mb": peak_memory_mb(self.device)}
+        return {
+            "loss": float(loss),
+            "grad_norm": norm,
+            **stats,
+            "tokens_per_sec": n / elapsed,
+            "time_update": elapsed,
+            "peak_mem_mb": peak_memory_mb(self.device),
+        }
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:

@@ -65,32 +65,73 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
 
     torch.manual_seed(0)
     device = torch.device(args.device)
-    config = Qwen2Config(vocab_size=args.vocab, hidden_size=args.hidden, num_hidden_layers=args.layers,
-                         num_attention_heads=max(1, args.hidden // 64), num_key_value_heads=max(1, args.hidden // 128),
-                         intermediate_size=args.hidden * 4, tie_word_embeddings=False)
+    config = Qwen2Config(
+        vocab_size=args.vocab,
+        hidden_size=args.hidden,
+        num_hidden_layers=args.layers,
+        num_attention_heads=max(1, args.hidden // 64),
+        num_key_value_heads=max(1, args.hidden // 128),
+        intermediate_size=args.hidden * 4,
+        tie_word_embeddings=False,
+    )
     model = Qwen2ForCausalLM(config).to(device)
     n_params = sum(p.numel() for p in model.parameters())
-    cfg = TrainConfig(kind="rl", model="bench", seed=0, learning_rate=1e-5, batch_size=args.seqs, total_steps=10,
-                      n_epochs=1, lr_schedule="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=None,
-                      checkpoint_interval=10, eval_interval=10, eval_samples=0, max_seq_len=4096,
-                      dtype="bfloat16" if device.type == "cuda" else "float32",
-                      algorithm=LOSSES[args.loss], loss=args.loss, n_samples=1,
-                      max_completion_tokens=args.response, advantage="raw",
-                      loss_chunk_size=args.chunk, split_grad_norm=False)
-    grader = {"type": "string_check", "name": "x", "input": "{{sample.output_text}}",
-              "reference": "{{item.answer}}", "operation": "eq"}
-    trainer = RLTrainer(cfg, model, build_byte_tokenizer(), items=[], eval_items=[], grader_spec=grader,
-                        engine=None, ref_model=None, output_dir=Path("/tmp"),  # type: ignore[arg-type]
-                        callbacks=Callbacks(), device=device)
+    cfg = TrainConfig(
+        kind="rl",
+        model="bench",
+        seed=0,
+        learning_rate=1e-5,
+        batch_size=args.seqs,
+        total_steps=10,
+        n_epochs=1,
+        lr_schedule="constant",
+        warmup_steps=0,
+        weight_decay=0.0,
+        max_grad_norm=None,
+        checkpoint_interval=10,
+        eval_interval=10,
+        eval_samples=0,
+        max_seq_len=4096,
+        dtype="bfloat16" if device.type == "cuda" else "float32",
+        algorithm=LOSSES[args.loss],
+        loss=args.loss,
+        n_samples=1,
+        max_completion_tokens=args.response,
+        advantage="gae" if args.loss == "ppo_clip" else "raw",
+        loss_chunk_size=args.chunk,
+        split_grad_norm=False,
+    )
+    grader = {
+        "type": "string_check",
+        "name": "x",
+        "input": "{{sample.output_text}}",
+        "reference": "{{item.answer}}",
+        "operation": "eq",
+    }
+    trainer = RLTrainer(
+        cfg,
+        model,
+        build_byte_tokenizer(),
+        items=[],
+        eval_items=[],
+        grader_spec=grader,
+        engine=None,
+        ref_model=None,
+        output_dir=Path("/tmp"),  # type: ignore[arg-type]
+        callbacks=Callbacks(),
+        device=device,
+    )
     g = torch.Generator().manual_seed(1)
     s, p, r = args.seqs, args.prompt, args.response
     lengths = torch.full((s,), r)
     ro = Rollouts(
         input_ids=torch.randint(0, args.vocab, (s, p + r), generator=g),
         attention_mask=torch.ones(s, p + r, dtype=torch.long),
-        prompt_lens=torch.full((s,), p), lengths=lengths,
+        prompt_lens=torch.full((s,), p),
+        lengths=lengths,
         offsets=torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(lengths, 0)]),
-        tokens=torch.empty(0, dtype=torch.long), engine_logprobs=torch.empty(0),
+        tokens=torch.empty(0, dtype=torch.long),
+        engine_logprobs=torch.empty(0),
     )
     ro.tokens = ro.input_ids[:, p:].reshape(-1)
     ro.engine_logprobs = torch.zeros(len(ro.tokens))
@@ -120,8 +161,13 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
         start = time.perf_counter()
         update()
         times.append(time.perf_counter() - start)
-    return {"loss": args.loss, "params_m": n_params / 1e6, "tokens": int(lengths.sum()),
-            "seconds": statistics.median(times), "peak_mb": peak}
+    return {
+        "loss": args.loss,
+        "params_m": n_params / 1e6,
+        "tokens": int(lengths.sum()),
+        "seconds": statistics.median(times),
+        "peak_mb": peak,
+    }
 
 
 def main() -> None:
@@ -143,20 +189,25 @@ def main() -> None:
     rows = {}
     for loss in LOSSES:
         cmd = [sys.executable, __file__, "--loss", loss] + [
-            f"--{k}={v}" for k, v in vars(args).items() if k != "loss" and v is not None]
+            f"--{k}={v}" for k, v in vars(args).items() if k != "loss" and v is not None
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             sys.exit(f"{loss} failed:\n{proc.stderr}")
         rows[loss] = json.loads(proc.stdout.strip().splitlines()[-1])
     first = next(iter(rows.values()))
-    print(f"model {first['params_m']:.1f}M params, vocab {args.vocab}, {first['tokens']} response tokens, "
-          f"chunk {args.chunk}, device {args.device}")
+    print(
+        f"model {first['params_m']:.1f}M params, vocab {args.vocab}, {first['tokens']} response tokens, "
+        f"chunk {args.chunk}, device {args.device}"
+    )
     print(f"{'loss':<10} {'update s':>9} {'peak MB':>9}")
     for loss, row in rows.items():
         print(f"{loss:<10} {row['seconds']:>9.3f} {row['peak_mb']:>9.1f}")
     lco, grpo = rows["lco_kld"], rows["grpo"]
-    print(f"LCO/GRPO time ratio {lco['seconds'] / grpo['seconds']:.3f}, "
-          f"peak-memory ratio {lco['peak_mb'] / grpo['peak_mb']:.3f} (target <= 1.10 each)")
+    print(
+        f"LCO/GRPO time ratio {lco['seconds'] / grpo['seconds']:.3f}, "
+        f"peak-memory ratio {lco['peak_mb'] / grpo['peak_mb']:.3f} (target <= 1.10 each)"
+    )
 
 
 if __name__ == "__main__":

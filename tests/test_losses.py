@@ -8,11 +8,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lco_core.advantages import gae_advantages, group_advantages, rloo_advantages
+from lco_core.fused import chunked_loss
 from lco_core.losses import (
     LOSSES,
     LossConfig,
     TokenData,
-    chunked_loss,
     get_loss,
     old_log_distribution,
     vocab_advantages,
@@ -135,36 +135,71 @@ def test_topk_old_distribution_keeps_tail_mass() -> None:
     )
 
 
+def reference(
+    hidden: torch.Tensor, weight: torch.Tensor, data: TokenData, name: str, cfg: LossConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Plain autograd over the loss definitions: (pos, neg) halves of the weighted sum."""
+    per_token = get_loss(name)(hidden @ weight.T, data, cfg) * data.weights
+    positive = data.advantages > 0
+    return per_token[positive].sum(), per_token[~positive].sum()
+
+
+CONFIGS = [
+    LossConfig(beta=1.3),  # LCO-KLD's closed form (sampled advantage, pi_old = current)
+    LossConfig(beta=0.8, vocab_advantage="estimate"),
+    LossConfig(beta=1.3, old_source="topk", kl_coef=0.1, target_base="current"),
+    LossConfig(beta=2.0, clip_eps=0.05, clip_eps_high=0.1, kl_coef=0.2),
+]
+
+
+@pytest.mark.parametrize("cfg", CONFIGS)
 @pytest.mark.parametrize("name", sorted(LOSSES))
-def test_chunked_equals_unchunked(name: str) -> None:
+def test_fused_chunked_loss_matches_autograd(name: str, cfg: LossConfig) -> None:
+    """Values and gradients of the fused, chunked path equal autograd over the definitions,
+    for any chunk size, and for each half (A > 0, A <= 0) on its own."""
     torch.manual_seed(0)
     n, h = 37, 8
     _, data = make_data(n, k=4)
     hidden = torch.randn(n, h, dtype=torch.float64, requires_grad=True)
     weight = torch.randn(V, h, dtype=torch.float64, requires_grad=True)
-    cfg = LossConfig(beta=1.3, old_source="topk", kl_coef=0.1)
-    results = []
+    with torch.no_grad():  # pi_old near the current policy, so ratios straddle the clip
+        logits = hidden @ weight.T + 0.05 * torch.randn(n, V, dtype=torch.float64)
+        data.old_logprobs = torch.log_softmax(logits, -1).gather(-1, data.tokens[:, None])[:, 0]
+    ref_pos, ref_neg = reference(hidden, weight, data, name, cfg)
+    expected = [
+        torch.autograd.grad(half, (hidden, weight), retain_graph=True)
+        for half in (ref_pos, ref_neg)
+    ]
     for chunk in (n, 5):
-        hidden.grad = weight.grad = None
-        out = chunked_loss(hidden, weight, None, data, name, cfg, chunk_size=chunk)
-        out.loss.backward()
-        assert hidden.grad is not None and weight.grad is not None
-        results.append(
-            (out.loss.detach(), hidden.grad.clone(), weight.grad.clone(), out.entropy_sum)
-        )
-    (l1, gh1, gw1, e1), (l2, gh2, gw2, e2) = results
-    assert torch.allclose(l1, l2, atol=1e-6)
-    assert torch.allclose(gh1, gh2, atol=1e-6) and torch.allclose(gw1, gw2, atol=1e-6)
-    assert e1 == pytest.approx(e2, rel=1e-6)
+        for split in (False, True):
+            out = chunked_loss(hidden, weight, None, data, name, cfg, chunk_size=chunk, split=split)
+            assert torch.allclose(out.pos.double(), ref_pos, atol=1e-5)
+            assert torch.allclose(out.neg.double(), ref_neg, atol=1e-5)
+            if split:
+                for half, (eh, ew) in zip((out.pos, out.neg), expected, strict=True):
+                    gh, gw = torch.autograd.grad(half, (hidden, weight), retain_graph=True)
+                    assert torch.allclose(gh, eh, atol=1e-6) and torch.allclose(gw, ew, atol=1e-6)
+            else:
+                gh, gw = torch.autograd.grad(out.loss, (hidden, weight))
+                assert torch.allclose(gh, expected[0][0] + expected[1][0], atol=1e-6)
+                assert torch.allclose(gw, expected[0][1] + expected[1][1], atol=1e-6)
 
 
-def test_pos_neg_split_sums_to_loss() -> None:
+def test_fused_statistics() -> None:
     _, data = make_data(20)
     hidden = torch.randn(20, 6, dtype=torch.float64)
     weight = torch.randn(V, 6, dtype=torch.float64)
-    out = chunked_loss(hidden, weight, None, data, "reinforce", LossConfig(), chunk_size=7)
-    assert torch.allclose(out.pos + out.neg, out.loss)
-    assert out.pos.item() != 0 and out.neg.item() != 0
+    with torch.no_grad():
+        logp = torch.log_softmax(hidden @ weight.T, -1)
+        data.old_logprobs = logp.gather(-1, data.tokens[:, None])[:, 0] + 0.1 * torch.randn(
+            20, dtype=torch.float64
+        )
+    out = chunked_loss(hidden, weight, None, data, "grpo", LossConfig(clip_eps=0.05), chunk_size=7)
+    assert out.entropy_sum == pytest.approx(float(-(logp.exp() * logp).sum()), rel=1e-9)
+    assert out.sampled_prob_sum == pytest.approx(
+        float(logp.gather(-1, data.tokens[:, None]).exp().sum()), rel=1e-9
+    )
+    assert 0 < out.clipped < 20 and out.tokens == 20
 
 
 def _hessian(name: str, logits: torch.Tensor, adv: float, token: int) -> torch.Tensor:
