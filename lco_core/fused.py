@@ -88,7 +88,7 @@ def _sampled_logit_loss(
 ) -> ChunkOut:
     z_a = logits.gather(-1, data.tokens[:, None])[:, 0]
     loss, slope = value_and_slope(z_a - _logit_target(z_a, data, cfg))
-    logp, p, entropy, logp_a = _softmax(logits, data.tokens)
+    _logp, p, entropy, logp_a = _softmax(logits, data.tokens)
     d = p.zero_().scatter_(-1, data.tokens[:, None], slope[:, None])
     return ChunkOut(loss, d, entropy, logp_a)
 
@@ -108,7 +108,7 @@ def _lco_logcosh(logits: Tensor, data: TokenData, cfg: LossConfig) -> ChunkOut:
 
 @register("sft")
 def _sft(logits: Tensor, data: TokenData, cfg: LossConfig) -> ChunkOut:
-    logp, p, entropy, logp_a = _softmax(logits, data.tokens)
+    _logp, p, entropy, logp_a = _softmax(logits, data.tokens)
     return ChunkOut(
         -logp_a, _through_logp_a(p, data.tokens, -torch.ones_like(logp_a)), entropy, logp_a
     )
