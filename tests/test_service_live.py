@@ -32,14 +32,6 @@ SFT_HP = {"max_steps": 3, "batch_size": 4, "checkpoint_interval": 2}
 RL_HP = {"max_steps": 2, "batch_size": 2, "n_samples": 2, "max_completion_tokens": 6}
 
 
-@pytest.fixture(scope="module")
-def lco_tiny() -> Path:
-    """Build (or find cached under $LCO_HOME) the bundled model before any worker needs it."""
-    from lco_core.tiny_model import ensure_tiny_model
-
-    return ensure_tiny_model()
-
-
 def _cli(settings: Settings, *args: str) -> str:
     result = subprocess.run(
         [sys.executable, "-m", "cli.main", *args],
@@ -59,7 +51,7 @@ def _new_key(settings: Settings, team: str) -> str:
 
 
 @pytest.fixture
-def embedded(tmp_path: Path, lco_tiny: Path) -> Iterator[tuple[LiveService, str]]:
+def embedded(tmp_path: Path, tiny_model_path: Path) -> Iterator[tuple[LiveService, str]]:
     settings = fast_settings(tmp_path / "data")
     port = free_port()
     service = LiveService(f"http://127.0.0.1:{port}/v1", settings)
@@ -76,7 +68,7 @@ def embedded(tmp_path: Path, lco_tiny: Path) -> Iterator[tuple[LiveService, str]
 
 @pytest.fixture
 def production(
-    tmp_path: Path, lco_tiny: Path, pg_url: str, redis_url: str
+    tmp_path: Path, tiny_model_path: Path, pg_url: str, redis_url: str
 ) -> Iterator[tuple[LiveService, str]]:
     settings = fast_settings(tmp_path / "data", database_url=pg_url, broker_url=redis_url)
     port = free_port()
