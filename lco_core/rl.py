@@ -336,7 +336,7 @@ class RLTrainer(Trainer):
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 updates += 1
-                sums["loss"] = sums.get("loss", 0.0) + float(res.loss)
+                sums["loss"] = sums.get("loss", 0.0) + res.loss.item()
                 sums["clip_frac"] = sums.get("clip_frac", 0.0) + res.clipped / max(res.tokens, 1)
                 if value_loss is not None:
                     sums["value_loss"] = sums.get("value_loss", 0.0) + float(value_loss)

@@ -109,7 +109,7 @@ class SFTTrainer(Trainer):
         self.trained_tokens += n
         elapsed = time.perf_counter() - started
         return {
-            "loss": float(loss),
+            "loss": loss.item(),
             "grad_norm": norm,
             **stats,
             "tokens_per_sec": n / elapsed,
