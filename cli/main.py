@@ -96,12 +96,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
     settings = _settings(args)
     app = create_worker_app(settings)
     pools = args.pools or settings.default_pool
+    # One job per process (see worker.app): solo unless more slots are asked for.
+    pool = ["--pool", "solo"] if args.concurrency == 1 else ["--concurrency", str(args.concurrency)]
     argv = [
         "worker",
         "-Q",
         pools,
-        "--concurrency",
-        str(args.concurrency),
+        *pool,
         "--loglevel",
         args.loglevel,
         "--without-gossip",

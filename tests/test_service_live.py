@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import signal
 import subprocess
 import sys
 import tarfile
@@ -125,7 +126,7 @@ def _wait(
         time.sleep(0.5)
 
 
-def _drive(service: LiveService, key: str, tmp_path: Path) -> None:
+def _drive(service: LiveService, key: str, tmp_path: Path) -> tuple[OpenAI, str]:
     from lco_core.tasks import get_task, split_examples
 
     task = get_task("addition")
@@ -233,6 +234,30 @@ def _drive(service: LiveService, key: str, tmp_path: Path) -> None:
         check=True,
     ).stdout
     assert watched.strip().splitlines()[-1] == f"{sft.id}: succeeded -> {sft.fine_tuned_model}"
+    return client, sft_file.id
+
+
+def _preempt_on_worker_sigterm(service: LiveService, client: OpenAI, file_id: str) -> None:
+    """SIGTERM to the worker (a warm shutdown, as `docker stop` sends): the running job
+    checkpoints and goes back to the queue without spending an attempt."""
+    job = client.fine_tuning.jobs.create(
+        model="lco-tiny",
+        training_file=file_id,
+        method={
+            "type": "supervised",
+            "supervised": {"hyperparameters": {**SFT_HP, "max_steps": 10_000}},
+        },
+    )
+    _wait(client, job.id, {"running"}, service, min_step=1)
+    worker = service.procs[1]
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=120) == 0, service.dump_logs()
+    preempted = client.fine_tuning.jobs.retrieve(job.id)
+    assert preempted.status == "queued", service.dump_logs()
+    assert (preempted.model_extra or {})["attempts"] == 0
+    events = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=100)]
+    assert "Fine-tuning job preempted; requeued" in events
+    assert client.fine_tuning.jobs.cancel(job.id).status == "cancelled"
 
 
 def test_live_embedded_default(embedded: tuple[LiveService, str], tmp_path: Path) -> None:
@@ -242,4 +267,5 @@ def test_live_embedded_default(embedded: tuple[LiveService, str], tmp_path: Path
 def test_live_postgres_redis_separate_worker(
     production: tuple[LiveService, str], tmp_path: Path
 ) -> None:
-    _drive(*production, tmp_path)
+    client, file_id = _drive(*production, tmp_path)
+    _preempt_on_worker_sigterm(production[0], client, file_id)

@@ -141,3 +141,19 @@ def test_metric_rows_are_unique_per_step(api: ApiClient) -> None:
     with make_session_factory(make_engine(api.settings))() as session:
         steps = list(session.scalars(select(JobMetric.step).where(JobMetric.job_id == job_id)))
     assert sorted(steps) == [1, 2, 3]
+
+
+def test_worker_shutdown_preempts_without_spending_an_attempt(api: ApiClient) -> None:
+    job_id = _submit(api, steps="12", delay="0.2")
+    ctx = _ctx(api)
+    thread = threading.Thread(target=run_job, args=(ctx, job_id))
+    thread.start()
+    _wait_step(api, job_id, 1)
+    ctx.shutting_down.set()  # what the worker's SIGTERM (warm shutdown) does
+    thread.join(timeout=30)
+    job = _job(api, job_id)
+    assert job["status"] == "queued" and job["attempts"] == 0
+    # The next worker resumes from the checkpoint the preempted run left.
+    assert run_job(_ctx(api), job_id) is True
+    job = _job(api, job_id)
+    assert job["status"] == "succeeded" and job["attempts"] == 1

@@ -2,12 +2,19 @@
 explicit task names, one queue per GPU pool (see docs/reliability.md).
 
     app = create_worker_app(Settings())
-    app.worker_main(["worker", "-Q", "default", "--concurrency", "1"])   # what `lco worker` does
+    app.worker_main(["worker", "-Q", "default", "--pool", "solo"])   # what `lco worker` does
+
+One job per worker process (`--pool solo`): the training runs in a child process anyway,
+and the supervisor then shares the worker's main thread, so a warm shutdown (SIGTERM)
+reaches it: the run checkpoints, and the job is requeued without spending an attempt.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from celery import Celery
+from celery.signals import worker_shutting_down
 from kombu import Queue
 
 from jobs.dispatch import RUN_JOB_TASK, celery_config
@@ -22,6 +29,11 @@ def create_worker_app(settings: Settings) -> Celery:
     app = Celery("lco")
     app.conf.update(celery_config(settings))
     app.conf.task_queues = [Queue(pool, routing_key=pool) for pool in settings.pools]
+
+    def _preempt_running_jobs(**_: Any) -> None:
+        ctx.shutting_down.set()
+
+    worker_shutting_down.connect(_preempt_running_jobs, weak=False)
 
     @app.task(name=RUN_JOB_TASK, ignore_result=True, acks_late=True)
     def run_job(job_id: str) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+import threading
 from functools import cached_property
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -21,6 +22,8 @@ class WorkerContext:
         self.settings = settings
         # The training process' command line (tests substitute a scripted trainer).
         self.child_command = child_command or [sys.executable, "-m", "worker.child"]
+        # Set on the worker's warm shutdown (SIGTERM): running jobs checkpoint and requeue.
+        self.shutting_down = threading.Event()
         self._pid = os.getpid()
 
     def _check_pid(self) -> None:

@@ -248,6 +248,8 @@ class Supervisor:
                         next_beat = now + self.settings.heartbeat_s
                     else:
                         action = requested_action(self.ctx.sessions, self.lease.job_id)
+                    if action is None and self.ctx.shutting_down.is_set():
+                        action = "preempt"
                     if action and self.stop_sent is None:
                         self._send_stop(action)
                         stop_deadline = now + self.settings.stop_grace_s
@@ -346,6 +348,16 @@ class Supervisor:
             return
         if self.stop_sent == "pause":
             finish(session, lease, JobStatus.PAUSED, message="Fine-tuning job paused")
+            return
+        if self.stop_sent == "preempt":
+            finish(
+                session,
+                lease,
+                JobStatus.QUEUED,
+                values={"attempt": max(lease.attempt - 1, 0)},
+                message="Fine-tuning job preempted; requeued",
+            )
+            self._requeue(session, 0.0)
             return
         error = self.error or {}
         message = str(error.get("message") or f"the training process exited with code {returncode}")
