@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -46,6 +47,16 @@ def _migrate_if_embedded(settings: Any) -> None:
 
 
 # -- service ---------------------------------------------------------------------------------
+def _die_with_parent() -> None:
+    """In the worker child of `lco serve`: get SIGTERM (a warm shutdown) when serve exits,
+    however it exits (uvicorn re-raises SIGTERM, skipping our cleanup). Linux only."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -65,6 +76,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             [sys.executable, "-m", "cli.main", "worker", "--concurrency", "1"],
             env=dict(os.environ),
             cwd=str(Path(__file__).resolve().parent.parent),
+            preexec_fn=_die_with_parent,
         )
     stop = threading.Event()
     sessions = make_session_factory(make_engine(settings))
