@@ -235,7 +235,9 @@ def fake_run_job(spec: Any, *, output_dir: Path, callbacks: Any, **_: Any) -> Fa
         start = done[-1] if done else 0
     if mode == "user_error":
         raise SpecError("the dataset has no field 'answer'", param="training_file")
-    callbacks.on_event("info", "fake run starting", {"start": start})
+    callbacks.on_event(
+        "info", "fake run starting", {"start": start, "config": {"total_steps": steps}}
+    )
     final = None
     for step in range(start + 1, steps + 1):
         if mode != "hang":
@@ -246,7 +248,7 @@ def fake_run_job(spec: Any, *, output_dir: Path, callbacks: Any, **_: Any) -> Fa
         time.sleep(delay)
         if mode == "crash" and step == 2:
             os._exit(3)
-        callbacks.on_metrics(step, {"loss": 1.0 / step, "total_steps": steps})
+        callbacks.on_metrics(step, {"loss": 1.0 / step})
         if step % 2 == 0 or step == steps:
             final = ckpts / f"step-{step}"
             final.mkdir(parents=True, exist_ok=True)

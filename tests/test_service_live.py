@@ -150,6 +150,7 @@ def _drive(service: LiveService, key: str, tmp_path: Path) -> tuple[OpenAI, str]
     sft = _wait(client, sft.id, {"succeeded"}, service)
     assert sft.fine_tuned_model and sft.fine_tuned_model.startswith("ft:lco-tiny:live:sft:")
     assert sft.trained_tokens and sft.finished_at
+    assert (sft.model_extra or {})["progress"] == {"step": 3, "total_steps": 3, "percent": 100.0}
 
     events = list(client.fine_tuning.jobs.list_events(sft.id, limit=5))
     assert events and all(e.object == "fine_tuning.job.event" for e in events)

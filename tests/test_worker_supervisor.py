@@ -53,6 +53,7 @@ def test_success_relays_metrics_checkpoints_and_model_name(api: ApiClient) -> No
         and job_id in job["fine_tuned_model"]
     )
     assert job["trained_tokens"] == 40 and job["finished_at"] is not None
+    assert job["progress"] == {"step": 4, "total_steps": 4, "percent": 100.0}
     metrics = api.get(f"/v1/fine_tuning/jobs/{job_id}/metrics").json()["data"]
     assert [m["step"] for m in metrics] == [1, 2, 3, 4]
     ckpts = api.get(f"/v1/fine_tuning/jobs/{job_id}/checkpoints").json()["data"]

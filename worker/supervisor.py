@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from jobs.events import add_event
 from jobs.leases import (
@@ -183,6 +183,7 @@ class Supervisor:
                         session, self.lease, int(message["step"]), message.get("metrics") or {}
                     )
                 elif kind == "event":
+                    self._note_total_steps(session, message.get("data"))
                     add_event(
                         session,
                         self.lease.job_id,
@@ -201,6 +202,18 @@ class Supervisor:
                     self.result = message
                 elif kind == "error":
                     self.error = message
+
+    def _note_total_steps(self, session: Any, data: Any) -> None:
+        """The run announces its resolved config (with `total_steps`) in an event; the job's
+        progress uses it before the first metric arrives."""
+        if not isinstance(data, dict):
+            return
+        config = data.get("config")
+        total = (config if isinstance(config, dict) else data).get("total_steps")
+        if isinstance(total, int) and total > 0:
+            session.execute(
+                update(Job).where(Job.id == self.lease.job_id).values(total_steps=total)
+            )
 
     def _record_checkpoint(
         self, session: Any, path: Path, step: int, metrics: dict[str, Any]
