@@ -27,6 +27,7 @@ def create_app(settings: Settings) -> FastAPI:
     services = Services(
         settings=settings,
         sessions=make_session_factory(engine),
+        read_sessions=make_session_factory(engine, read_only=True),
         storage=Storage(settings),
         dispatcher=Dispatcher(make_producer(settings)),
     )

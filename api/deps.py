@@ -26,8 +26,12 @@ class Services:
 
     settings: Settings
     sessions: sessionmaker[Session]
+    read_sessions: sessionmaker[Session]
     storage: Storage
     dispatcher: Dispatcher
+
+
+_READS = frozenset({"GET", "HEAD"})
 
 
 def get_services(request: Request) -> Services:
@@ -45,9 +49,11 @@ def get_settings(services: ServicesDep) -> Settings:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-def get_session(services: ServicesDep) -> Iterator[Session]:
+def get_session(request: Request, services: ServicesDep) -> Iterator[Session]:
     # The route owns the transaction (commits explicitly); leaving rolls back the rest.
-    with services.sessions() as session:
+    # GETs only read, so they use sessions that take no write lock on SQLite.
+    factory = services.read_sessions if request.method in _READS else services.sessions
+    with factory() as session:
         yield session
 
 
