@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from sqlalchemy.orm import Session
 
 from jobs.ids import new_id
 from jobs.models import JobEvent
-
-Level = Literal["info", "warn", "error"]
 
 
 def add_event(

@@ -24,9 +24,8 @@ from jobs.ids import new_id, utcnow
 from jobs.models import Job, Team
 from jobs.scope import TeamScope
 from jobs.settings import Settings
-from jobs.states import JobStatus, check_transition, is_terminal
+from jobs.states import JobStatus, check_transition
 from jobs.storage import Storage
-from lco_spec.errors import SpecError
 from lco_spec.job import JobSpec, parse_job_spec
 
 # How many training items the grader template is checked against at submission.
@@ -236,18 +235,3 @@ def resume_job(session: Session, scope: TeamScope, job_id: str) -> Job:
 def team_name(session: Session, team_id: str) -> str:
     team = session.get(Team, team_id)
     return team.name if team else "team"
-
-
-def is_final(job: Job) -> bool:
-    return is_terminal(job.status)
-
-
-__all__ = [
-    "SpecError",
-    "cancel_job",
-    "model_name",
-    "pause_job",
-    "resolve_model",
-    "resume_job",
-    "submit_job",
-]
