@@ -273,6 +273,12 @@ class VLLMEngine:
                 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(kv_cache_gib))))
                 # Compiling the model costs minutes on CPU and gains little for small models.
                 kwargs["enforce_eager"] = True
+                # A seeded request whose prompt is split over two steps (chunked prefill)
+                # kills vLLM 0.32 on CPU: it rewinds the sampler's generator with a
+                # CUDA-only call ("CPU Generator does not use offset"). Whole prompts only.
+                context = max_model_len or int(config.max_position_embeddings)
+                kwargs["enable_chunked_prefill"] = False
+                kwargs["max_num_batched_tokens"] = max(context, 8192)
             elif self.device_type == "cuda":
                 kwargs["gpu_memory_utilization"] = gpu_memory_utilization
                 kwargs["enable_sleep_mode"] = self.colocate

@@ -107,6 +107,18 @@ def test_n_samples_and_seed_determinism(vllm_untied: tuple[Any, Any, Any]) -> No
     assert all(len({tuple(t) for t in group}) > 1 for group in ids)
 
 
+def test_seeded_batch_larger_than_one_scheduler_step(vllm_untied: tuple[Any, Any, Any]) -> None:
+    """More prompt tokens than one engine step takes: with chunked prefill, vLLM 0.32 on CPU
+    died on seeded requests (a CUDA-only generator rewind); the engine must avoid that."""
+    engine, _, _ = vllm_untied
+    gen = torch.Generator().manual_seed(3)
+    prompts = [torch.randint(0, 256, (400,), generator=gen).tolist() for _ in range(48)]
+    groups = engine.generate(prompts, SamplingParams(n=2, max_tokens=4, seed=11))
+    assert [len(g) for g in groups] == [2] * len(prompts)
+    again = engine.generate(prompts, SamplingParams(n=2, max_tokens=4, seed=11))
+    assert [[c.token_ids for c in g] for g in groups] == [[c.token_ids for c in g] for g in again]
+
+
 def test_stops_on_eos_and_reports_finish_reason(vllm_untied: tuple[Any, Any, Any]) -> None:
     """Near-uniform random model over 259 tokens: among ~10k sampled tokens EOS shows up
     (expected ~40 times), and every completion follows the interface's EOS rule."""
