@@ -71,14 +71,24 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # one progress bar: ours
 
-    from lco_core.runner import run_job  # torch loads only once the config is known good
+    from transformers.utils import logging as hf_logging
+
+    from lco_core.runner import run_job
+
+    hf_logging.disable_progress_bar()
 
     try:
         spec, train, val = load_config(args.config)
         progress = ProgressCallbacks()
         try:
-            result = run_job(spec, training_file=train, validation_file=val, output_dir=args.output,
-                             callbacks=progress, device=args.device)
+            result = run_job(
+                spec,
+                training_file=train,
+                validation_file=val,
+                output_dir=args.output,
+                callbacks=progress,
+                device=args.device,
+            )
         finally:
             progress.close()
     except SpecError as exc:

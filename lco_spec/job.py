@@ -140,7 +140,9 @@ class JobSpec(Strict):
     validation_file: Name | None = None
     suffix: Annotated[str, Field(max_length=64, pattern=r"^[A-Za-z0-9_.-]*$")] | None = None
     seed: Annotated[int, Field(ge=0, le=2**31 - 1)] | None = None
-    metadata: Annotated[dict[str, Annotated[str, Field(max_length=512)]], Field(max_length=16)] | None = None
+    metadata: (
+        Annotated[dict[str, Annotated[str, Field(max_length=512)]], Field(max_length=16)] | None
+    ) = None
     method: Method = Method(type="supervised")
 
     def normalized(self) -> JobSpec:
@@ -148,8 +150,19 @@ class JobSpec(Strict):
         if self.method.type != "lco":
             return self
         block = self.method.rl
+        if (
+            "algorithm" in block.hyperparameters.model_fields_set
+            and block.hyperparameters.algorithm != "lco"
+        ):
+            raise SpecError(
+                "method.type 'lco' runs algorithm 'lco'; use method.type 'reinforcement' for "
+                f"'{block.hyperparameters.algorithm}'",
+                param="method.lco.hyperparameters.algorithm",
+            )
         hp = block.hyperparameters.model_copy(update={"algorithm": "lco"})
-        method = Method(type="reinforcement", reinforcement=block.model_copy(update={"hyperparameters": hp}))
+        method = Method(
+            type="reinforcement", reinforcement=block.model_copy(update={"hyperparameters": hp})
+        )
         return self.model_copy(update={"method": method})
 
 

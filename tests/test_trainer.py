@@ -1,0 +1,231 @@
+"""The trainers on lco-tiny: exact resume, the local CLI, and clear errors for bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from lco_core.callbacks import Callbacks, StopReason
+from lco_core.cli_train import main as train_main
+from lco_core.runner import run_job
+from lco_core.tasks import get_task, write_jsonl
+from lco_spec.errors import SpecError
+from lco_spec.job import parse_job_spec
+
+
+def rl_job(training_file: str, **hyperparameters: Any) -> dict[str, Any]:
+    hp = {
+        "batch_size": 4,
+        "n_samples": 4,
+        "max_completion_tokens": 8,
+        "eval_samples": 8,
+        "checkpoint_interval": 2,
+        "eval_interval": 100,
+    } | hyperparameters
+    return {
+        "model": "lco-tiny",
+        "training_file": training_file,
+        "seed": 3,
+        "method": {
+            "type": "reinforcement",
+            "reinforcement": {"grader": get_task("addition").grader(), "hyperparameters": hp},
+        },
+    }
+
+
+@pytest.fixture(scope="module")
+def addition_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "addition.jsonl"
+    write_jsonl(get_task("addition").examples(64, seed=1), path)
+    return path
+
+
+class StopAt(Callbacks):
+    def __init__(self, step: int) -> None:
+        self.step, self.seen = step, 0
+
+    def on_metrics(self, step: int, metrics: dict[str, float]) -> None:
+        self.seen = step
+
+    def should_stop(self) -> StopReason | None:
+        return "pause" if self.seen >= self.step else None
+
+
+def weights(checkpoint: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(checkpoint / "model.safetensors"))
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {},  # lco_kld, one update per batch
+        {"algorithm": "ppo", "ppo_epochs": 2},  # value head, GAE, several updates per batch
+    ],
+)
+def test_rl_resume_matches_uninterrupted_run(
+    tiny_model_path: Path, addition_file: Path, tmp_path: Path, extra: dict[str, Any]
+) -> None:
+    spec = parse_job_spec(rl_job(str(addition_file), max_steps=4, **extra))
+    straight = run_job(
+        spec, training_file=addition_file, validation_file=None, output_dir=tmp_path / "a"
+    )
+    first = run_job(
+        spec,
+        training_file=addition_file,
+        validation_file=None,
+        output_dir=tmp_path / "b",
+        callbacks=StopAt(2),
+    )
+    assert first.status == "paused" and first.step == 2
+    resumed = run_job(
+        spec, training_file=addition_file, validation_file=None, output_dir=tmp_path / "b"
+    )
+    assert straight.status == resumed.status == "succeeded" and resumed.step == 4
+    a = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    b = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in b] == [1, 2, 3, 4]
+    for ma, mb in zip(a, b, strict=True):
+        for key in ("reward_mean", "loss", "grad_norm", "entropy"):
+            assert ma[key] == pytest.approx(mb[key], rel=1e-4, abs=1e-6), (ma["step"], key)
+    assert straight.final_checkpoint and resumed.final_checkpoint
+    wa, wb = weights(straight.final_checkpoint), weights(resumed.final_checkpoint)
+    for name in wa:
+        assert torch.allclose(wa[name], wb[name], atol=1e-5), name
+
+
+def test_sft_resume_matches_uninterrupted_run(tiny_model_path: Path, tmp_path: Path) -> None:
+    data = tmp_path / "sft.jsonl"
+    write_jsonl(get_task("reverse").sft_examples(32, seed=2), data)
+    spec = parse_job_spec(
+        {
+            "model": "lco-tiny",
+            "training_file": str(data),
+            "seed": 1,
+            "method": {
+                "type": "supervised",
+                "supervised": {
+                    "hyperparameters": {"batch_size": 4, "max_steps": 4, "checkpoint_interval": 2}
+                },
+            },
+        }
+    )
+    straight = run_job(spec, training_file=data, validation_file=None, output_dir=tmp_path / "a")
+    run_job(
+        spec,
+        training_file=data,
+        validation_file=None,
+        output_dir=tmp_path / "b",
+        callbacks=StopAt(2),
+    )
+    resumed = run_job(spec, training_file=data, validation_file=None, output_dir=tmp_path / "b")
+    assert straight.final_checkpoint and resumed.final_checkpoint
+    wa, wb = weights(straight.final_checkpoint), weights(resumed.final_checkpoint)
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
+
+
+def test_cli_writes_metrics_and_checkpoints(
+    tiny_model_path: Path, addition_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "job.yaml"
+    config.write_text(yaml.safe_dump(rl_job(str(addition_file), max_steps=2, algorithm="grpo")))
+    assert train_main(["--config", str(config), "--output", str(tmp_path / "run")]) == 0
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    metrics = [json.loads(line) for line in lines]
+    assert [m["step"] for m in metrics] == [1, 2]
+    for key in (
+        "step",
+        "reward_mean",
+        "loss",
+        "grad_norm",
+        "entropy",
+        "grad_norm_pos",
+        "grad_norm_neg",
+        "kl_old",
+        "kl_init",
+        "clip_frac",
+        "time_rollout",
+        "peak_mem_mb",
+    ):
+        assert key in metrics[-1], key
+    assert (tmp_path / "run" / "checkpoints" / "step-2" / "manifest.json").is_file()
+    assert "succeeded after 2/2 steps" in capsys.readouterr().out
+
+
+def test_cli_reports_bad_config_with_the_field(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "job.yaml"
+    job = rl_job("missing.jsonl")
+    job["method"]["reinforcement"]["hyperparameters"]["lco_loss"] = "lco_nope"
+    config.write_text(yaml.safe_dump(job))
+    assert train_main(["--config", str(config), "--output", str(tmp_path / "run")]) == 2
+    assert "method.reinforcement.hyperparameters.lco_loss" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("change", "param"),
+    [
+        ({"beta": 0}, "beta"),
+        ({"algorithm": "dpo-ish"}, "algorithm"),
+        ({"n_samples": 1, "advantage": "group"}, "n_samples"),
+        ({"advantage": "gae"}, "advantage"),
+        ({"unknown_knob": 1}, "unknown_knob"),
+    ],
+)
+def test_invalid_hyperparameters_name_the_field(
+    addition_file: Path, tmp_path: Path, change: dict[str, Any], param: str
+) -> None:
+    with pytest.raises(SpecError) as err:
+        spec = parse_job_spec(rl_job(str(addition_file), **change))
+        run_job(spec, training_file=addition_file, validation_file=None, output_dir=tmp_path)
+    assert err.value.param is not None and param in err.value.param
+
+
+def test_malformed_jsonl_names_the_line(tmp_path: Path) -> None:
+    data = tmp_path / "bad.jsonl"
+    data.write_text(
+        '{"messages": [{"role": "user", "content": "hi"}], "answer": "1"}\n{"messages": 3}\n'
+    )
+    with pytest.raises(SpecError) as err:
+        run_job(
+            parse_job_spec(rl_job(str(data))),
+            training_file=data,
+            validation_file=None,
+            output_dir=tmp_path / "run",
+        )
+    assert err.value.line == 2 and err.value.param is not None and "messages" in err.value.param
+
+
+def test_grader_template_with_missing_field_is_refused(addition_file: Path, tmp_path: Path) -> None:
+    job = rl_job(str(addition_file))
+    job["method"]["reinforcement"]["grader"] = {
+        "type": "string_check",
+        "name": "x",
+        "operation": "eq",
+        "input": "{{sample.output_text}}",
+        "reference": "{{item.solution}}",
+    }
+    with pytest.raises(SpecError) as err:
+        run_job(
+            parse_job_spec(job),
+            training_file=addition_file,
+            validation_file=None,
+            output_dir=tmp_path / "run",
+        )
+    assert "solution" in str(err.value)
+
+
+def test_lco_shorthand_refuses_another_algorithm() -> None:
+    job = rl_job("x.jsonl")
+    job["method"] = {"type": "lco", "lco": job["method"]["reinforcement"]}
+    assert parse_job_spec(job).method.rl.hyperparameters.algorithm == "lco"
+    job["method"]["lco"]["hyperparameters"]["algorithm"] = "grpo"
+    with pytest.raises(SpecError) as err:
+        parse_job_spec(job)
+    assert err.value.param == "method.lco.hyperparameters.algorithm"
