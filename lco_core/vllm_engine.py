@@ -69,7 +69,8 @@ PROBE_LENGTH = 32
 
 
 class VLLMUnavailableError(RuntimeError):
-    """vLLM is not installed, cannot be imported, or its engine failed to start."""
+    """vLLM is not installed, cannot be imported, cannot serve this model, or failed to start
+    (a job that asked for `auto` falls back to HF on it)."""
 
 
 class VLLMSyncError(RuntimeError):
@@ -82,7 +83,7 @@ class SyncStats:
     write_s: float  # state dict -> safetensors file (CPU) or IPC send (CUDA)
     load_s: float  # vLLM's in-place reload
     verify_s: float  # probe prompt through both models
-    probe_max_abs_diff: float  # max |logp_vllm - logp_trainer| on the probe, nan if off
+    probe_max_abs_diff: float | None  # max |logp_vllm - logp_trainer| on the probe
 
     @property
     def total_s(self) -> float:
@@ -397,13 +398,13 @@ class VLLMEngine:
             # Cached KV blocks were computed by the old weights: never reuse them.
             self.llm.reset_prefix_cache()
             verify_started = time.perf_counter()
-            diff = self._probe(model) if self.verify_sync else float("nan")
+            diff = self._probe(model) if self.verify_sync else None
             verify_s = time.perf_counter() - verify_started
         except Exception as exc:
             self._broken = f"weight sync to version {version} failed: {exc!r}"
             raise VLLMSyncError(self._broken) from exc
         tol = PROBE_TOLERANCE.get(self.dtype, 0.25)
-        if diff > tol:  # nan (verification off) compares False
+        if diff is not None and not diff <= tol:  # `not <=` also catches NaN
             self._broken = (
                 f"weight sync to version {version} did not take: probe logprobs "
                 f"differ from the trainer's by {diff:.3g} > {tol:g}"
@@ -445,7 +446,7 @@ class VLLMEngine:
             self._ipc_sender = IPCTrainerWeightTransferEngine.trainer_init(
                 IPCTrainerInitInfo(rank=0),
                 client=self.llm,
-                source=_UntiedSource(model, getattr(torch, self.dtype)),
+                source=_weight_source(model, getattr(torch, self.dtype)),
             )
             self._ipc_model = model
         self._ipc_sender.send_weights()
@@ -529,7 +530,7 @@ class VLLMEngine:
             config.hidden_size // config.num_attention_heads
         )
         if head_dim not in supported:
-            raise ValueError(
+            raise VLLMUnavailableError(
                 f"vLLM on CPU needs an attention head size in {supported}; "
                 f"this model has {head_dim}. Use rollout_engine: hf for it."
             )
@@ -542,26 +543,25 @@ class VLLMEngine:
         return str(current_platform.device_type)
 
 
-class _UntiedSource:
-    """vLLM `WeightSource` over the trainer's parameters, tied head included explicitly
-    (the engine serves an untied model), cast to the engine's dtype on the GPU."""
+def _weight_source(model: PreTrainedModel, dtype: torch.dtype) -> Any:
+    """A vLLM `WeightSource` over the trainer's parameters in the engine's dtype, with the
+    head named explicitly even when tied (the engine serves an untied model)."""
+    from vllm.distributed.weight_transfer.base import ParamMeta, WeightSource
 
-    def __new__(cls, model: PreTrainedModel, dtype: torch.dtype) -> Any:
-        from vllm.distributed.weight_transfer.base import ParamMeta, WeightSource
+    def named() -> Iterator[tuple[str, torch.Tensor]]:
+        names = set()
+        for name, param in model.named_parameters():
+            names.add(name)
+            yield name, param
+        if "lm_head.weight" not in names:
+            yield "lm_head.weight", model.get_output_embeddings().weight
 
-        class Source(WeightSource):
-            def _named(self) -> Iterator[tuple[str, torch.Tensor]]:
-                yield from model.named_parameters()
-                head = model.get_output_embeddings()
-                names = {n for n, _ in model.named_parameters()}
-                if "lm_head.weight" not in names and head is not None:
-                    yield "lm_head.weight", head.weight
+    class Source(WeightSource):
+        def metadata(self) -> list[Any]:
+            return [ParamMeta(n, dtype, tuple(p.shape)) for n, p in named()]
 
-            def metadata(self) -> list[Any]:
-                return [ParamMeta(n, dtype, tuple(p.shape)) for n, p in self._named()]
+        def __iter__(self) -> Iterator[tuple[str, torch.Tensor]]:
+            for name, param in named():
+                yield name, param.detach().to(dtype)
 
-            def __iter__(self) -> Iterator[tuple[str, torch.Tensor]]:
-                for n, p in self._named():
-                    yield n, p.detach().to(dtype)
-
-        return Source()
+    return Source()

@@ -180,10 +180,10 @@ def test_sync_failure_is_loud_and_blocks_sampling() -> None:
 
 def test_unsupported_head_size_is_refused_before_start() -> None:
     pytest.importorskip("vllm")
-    from lco_core.vllm_engine import VLLMEngine
+    from lco_core.vllm_engine import VLLMEngine, VLLMUnavailableError
 
     model, tokenizer = build_qwen2(tied=False, num_attention_heads=4, num_key_value_heads=2)
-    with pytest.raises(ValueError, match="head size"):
+    with pytest.raises(VLLMUnavailableError, match="head size"):
         VLLMEngine.from_model(model, tokenizer)
 
 
