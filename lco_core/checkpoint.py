@@ -80,6 +80,8 @@ def save_checkpoint(
             json.dump(manifest, f, indent=2)
             f.flush()
             os.fsync(f.fileno())
+        # mkdtemp makes the dir private (0700): give it a model dir's usual mode.
+        os.chmod(tmp, 0o755)
         fsync_dir(tmp)
         trash = None
         if final.exists():

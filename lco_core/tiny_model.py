@@ -7,7 +7,7 @@ until it is *partly* competent (about a third of `addition` right when greedy), 
 reinforcement learning room to raise the reward. The build is deterministic (fixed seeds),
 takes a minute or two on 2 CPU cores, and is cached:
 
-    path = ensure_tiny_model()        # $LCO_HOME/models/lco-tiny-v1 (default ~/.cache/lco)
+    path = ensure_tiny_model()        # $LCO_HOME/models/lco-tiny-v2 (default ~/.cache/lco)
     AutoModelForCausalLM.from_pretrained(path); AutoTokenizer.from_pretrained(path)
 
 Concurrent processes build it once (an fcntl lock), into a temp dir renamed into place.
@@ -51,15 +51,15 @@ log = logging.getLogger(__name__)
 
 TINY_MODEL_NAME = "lco-tiny"
 # Bump when the recipe changes: a new version builds into a new cache dir.
-TINY_MODEL_VERSION = "v1"
+TINY_MODEL_VERSION = "v2"
 BUILD_INFO_FILE = "lco_build.json"
 _DIR_NAME = f"{TINY_MODEL_NAME}-{TINY_MODEL_VERSION}"
 
 
 @dataclass(frozen=True)
 class TinyBuildConfig:
-    """The recipe. Two layers train about twice as fast as four and reach the same
-    partial competence, which is all the model is for."""
+    """The recipe. Two layers: half the compute per step of four, and enough for the
+    partial competence that is all the model is for."""
 
     hidden_size: int = 128
     intermediate_size: int = 512
@@ -69,16 +69,18 @@ class TinyBuildConfig:
     max_position_embeddings: int = 512
     seed: int = 0
     batch_size: int = 32
-    lr: float = 2e-3
+    lr: float = 3e-3
     warmup_steps: int = 30
-    max_steps: int = 2500
-    # Share of each training batch per task while the task is below its target.
+    max_steps: int = 2000
+    # Relative share of each training batch per task while the task is below its target.
     mix: dict[str, float] = field(default_factory=lambda: {"addition": 0.7, "reverse": 0.3})
-    # A task leaves the mix once its greedy accuracy on held-out items reaches this; the
-    # build ends when every task has. Stopping on measured accuracy (not a step count) lands
-    # in the "partly competent" band even where float rounding moves the sudden jump in
-    # accuracy these tiny models show by a few hundred steps.
+    # A task that reaches this greedy accuracy on held-out items drops to `done_weight` of
+    # its share (enough not to forget it, too little to learn much more); the build ends
+    # when every task has. Stopping on measured accuracy (not a step count) lands in the
+    # "partly competent" band even where float rounding moves the sudden jumps in accuracy
+    # these tiny models show by a few hundred steps.
     target_accuracy: float = 0.3
+    done_weight: float = 0.1
     eval_every: int = 50
     eval_items: int = 64
     eval_seed: int = 10_001
@@ -109,8 +111,13 @@ def ensure_tiny_model(home: Path | None = None) -> Path:
             if final.exists():  # incomplete (no build record): never ours to trust
                 shutil.rmtree(final)
             tmp = Path(tempfile.mkdtemp(prefix=f".{_DIR_NAME}.tmp-", dir=models))
+            log.info("tiny_model.building", extra={"path": str(final)})
             try:
                 build_tiny_model(tmp)
+                # mkdtemp makes it private (0700); the cache is shared by whoever runs jobs.
+                os.chmod(tmp, 0o755)
+                for file in tmp.iterdir():
+                    os.chmod(file, 0o644)
                 fsync_tree(tmp)
                 os.rename(tmp, final)
                 fsync_dir(models)
@@ -224,6 +231,7 @@ def _train(
     cursor = dict.fromkeys(names, 0)
     evals = {n: get_task(n).examples(cfg.eval_items, seed=cfg.eval_seed) for n in names}
     active = set(names)
+    share = dict(cfg.mix)
     rng = random.Random(cfg.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=0.0)
     reached: dict[str, int] = {}
@@ -237,9 +245,8 @@ def _train(
         for group in opt.param_groups:
             group["lr"] = lr
         live = sorted(active)
-        weights = [cfg.mix[n] for n in live]
         batch = []
-        for name in rng.choices(live, weights=weights, k=cfg.batch_size):
+        for name in rng.choices(names, weights=[share[n] for n in names], k=cfg.batch_size):
             batch.append(_encode_sft(tokenizer, pools[name][cursor[name]]))
             cursor[name] += 1
         loss = _sft_loss(model, batch)
@@ -256,6 +263,7 @@ def _train(
             for name, acc in scores.items():
                 if acc >= cfg.target_accuracy:
                     active.discard(name)
+                    share[name] = cfg.mix[name] * cfg.done_weight
                     reached[name] = step
     model.eval()
     # Report on items the stopping rule never looked at.
