@@ -42,13 +42,13 @@ class TokenData:
     topk_logprobs: Tensor | None = None  # [N, k]
     ref_logprobs: Tensor | None = None  # [N] log pi_ref(a) for the k3 KL penalty
 
+    def map(self, fn: Callable[[Tensor], Tensor]) -> TokenData:
+        """Apply `fn` to every tensor present (slicing, moving to a device)."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        return TokenData(**{k: None if v is None else fn(v) for k, v in values.items()})  # type: ignore[arg-type]
+
     def slice(self, start: int, end: int) -> TokenData:
-        return TokenData(
-            **{
-                f.name: None if (v := getattr(self, f.name)) is None else v[start:end]
-                for f in fields(self)
-            }
-        )
+        return self.map(lambda t: t[start:end])
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from transformers import PreTrainedModel
 
 from lco_core.advantages import gae_advantages, sequence_advantages, whiten
 from lco_core.callbacks import Callbacks
@@ -26,7 +27,7 @@ from lco_core.fused import chunked_loss
 from lco_core.losses import LossConfig, TokenData
 from lco_core.metrics import PhaseTimer, grad_norm, peak_memory_mb
 from lco_core.rollout import Completion, RolloutEngine, SamplingParams
-from lco_core.trainer import Trainer
+from lco_core.trainer import Trainer, trunk_and_head
 from lco_spec.graders import GraderError, build_grader
 
 
@@ -100,19 +101,19 @@ class RLTrainer(Trainer):
     def __init__(
         self,
         cfg: TrainConfig,
-        model: torch.nn.Module,
+        model: PreTrainedModel,
         tokenizer: Any,
         *,
         items: list[dict[str, Any]],
         eval_items: list[dict[str, Any]],
         grader_spec: Any,
         engine: RolloutEngine,
-        ref_model: torch.nn.Module | None,
+        ref_model: PreTrainedModel | None,
         output_dir: Path,
         callbacks: Callbacks,
         device: torch.device,
     ) -> None:
-        hidden_size = model.get_output_embeddings().weight.shape[1]
+        hidden_size = trunk_and_head(model)[1].weight.shape[1]
         # PPO's value head reads the policy's hidden states detached, so value errors never
         # push the shared trunk: the policy sees exactly the gradients of its loss.
         self.value_head = (
@@ -132,8 +133,7 @@ class RLTrainer(Trainer):
         self.grader = build_grader(grader_spec)
         self.engine = engine
         self.ref_model = ref_model
-        self.base = getattr(model, model.base_model_prefix)
-        self.head = model.get_output_embeddings()
+        self.base, self.head = trunk_and_head(model)
         self.pad_id = (
             tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         )
@@ -188,12 +188,11 @@ class RLTrainer(Trainer):
 
     @torch.no_grad()
     def token_logprobs(
-        self, model: torch.nn.Module, ro: Rollouts, *, full: bool
+        self, model: PreTrainedModel, ro: Rollouts, *, full: bool
     ) -> dict[str, Tensor]:
         """log pi(a) for every response token (and with `full`, the raw logit of a, entropy,
         top-k old logprobs and PPO values), computed in chunks of tokens."""
-        base = getattr(model, model.base_model_prefix)
-        head = model.get_output_embeddings()
+        base, head = trunk_and_head(model)
         out: dict[str, list[Tensor]] = {}
         chunk = self.cfg.loss_chunk_size
         for seqs in torch.arange(len(ro.lengths)).split(
@@ -284,12 +283,7 @@ class RLTrainer(Trainer):
                     topk_logprobs=old["topk_logprobs"][index] if "topk_logprobs" in old else None,
                     ref_logprobs=ref_logp[index] if ref_logp is not None else None,
                 )
-                data = TokenData(
-                    **{
-                        k: (v.to(self.device) if v is not None else None)
-                        for k, v in vars(data).items()
-                    }
-                )
+                data = data.map(lambda t: t.to(self.device))
                 res = chunked_loss(
                     h,
                     self.head.weight,

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import PreTrainedModel
 
 from lco_core.callbacks import Callbacks
 from lco_core.checkpoint import latest_checkpoint, load_train_state
@@ -34,7 +35,7 @@ log = logging.getLogger(__name__)
 KL_INIT_MAX_PARAMS = 1_000_000_000
 
 
-def make_engine(name: str, model: torch.nn.Module, tokenizer: Any) -> RolloutEngine:
+def make_engine(name: str, model: PreTrainedModel, tokenizer: Any) -> RolloutEngine:
     """The rollout engine a job asked for."""
     if name == "hf":
         from lco_core.hf_engine import HFEngine
@@ -56,9 +57,15 @@ def run_job(
     """Train `spec` (already validated). `model_path` overrides how `spec.model` is resolved
     (the service passes the checkpoint dir of a fine-tuned model name)."""
     callbacks = callbacks or Callbacks()
-    trainer = build_trainer(spec, training_file=training_file, validation_file=validation_file,
-                            output_dir=output_dir, callbacks=callbacks, model_path=model_path,
-                            device=device)
+    trainer = build_trainer(
+        spec,
+        training_file=training_file,
+        validation_file=validation_file,
+        output_dir=output_dir,
+        callbacks=callbacks,
+        model_path=model_path,
+        device=device,
+    )
     return trainer.run()
 
 
@@ -79,8 +86,9 @@ def build_trainer(
     eval_items = load_items(validation_file, kind) if validation_file else items
     cfg = resolve_config(spec, n_train=len(items))
     if spec.method.is_rl:
-        check_grader_against_item(spec.method.rl.grader, items[0],
-                                  param_prefix="method.reinforcement.grader")
+        check_grader_against_item(
+            spec.method.rl.grader, items[0], param_prefix="method.reinforcement.grader"
+        )
     output_dir.mkdir(parents=True, exist_ok=True)
     torch_device = pick_device(device)
     if torch_device.type != "cuda" and cfg.dtype == "bfloat16":
@@ -97,8 +105,16 @@ def build_trainer(
     if cfg.kind == "sft":
         from lco_core.sft import SFTTrainer
 
-        trainer = SFTTrainer(cfg, model, tokenizer, items=items, eval_items=eval_items,
-                             output_dir=output_dir, callbacks=callbacks, device=torch_device)
+        trainer = SFTTrainer(
+            cfg,
+            model,
+            tokenizer,
+            items=items,
+            eval_items=eval_items,
+            output_dir=output_dir,
+            callbacks=callbacks,
+            device=torch_device,
+        )
     else:
         from lco_core.rl import RLTrainer
 
@@ -107,11 +123,19 @@ def build_trainer(
         if cfg.kl_coef > 0 or n_params <= KL_INIT_MAX_PARAMS:
             ref_model, _ = load_model_and_tokenizer(str(base_path), device=torch_device)
             ref_model.requires_grad_(False).eval()
-        trainer = RLTrainer(cfg, model, tokenizer, items=items, eval_items=eval_items,
-                            grader_spec=spec.method.rl.grader,
-                            engine=make_engine(cfg.rollout_engine, model, tokenizer),
-                            ref_model=ref_model, output_dir=output_dir, callbacks=callbacks,
-                            device=torch_device)
+        trainer = RLTrainer(
+            cfg,
+            model,
+            tokenizer,
+            items=items,
+            eval_items=eval_items,
+            grader_spec=spec.method.rl.grader,
+            engine=make_engine(cfg.rollout_engine, model, tokenizer),
+            ref_model=ref_model,
+            output_dir=output_dir,
+            callbacks=callbacks,
+            device=torch_device,
+        )
     if resume_from is not None:
         trainer.load_state_dict(load_train_state(resume_from))
     return trainer

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import PreTrainedModel
 
 from lco_core.callbacks import Callbacks
 from lco_core.config import TrainConfig
@@ -15,7 +16,7 @@ from lco_core.data import SFTExample, encode_sft, example_indices
 from lco_core.fused import chunked_loss
 from lco_core.losses import LossConfig, TokenData
 from lco_core.metrics import grad_norm, peak_memory_mb
-from lco_core.trainer import Trainer
+from lco_core.trainer import Trainer, trunk_and_head
 from lco_spec.errors import SpecError
 
 
@@ -23,7 +24,7 @@ class SFTTrainer(Trainer):
     def __init__(
         self,
         cfg: TrainConfig,
-        model: torch.nn.Module,
+        model: PreTrainedModel,
         tokenizer: Any,
         *,
         items: list[dict[str, Any]],
@@ -39,8 +40,7 @@ class SFTTrainer(Trainer):
         self.eval_examples = [
             self._encode(item, i) for i, item in enumerate(eval_items[: cfg.eval_samples])
         ]
-        self.base = getattr(model, model.base_model_prefix)
-        self.head = model.get_output_embeddings()
+        self.base, self.head = trunk_and_head(model)
         self.pad_id = (
             tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         )

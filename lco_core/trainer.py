@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import PreTrainedModel
 
 from lco_core.callbacks import Callbacks, StopReason
 from lco_core.checkpoint import save_checkpoint
@@ -26,8 +27,20 @@ from lco_core.result import RunResult, RunStatus
 log = logging.getLogger(__name__)
 
 STATUS_FOR_STOP: dict[StopReason, RunStatus] = {
-    "cancel": "cancelled", "pause": "paused", "preempt": "preempted",
+    "cancel": "cancelled",
+    "pause": "paused",
+    "preempt": "preempted",
 }
+
+
+def trunk_and_head(model: PreTrainedModel) -> tuple[torch.nn.Module, torch.nn.Linear]:
+    """A causal LM's decoder stack (it returns hidden states) and its LM head, so that the
+    losses can project hidden states through the head one chunk of tokens at a time."""
+    trunk: torch.nn.Module = getattr(model, model.base_model_prefix)
+    head = model.get_output_embeddings()
+    if not isinstance(head, torch.nn.Linear):
+        raise ValueError(f"{type(model).__name__} has no linear LM head")
+    return trunk, head
 
 
 def lr_lambda(cfg: TrainConfig) -> Any:
@@ -53,7 +66,7 @@ class Trainer:
     def __init__(
         self,
         cfg: TrainConfig,
-        model: torch.nn.Module,
+        model: PreTrainedModel,
         tokenizer: Any,
         *,
         output_dir: Path,
@@ -72,7 +85,9 @@ class Trainer:
         self.trained_tokens = 0
         self.metrics_log = MetricsLog(output_dir / "metrics.jsonl")
         params = [p for p in model.parameters() if p.requires_grad] + list(extra_params or [])
-        self.optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        self.optimizer = torch.optim.AdamW(
+            params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay
+        )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
         self.last_metrics: dict[str, float] = {}
         self.summary: dict[str, float] = {}
@@ -115,12 +130,14 @@ class Trainer:
         message = f"resumed from checkpoint at step {self.step}"
         if dropped:
             message += f"; {dropped} later step(s) will be redone"
-        self.callbacks.on_event("warn" if dropped else "info", message,
-                                {"step": self.step, "redone_steps": dropped})
+        self.callbacks.on_event(
+            "warn" if dropped else "info", message, {"step": self.step, "redone_steps": dropped}
+        )
 
     def save(self) -> Path:
-        path = save_checkpoint(self.checkpoint_dir, self.step, self.model, self.tokenizer,
-                               self.state_dict())
+        path = save_checkpoint(
+            self.checkpoint_dir, self.step, self.model, self.tokenizer, self.state_dict()
+        )
         self.callbacks.on_checkpoint(path, self.step, self.last_metrics)
         return path
 
@@ -132,13 +149,19 @@ class Trainer:
         if not result:
             return
         metrics.update(result)
-        self.callbacks.on_event("info", f"evaluation {label}: " + ", ".join(
-            f"{k}={v:.4f}" for k, v in result.items()), {"step": self.step, **result})
+        self.callbacks.on_event(
+            "info",
+            f"evaluation {label}: " + ", ".join(f"{k}={v:.4f}" for k, v in result.items()),
+            {"step": self.step, **result},
+        )
 
     def run(self) -> RunResult:
         cfg = self.cfg
-        self.callbacks.on_event("info", f"training {cfg.kind} ({cfg.loss}) for {cfg.total_steps} steps",
-                                {"config": cfg.describe()})
+        self.callbacks.on_event(
+            "info",
+            f"training {cfg.kind} ({cfg.loss}) for {cfg.total_steps} steps",
+            {"config": cfg.describe()},
+        )
         log.info("config %s", cfg.describe())
         if self.step == 0:
             initial: dict[str, float] = {}
@@ -163,9 +186,12 @@ class Trainer:
                 self.scheduler.step()
                 if self.step % cfg.eval_interval == 0 or self.step == cfg.total_steps:
                     self._eval_into(metrics, f"at step {self.step}")
-                metrics.update(step=self.step, lr=self.optimizer.param_groups[0]["lr"],
-                               time_step=time.perf_counter() - started,
-                               trained_tokens=self.trained_tokens)
+                metrics.update(
+                    step=self.step,
+                    lr=self.optimizer.param_groups[0]["lr"],
+                    time_step=time.perf_counter() - started,
+                    trained_tokens=self.trained_tokens,
+                )
                 self.last_metrics = metrics
                 self.metrics_log.append(metrics)
                 self.callbacks.on_metrics(self.step, metrics)
@@ -180,6 +206,11 @@ class Trainer:
         return self._result("succeeded", checkpoint if checkpoint.exists() else None)
 
     def _result(self, status: RunStatus, checkpoint: Path | None) -> RunResult:
-        return RunResult(status=status, step=self.step, total_steps=self.cfg.total_steps,
-                         final_checkpoint=checkpoint, trained_tokens=self.trained_tokens,
-                         summary=dict(self.summary))
+        return RunResult(
+            status=status,
+            step=self.step,
+            total_steps=self.cfg.total_steps,
+            final_checkpoint=checkpoint,
+            trained_tokens=self.trained_tokens,
+            summary=dict(self.summary),
+        )
