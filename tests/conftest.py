@@ -13,6 +13,9 @@ from typing import Any
 
 import pytest
 
+# Service fixtures (live API server, worker processes, databases) for the service tests.
+pytest_plugins = ["tests.service_fixtures"]
+
 
 @pytest.fixture(scope="session")
 def tiny_model_path() -> Path:

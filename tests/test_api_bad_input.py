@@ -12,8 +12,6 @@ from fastapi.testclient import TestClient
 from api.app import create_app
 from tests.service_fixtures import STRING_CHECK, ApiClient, rl_lines, sft_body, sft_lines
 
-pytest_plugins = ["tests.service_fixtures"]
-
 
 def _error(response: httpx.Response, status: int) -> dict[str, Any]:
     assert response.status_code == status, response.text

@@ -17,8 +17,6 @@ from jobs.models import Job
 from jobs.storage import Storage
 from tests.service_fixtures import ROOT, STRING_CHECK, ApiClient, rl_lines, sft_body, sft_lines
 
-pytest_plugins = ["tests.service_fixtures"]
-
 
 def test_file_lifecycle(api: ApiClient) -> None:
     data = sft_lines(3)

@@ -21,8 +21,6 @@ from jobs.settings import Settings
 from jobs.states import TRANSITIONS, JobStatus, check_transition, is_terminal
 from jobs.storage import Storage
 
-pytest_plugins = ["tests.service_fixtures"]
-
 
 @pytest.fixture
 def sessions(sqlite_settings: Settings) -> sessionmaker[Session]:

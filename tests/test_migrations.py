@@ -14,8 +14,6 @@ from jobs.migrate import upgrade
 from jobs.models import Base
 from jobs.settings import Settings
 
-pytest_plugins = ["tests.service_fixtures"]
-
 TABLES = {"teams", "api_keys", "files", "jobs", "job_events", "job_metrics", "checkpoints"}
 
 

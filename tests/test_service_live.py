@@ -25,7 +25,6 @@ from openai import OpenAI
 from jobs.settings import Settings
 from tests.service_fixtures import LiveService, fast_settings, free_port, settings_env
 
-pytest_plugins = ["tests.service_fixtures"]
 pytestmark = pytest.mark.e2e
 
 # Tiny runs: the whole suite must stay well inside CI's time on 2 cores.

@@ -13,8 +13,6 @@ import pytest
 
 from tests.service_fixtures import LiveService, fast_settings, free_port
 
-pytest_plugins = ["tests.service_fixtures"]
-
 
 def _children(pid: int) -> list[int]:
     found: list[int] = []

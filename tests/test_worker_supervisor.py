@@ -15,8 +15,6 @@ from tests.service_fixtures import FAKE_CHILD, ApiClient, sft_body, sft_lines
 from worker.context import WorkerContext
 from worker.tasks import run_job
 
-pytest_plugins = ["tests.service_fixtures"]
-
 
 def _submit(api: ApiClient, **metadata: str) -> str:
     file_id = api.upload(sft_lines()).json()["id"]
