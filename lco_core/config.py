@@ -19,7 +19,9 @@ from lco_spec.job import CommonHyperparameters, JobSpec
 # tolerates a larger step). The bundled tiny model is far smaller and wants larger steps.
 BASE_LR: dict[str, dict[str, float]] = {
     "default": {"sft": 2e-5, "lco": 1e-5, "grpo": 1e-6, "ppo": 1e-6, "reinforce": 1e-6},
-    "lco-tiny": {"sft": 1e-3, "lco": 1e-3, "grpo": 1e-4, "ppo": 1e-4, "reinforce": 1e-4},
+    # Measured on lco-tiny (addition): LCO at 1e-3 collapses within 20 steps; 1e-4 and 3e-4
+    # raise greedy reward from 0.36 to 0.57-0.59 in 150 steps.
+    "lco-tiny": {"sft": 1e-3, "lco": 1e-4, "grpo": 1e-4, "ppo": 1e-4, "reinforce": 1e-4},
 }
 
 LOSS_FOR_ALGORITHM = {"grpo": "grpo", "ppo": "ppo_clip", "reinforce": "reinforce"}
@@ -97,7 +99,9 @@ def _common(
     if hp.learning_rate is not None:
         lr = hp.learning_rate
     else:
-        base = BASE_LR.get(model, BASE_LR["default"])[key]
+        # A fine-tuned model ("ft:BASE:team:suffix:job") trains like its base model.
+        family = model.split(":")[1] if model.startswith("ft:") and model.count(":") >= 1 else model
+        base = BASE_LR.get(family, BASE_LR["default"])[key]
         lr = base * float(_auto(hp.learning_rate_multiplier, 1.0))
     if hp.warmup_steps >= total and hp.warmup_steps > 0:
         raise SpecError(
