@@ -34,7 +34,9 @@ def example_indices(seed: int, n: int, start: int, count: int) -> list[int]:
     for position in range(start, start + count):
         epoch = position // n
         if epoch != perm_epoch:
-            perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+            perm = torch.randperm(
+                n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)
+            )
             perm_epoch = epoch
         out.append(int(perm[position % n]))
     return out
@@ -63,7 +65,9 @@ def encode_sft(tokenizer: Any, messages: list[dict[str, Any]], max_len: int) -> 
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        prefix = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
+        prefix = tokenizer.apply_chat_template(
+            messages[:i], tokenize=False, add_generation_prompt=True
+        )
         full = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
         if not full.startswith(prefix):
             raise SpecError("the chat template does not render turns in order", param="model")

@@ -33,9 +33,14 @@ def pydantic_error_to_spec_error(exc: object, prefix: str = "") -> SpecError:
     # Discriminated unions insert the chosen tag (a grader type) after the field that holds
     # the union, and validators their function name: both are noise to a user.
     parts = [
-        p for i, p in enumerate(loc)
+        p
+        for i, p in enumerate(loc)
         if not p.startswith("function-")
-        and not (p in GRADER_TYPES and i > 0 and (loc[i - 1] == "grader" or (i >= 2 and loc[i - 2] == "graders")))
+        and not (
+            p in GRADER_TYPES
+            and i > 0
+            and (loc[i - 1] == "grader" or (i >= 2 and loc[i - 2] == "graders"))
+        )
     ]
     param = ".".join([prefix, *parts] if prefix else parts) or None
     msg = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
