@@ -75,7 +75,7 @@ def wait_for(client: OpenAI, job_id: str, label: str) -> object:
 
 def evaluations(client: OpenAI, job_id: str) -> list[float]:
     """eval_reward of every evaluation event, oldest first (before training comes first)."""
-    events = client.fine_tuning.jobs.list_events(job_id, limit=100).data
+    events = client.fine_tuning.jobs.list_events(job_id, limit=100)  # iterating pages on
     values = [
         e.data["eval_reward"]
         for e in events
