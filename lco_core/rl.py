@@ -333,7 +333,7 @@ class RLTrainer(Trainer):
                 sums["loss"] = sums.get("loss", 0.0) + res.loss.item()
                 sums["clip_frac"] = sums.get("clip_frac", 0.0) + res.clipped / max(res.tokens, 1)
                 if value_loss is not None:
-                    sums["value_loss"] = sums.get("value_loss", 0.0) + float(value_loss)
+                    sums["value_loss"] = sums.get("value_loss", 0.0) + value_loss.item()
         metrics = {k: v / updates for k, v in sums.items()}
         if cfg.loss not in ("grpo", "ppo_clip"):
             metrics.pop("clip_frac", None)
