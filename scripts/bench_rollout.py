@@ -112,6 +112,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="timed RL-like steps with vLLM")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--skip-hf", action="store_true")
+    parser.add_argument(
+        "--hf-threads",
+        type=int,
+        default=0,
+        help="torch threads for HF generate (default: torch's). vLLM's CPU worker runs one "
+        "thread and reserves a core for its scheduler; on a busy 2-core machine 2 threads "
+        "make HF's small matmuls wait on each other (measured 3-25x slower decode steps)",
+    )
     args = parser.parse_args()
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
 
@@ -137,11 +145,20 @@ def main() -> None:
 
     hf_tps = float("nan")
     if not args.skip_hf:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(args.hf_threads or threads)
         hf = HFEngine(model, tokenizer)
         hf.generate(prompts[:2], warm)
         seconds, tokens, _ = timed_rollout(hf, prompts, params)
         hf_tps = tokens / seconds
-        rows.append(("HF generate", f"{tokens} tokens in {seconds:.1f} s = {hf_tps:,.0f} tokens/s"))
+        rows.append(
+            (
+                "HF generate",
+                f"{tokens} tokens in {seconds:.1f} s = {hf_tps:,.0f} tokens/s "
+                f"({torch.get_num_threads()} threads)",
+            )
+        )
+        torch.set_num_threads(threads)
 
     from lco_core.vllm_engine import VLLMEngine
 
