@@ -116,9 +116,13 @@ class RLTrainer(Trainer):
         hidden_size = trunk_and_head(model)[1].weight.shape[1]
         # PPO's value head reads the policy's hidden states detached, so value errors never
         # push the shared trunk: the policy sees exactly the gradients of its loss.
-        self.value_head = (
-            torch.nn.Linear(hidden_size, 1).to(device) if cfg.algorithm == "ppo" else None
-        )
+        self.value_head: torch.nn.Linear | None = None
+        if cfg.algorithm == "ppo":
+            # Zero-initialised (values start at 0) so that a run does not depend on the global
+            # RNG state at construction: resumed and uninterrupted runs stay identical.
+            self.value_head = torch.nn.Linear(hidden_size, 1).to(device)
+            torch.nn.init.zeros_(self.value_head.weight)
+            torch.nn.init.zeros_(self.value_head.bias)
         super().__init__(
             cfg,
             model,
