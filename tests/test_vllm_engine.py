@@ -155,6 +155,41 @@ def test_greedy_matches_hf_engine(vllm_untied: tuple[Any, Any, Any]) -> None:
         )
 
 
+def test_lco_tiny_rollouts_match_hf_and_trainer(tiny_model_and_tokenizer: tuple[Any, Any]) -> None:
+    """The bundled model with its chat prompts: greedy answers equal HF's (both stop on
+    <|im_end|>), and sampled logprobs match the trainer's after an update and a sync."""
+    pytest.importorskip("vllm")
+    from lco_core.data import encode_prompt
+    from lco_core.hf_engine import HFEngine
+    from lco_core.tasks import get_task
+    from lco_core.vllm_engine import VLLMEngine
+
+    model, tokenizer = tiny_model_and_tokenizer
+    items = get_task("addition").examples(6, seed=0) + get_task("reverse").examples(2, seed=0)
+    prompts = [encode_prompt(tokenizer, item["messages"]) for item in items]
+    greedy = SamplingParams(n=1, max_tokens=16, greedy=True)
+    engine = VLLMEngine.from_model(model, tokenizer, seed=0)
+    try:
+        ours = engine.generate(prompts, greedy)
+        ref = HFEngine(model, tokenizer).generate(prompts, greedy)
+        assert [g[0].token_ids for g in ours] == [g[0].token_ids for g in ref]
+        assert any(g[0].finish_reason == "stop" for g in ours)
+        _train_steps(model, torch.optim.AdamW(model.parameters(), lr=1e-3), steps=2, seed=0)
+        engine.sync_weights(model)
+        for prompt, group in zip(
+            prompts,
+            engine.generate(prompts, SamplingParams(n=2, seed=1, max_tokens=16)),
+            strict=True,
+        ):
+            for c in group:
+                diff = (
+                    torch.tensor(c.logprobs) - trainer_logprobs(model, prompt, c.token_ids)
+                ).abs()
+                assert float(diff.max()) < PARITY_TOL
+    finally:
+        engine.close()
+
+
 def test_sync_failure_is_loud_and_blocks_sampling() -> None:
     """A tied model served as HF stores it (tied config, no `lm_head.weight` in the files):
     vLLM's in-place reload then leaves the head stale. The post-sync probe must catch it,
