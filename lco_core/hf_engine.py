@@ -65,7 +65,7 @@ class _RawLogprobRecorder(LogitsProcessor):
         return torch.stack(gathered[:steps], dim=1)
 
 
-def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+def eos_ids_of(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
     """Every id that ends a completion: the generation config's (may be a list) and the
     tokenizer's eos (chat models often stop on `<|im_end|>` and `<|endoftext|>` alike)."""
     ids: list[int] = []
@@ -111,7 +111,7 @@ class HFEngine:
         self.model: PreTrainedModel | None = model
         self.tokenizer = tokenizer
         self.micro_batch_size = micro_batch_size
-        self.eos_ids = _eos_ids(model, tokenizer)
+        self.eos_ids = eos_ids_of(model, tokenizer)
         pad = tokenizer.pad_token_id
         self.pad_id = int(pad) if pad is not None else self.eos_ids[0]
         self.weights_version = 0
@@ -207,7 +207,7 @@ class HFEngine:
         # The engine samples from the trainer's model object itself: nothing to copy.
         if model is not self.model:
             self.model = model
-            self.eos_ids = _eos_ids(model, self.tokenizer)
+            self.eos_ids = eos_ids_of(model, self.tokenizer)
         self.weights_version += 1
 
     def close(self) -> None:

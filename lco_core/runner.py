@@ -11,6 +11,7 @@ holds a complete checkpoint, the run resumes from the newest one.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from transformers import PreTrainedModel
 
 from lco_core.callbacks import Callbacks
 from lco_core.checkpoint import latest_checkpoint, load_train_state
-from lco_core.config import TrainConfig, resolve_config
+from lco_core.config import resolve_config
 from lco_core.data import load_items
 from lco_core.models import load_model_and_tokenizer, pick_device, resolve_model
 from lco_core.result import RunResult
@@ -92,10 +93,10 @@ def build_trainer(
     output_dir.mkdir(parents=True, exist_ok=True)
     torch_device = pick_device(device)
     if torch_device.type != "cuda" and cfg.dtype == "bfloat16":
-        cfg = _replace(cfg, dtype="float32")
+        cfg = replace(cfg, dtype="float32")
     elif cfg.dtype == "auto":
         bf16 = torch_device.type == "cuda" and torch.cuda.is_bf16_supported()
-        cfg = _replace(cfg, dtype="bfloat16" if bf16 else "float32")
+        cfg = replace(cfg, dtype="bfloat16" if bf16 else "float32")
 
     base_path = model_path or resolve_model(spec.model)
     resume_from = latest_checkpoint(output_dir / "checkpoints")
@@ -139,9 +140,3 @@ def build_trainer(
     if resume_from is not None:
         trainer.load_state_dict(load_train_state(resume_from))
     return trainer
-
-
-def _replace(cfg: TrainConfig, **changes: Any) -> TrainConfig:
-    from dataclasses import replace
-
-    return replace(cfg, **changes)

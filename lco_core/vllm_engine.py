@@ -47,7 +47,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from lco_core.hf_engine import _eos_ids
+from lco_core.hf_engine import eos_ids_of
 from lco_core.rollout import Completion, SamplingParams
 
 if TYPE_CHECKING:
@@ -248,7 +248,7 @@ class VLLMEngine:
                     gen = GenerationConfig.from_pretrained(model_path)
                 except OSError:  # no generation_config.json
                     gen = GenerationConfig()
-                eos_token_ids = _eos_ids(SimpleNamespace(generation_config=gen), tokenizer)  # type: ignore[arg-type]
+                eos_token_ids = eos_ids_of(SimpleNamespace(generation_config=gen), tokenizer)  # type: ignore[arg-type]
             self.eos_ids = [int(i) for i in eos_token_ids]
             # A fixed pseudo-random prompt for the post-sync check (any tokens will do).
             self._probe_ids = torch.randint(
@@ -320,7 +320,7 @@ class VLLMEngine:
             _write_weights(
                 engine_state_dict(model, getattr(torch, dtype), explicit_head=untie), serve_dir
             )
-            kwargs.setdefault("eos_token_ids", _eos_ids(model, tokenizer))
+            kwargs.setdefault("eos_token_ids", eos_ids_of(model, tokenizer))
             engine = cls(serve_dir, tokenizer, work_dir=work_dir, **kwargs)
         except BaseException:
             if given is None:
