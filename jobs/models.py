@@ -13,7 +13,9 @@ from typing import Any, ClassVar
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -23,6 +25,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
 )
+from sqlalchemy import event as sa_event
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -72,6 +75,15 @@ class Team(Base):
     name: Mapped[str] = mapped_column(String(128), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
+    # Sharing the GPU pools (see jobs.scheduling): a weight for fair share, limits (None is
+    # unlimited), the highest priority its jobs may ask for, and what happens to a
+    # submission over the GPU quota: `queue` (it waits) or `reject` (429).
+    share: Mapped[float] = mapped_column(Float, default=1.0)
+    max_gpus: Mapped[int | None] = mapped_column(Integer)
+    max_queued_jobs: Mapped[int | None] = mapped_column(Integer)
+    max_priority: Mapped[str] = mapped_column(String(8), default="high")
+    quota_policy: Mapped[str] = mapped_column(String(8), default="queue")
+
 
 class ApiKey(Base):
     """A bearer key: only its sha256 is stored; `prefix` finds the row without the secret."""
@@ -85,6 +97,8 @@ class ApiKey(Base):
     name: Mapped[str | None] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None]
+    # Admin keys manage teams, keys and quotas (`/v1/admin/...`).
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 class File(Base):
@@ -126,9 +140,12 @@ class Job(Base):
     method_type: Mapped[str] = mapped_column(String(32))
     seed: Mapped[int] = mapped_column(Integer)
     pool: Mapped[str] = mapped_column(String(64))
+    gpus: Mapped[int] = mapped_column(Integer, default=1)
+    priority: Mapped[str] = mapped_column(String(8), default="normal")
 
-    # Outcome.
+    # Outcome. `status_since` is kept by the listener below (and by `claim`).
     status: Mapped[str] = mapped_column(String(32))
+    status_since: Mapped[datetime | None]
     phase: Mapped[str | None] = mapped_column(String(32))
     fine_tuned_model: Mapped[str | None] = mapped_column(String(512), unique=True)
     final_checkpoint_id: Mapped[str | None] = mapped_column(String(40))
@@ -147,8 +164,18 @@ class Job(Base):
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     max_attempts: Mapped[int] = mapped_column(Integer, default=3)
     not_before: Mapped[datetime | None]
+    # Set when the scheduler admits the queued job into its pool; only then may a worker
+    # claim it. Cleared whenever the job leaves `running` or is queued again.
+    admitted_at: Mapped[datetime | None]
     dispatched_at: Mapped[datetime | None]
     dispatch_count: Mapped[int] = mapped_column(Integer, default=0)
+
+
+@sa_event.listens_for(Job.status, "set")
+def _status_changed(target: Job, value: str, oldvalue: object, _initiator: object) -> None:
+    # One place keeps `status_since` (status_details.since) for every ORM status write.
+    if value != oldvalue:
+        target.status_since = utcnow()
 
 
 class JobEvent(Base):
@@ -189,3 +216,48 @@ class Checkpoint(Base):
     # Relative to the job's output dir; resolved server-side (never user text).
     rel_path: Mapped[str] = mapped_column(String(512))
     fine_tuned_model_checkpoint: Mapped[str] = mapped_column(String(512), unique=True)
+
+
+class Worker(Base):
+    """A registered worker process: its heartbeats are the pools' capacity."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(256), primary_key=True)  # the lease-owner name
+    pool: Mapped[str] = mapped_column(String(64), index=True)
+    gpus: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class UsageRecord(Base):
+    """One attempt's hold on GPUs (open while it runs): the fair-share usage and ETAs."""
+
+    __tablename__ = "usage_records"
+
+    pk: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    team_id: Mapped[str] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"), index=True)
+    pool: Mapped[str] = mapped_column(String(64))
+    gpus: Mapped[int] = mapped_column(Integer)
+    start_step: Mapped[int] = mapped_column(Integer, default=0)
+    started_at: Mapped[datetime] = mapped_column(index=True)
+    ended_at: Mapped[datetime | None]
+
+
+class IdempotencyRecord(Base):
+    """The first response to a POST carrying `Idempotency-Key`, replayed to its retries."""
+
+    __tablename__ = "idempotency_records"
+    __table_args__ = (UniqueConstraint("principal", "key"),)
+
+    pk: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    # sha256 of the bearer key: each key has its own namespace of idempotency keys.
+    principal: Mapped[str] = mapped_column(String(64))
+    key: Mapped[str] = mapped_column(String(255))
+    request_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    # None while the first request is still being handled.
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    content_type: Mapped[str | None] = mapped_column(String(128))
+    body: Mapped[str | None] = mapped_column(Text)
