@@ -56,7 +56,8 @@ class TrainConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     max_completion_tokens: int = 64
-    rollout_engine: str = "hf"
+    importance_cap: float | None = None
+    rollout_engine: str = "auto"  # resolved when the engine starts (runner.start_rollout_engine)
     advantage: str = "group"
     advantage_scale: str = "std"
     token_aggregation: str = "token_mean"
@@ -125,9 +126,7 @@ def _common(
     }
 
 
-def resolve_config(
-    spec: JobSpec, *, n_train: int, rollout_engine_default: str = "hf"
-) -> TrainConfig:
+def resolve_config(spec: JobSpec, *, n_train: int) -> TrainConfig:
     """Resolve every "auto" of a normalised spec, given the training set size."""
     seed = 0 if spec.seed is None else spec.seed
     if not spec.method.is_rl:
@@ -158,7 +157,12 @@ def resolve_config(
             "more mini_batches than sequences per step",
             param="method.reinforcement.hyperparameters.mini_batches",
         )
-    engine = rl.rollout_engine if rl.rollout_engine != "auto" else rollout_engine_default
+    if rl.importance_cap is not None and algorithm not in ("grpo", "ppo"):
+        raise SpecError(
+            "importance_cap corrects the probability ratio of grpo and ppo; "
+            f"algorithm '{algorithm}' has none",
+            param="method.reinforcement.hyperparameters.importance_cap",
+        )
     common = _common(
         rl, n_train=n_train, batch_default=8, epochs_default=1, key=algorithm, model=spec.model
     )
@@ -177,7 +181,8 @@ def resolve_config(
         temperature=rl.temperature,
         top_p=rl.top_p,
         max_completion_tokens=int(_auto(rl.max_completion_tokens, 64)),
-        rollout_engine=engine,
+        rollout_engine=rl.rollout_engine,
+        importance_cap=rl.importance_cap,
         advantage=advantage,
         advantage_scale=rl.advantage_scale,
         token_aggregation=rl.token_aggregation,

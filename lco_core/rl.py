@@ -92,6 +92,30 @@ def build_rollouts(
     )
 
 
+# Rollouts per step shown to people (dashboard, `.../samples`): the first completion of the
+# first few prompts, cut to a readable length.
+SAMPLES_PER_STEP = 4
+SAMPLE_CHARS = 2000
+
+
+def rollout_samples(
+    items: list[dict[str, Any]], groups: list[list[Completion]], rewards: Tensor
+) -> list[dict[str, Any]]:
+    """`{"prompt", "completion", "reward"}` for the first completion of the first prompts."""
+    n_samples = len(groups[0]) if groups else 1
+    out = []
+    for i, (item, group) in enumerate(zip(items[:SAMPLES_PER_STEP], groups, strict=False)):
+        prompt = "\n".join(f"{m.get('role')}: {m.get('content')}" for m in item["messages"])
+        out.append(
+            {
+                "prompt": prompt[:SAMPLE_CHARS],
+                "completion": group[0].text[:SAMPLE_CHARS],
+                "reward": float(rewards[i * n_samples]),
+            }
+        )
+    return out
+
+
 def k3(log_ratio: Tensor) -> Tensor:
     """Schulman's k3 estimator of KL from samples: r - 1 - log r, with r = p_other / p_sampler."""
     return torch.exp(log_ratio) - 1 - log_ratio
@@ -362,6 +386,7 @@ class RLTrainer(Trainer):
             groups = self.engine.generate(prompts, params)
         with timer.phase("reward"):
             rewards, reward_stats = self.grade(items, groups)
+        self.callbacks.on_samples(step, rollout_samples(items, groups, rewards))
         ro = build_rollouts(prompts, groups, self.pad_id)
         with timer.phase("old_logprobs"):
             old = self.token_logprobs(self.model, ro, full=True)
@@ -371,6 +396,10 @@ class RLTrainer(Trainer):
                 else None
             )
             adv, returns = self.advantages(ro, rewards, old.get("values"))
+            if cfg.importance_cap is not None:
+                # The rollouts were sampled by the engine, not by the trainer's pi_old.
+                tis = (old["logp"] - ro.engine_logprobs).exp().clamp(max=cfg.importance_cap)
+                adv = adv * tis
         self.model.train()
         with timer.phase("update"):
             update_stats = self.update(ro, old, adv, returns, ref_logp)
@@ -403,8 +432,18 @@ class RLTrainer(Trainer):
             "peak_mem_mb": peak_memory_mb(self.device),
             **timer.as_metrics(),
         }
+        if cfg.importance_cap is not None:
+            metrics["importance_weight_mean"] = float(tis.mean())
+            metrics["importance_weight_min"] = float(tis.min())
         if ref_logp is not None:
             metrics["kl_init"] = float(k3(ref_logp - old["logp"]).mean())
+        # Engines that sync by copying weights (vLLM) report which version they now serve
+        # and how far their logprobs were from the trainer's on the post-sync probe.
+        sync = getattr(self.engine, "last_sync", None)
+        if sync is not None:
+            metrics["weights_version"] = float(sync.version)
+            if sync.probe_max_abs_diff is not None:
+                metrics["sync_probe_max_diff"] = sync.probe_max_abs_diff
         return metrics
 
     def evaluate(self) -> dict[str, float]:

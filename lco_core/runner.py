@@ -10,7 +10,9 @@ holds a complete checkpoint, the run resumes from the newest one.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
+import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -36,13 +38,57 @@ log = logging.getLogger(__name__)
 KL_INIT_MAX_PARAMS = 1_000_000_000
 
 
-def make_engine(name: str, model: PreTrainedModel, tokenizer: Any) -> RolloutEngine:
-    """The rollout engine a job asked for."""
-    if name == "hf":
-        from lco_core.hf_engine import HFEngine
+def engine_choice(requested: str, *, vllm_installed: bool | None = None) -> tuple[str, bool]:
+    """(engine to start, whether HF may stand in if it fails) for a job's `rollout_engine`.
 
+    `auto` means `$LCO_ROLLOUT_ENGINE` when the deployment set it (vllm | hf | auto), else
+    vLLM whenever it is installed; only `auto` may fall back to HF. An explicit `vllm` never
+    falls back: the job fails with a clear error instead."""
+    if requested not in ("auto", "vllm", "hf"):
+        raise ValueError(f"unknown rollout engine {requested!r}; use vllm, hf or auto")
+    if requested == "auto":
+        requested = os.environ.get("LCO_ROLLOUT_ENGINE", "auto")
+        if requested not in ("auto", "vllm", "hf"):
+            raise ValueError(f"LCO_ROLLOUT_ENGINE must be auto, vllm or hf, not {requested!r}")
+    if requested != "auto":
+        return requested, False
+    if vllm_installed is None:
+        vllm_installed = importlib.util.find_spec("vllm") is not None
+    return ("vllm", True) if vllm_installed else ("hf", False)
+
+
+def start_rollout_engine(
+    requested: str,
+    model: PreTrainedModel,
+    tokenizer: Any,
+    *,
+    seed: int = 0,
+    callbacks: Callbacks | None = None,
+) -> RolloutEngine:
+    """Start the rollout engine a job asked for (see `engine_choice`)."""
+    from lco_core.hf_engine import HFEngine
+
+    name, may_fall_back = engine_choice(requested)
+    if name == "hf":
         return HFEngine(model, tokenizer)
-    raise ValueError(f"rollout engine '{name}' is not available; use 'hf'")
+    from lco_core.vllm_engine import VLLMEngine, VLLMUnavailableError
+
+    try:
+        engine = VLLMEngine.from_model(model, tokenizer, seed=seed)
+    except VLLMUnavailableError as exc:
+        if not may_fall_back:
+            raise
+        log.warning("vllm.fallback", extra={"reason": str(exc)})
+        if callbacks is not None:
+            callbacks.on_event("warn", f"vLLM unavailable, rollouts use HF generate: {exc}")
+        return HFEngine(model, tokenizer)
+    if callbacks is not None:
+        callbacks.on_event(
+            "info",
+            f"vLLM rollout engine started in {engine.start_s:.1f} s",
+            {"rollout_engine": "vllm", "device": engine.device_type, "dtype": engine.dtype},
+        )
+    return engine
 
 
 def run_job(
@@ -131,7 +177,9 @@ def build_trainer(
             items=items,
             eval_items=eval_items,
             grader_spec=spec.method.rl.grader,
-            engine=make_engine(cfg.rollout_engine, model, tokenizer),
+            engine=start_rollout_engine(
+                cfg.rollout_engine, model, tokenizer, seed=cfg.seed, callbacks=callbacks
+            ),
             ref_model=ref_model,
             output_dir=output_dir,
             callbacks=callbacks,

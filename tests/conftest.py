@@ -4,17 +4,24 @@
 `$LCO_HOME/models/` and every later run finds it cached; the CI script points LCO_HOME at a
 cache dir. torch is imported inside the fixtures, so tests that check the API starts
 without torch are not affected by this file.
+
+Jobs that leave `rollout_engine` at `auto` use HF generate in this suite
+(`LCO_ROLLOUT_ENGINE=hf`, inherited by every server and worker the tests start): a vLLM
+engine costs ~30 s and ~1 GB to start, so only the tests about vLLM ask for it by name.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 # Service fixtures (live API server, worker processes, databases) for the service tests.
-pytest_plugins = ["tests.service_fixtures"]
+pytest_plugins = ["tests.service_fixtures", "tests.vllm_fixtures"]
+
+os.environ.setdefault("LCO_ROLLOUT_ENGINE", "hf")
 
 
 @pytest.fixture(scope="session")

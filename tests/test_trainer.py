@@ -229,3 +229,57 @@ def test_lco_shorthand_refuses_another_algorithm() -> None:
     with pytest.raises(SpecError) as err:
         parse_job_spec(job)
     assert err.value.param == "method.lco.hyperparameters.algorithm"
+
+
+class _EngineThatUnderestimates:
+    """HF rollouts whose reported logprobs are 0.5 nats low, standing in for an engine whose
+    numerics differ from the trainer's (bf16 vLLM on a GPU)."""
+
+    def __init__(self, engine: Any) -> None:
+        self.engine, self.name = engine, "shifted"
+
+    def generate(self, prompts: Any, params: Any) -> Any:
+        groups = self.engine.generate(prompts, params)
+        for group in groups:
+            for c in group:
+                c.logprobs = [lp - 0.5 for lp in c.logprobs]
+        return groups
+
+    def sync_weights(self, model: Any) -> None:
+        self.engine.sync_weights(model)
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+@pytest.mark.parametrize(("cap", "expected"), [(1.2, 1.2), (3.0, 1.6487)])
+def test_truncated_importance_weights(
+    tiny_model_path: Path, addition_file: Path, tmp_path: Path, cap: float, expected: float
+) -> None:
+    """pi_trainer / pi_engine = e^0.5 on every token, truncated at the cap."""
+    from lco_core.runner import build_trainer
+
+    spec = parse_job_spec(
+        rl_job(str(addition_file), algorithm="grpo", importance_cap=cap, max_steps=1)
+    )
+    trainer = build_trainer(
+        spec,
+        training_file=addition_file,
+        validation_file=None,
+        output_dir=tmp_path,
+        callbacks=Callbacks(),
+    )
+    trainer.engine = _EngineThatUnderestimates(trainer.engine)  # type: ignore[attr-defined]
+    metrics = trainer.train_step(1)  # type: ignore[attr-defined]
+    assert metrics["logp_mismatch_mean"] == pytest.approx(0.5, abs=1e-4)
+    assert metrics["importance_weight_mean"] == pytest.approx(expected, abs=1e-3)
+    assert metrics["importance_weight_min"] == pytest.approx(expected, abs=1e-3)
+
+
+def test_importance_cap_only_for_ratio_losses(addition_file: Path) -> None:
+    from lco_core.config import resolve_config
+
+    spec = parse_job_spec(rl_job(str(addition_file), importance_cap=2.0))  # lco
+    with pytest.raises(SpecError) as err:
+        resolve_config(spec, n_train=64)
+    assert err.value.param == "method.reinforcement.hyperparameters.importance_cap"

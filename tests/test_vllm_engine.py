@@ -5,7 +5,7 @@ greedy), loud sync failures, and a clear error without vLLM.
     pytest tests/test_vllm_engine.py -q      # ~3 min on 2 CPU cores, most of it start-up
 
 Engines are shared per session (tests/vllm_fixtures.py); tests that need vLLM skip only
-where it is not installed at all.
+where it is not installed at all, and fail instead under scripts/test.sh (LCO_REQUIRE_VLLM=1).
 """
 
 from __future__ import annotations
@@ -20,9 +20,7 @@ import torch
 
 from lco_core.rollout import SamplingParams
 from lco_core.tokenizer import IM_END_ID
-from tests.vllm_fixtures import build_qwen2, trainer_logprobs
-
-pytest_plugins = ["tests.vllm_fixtures"]
+from tests.vllm_fixtures import build_qwen2, require_vllm, trainer_logprobs
 
 PROMPTS = [[72, 105], [10, 20, 30, 40, 50, 60, 70], list(range(97, 97 + 19))]
 PARITY_TOL = 1e-3
@@ -158,7 +156,7 @@ def test_greedy_matches_hf_engine(vllm_untied: tuple[Any, Any, Any]) -> None:
 def test_lco_tiny_rollouts_match_hf_and_trainer(tiny_model_and_tokenizer: tuple[Any, Any]) -> None:
     """The bundled model with its chat prompts: greedy answers equal HF's (both stop on
     <|im_end|>), and sampled logprobs match the trainer's after an update and a sync."""
-    pytest.importorskip("vllm")
+    require_vllm()
     from lco_core.data import encode_prompt
     from lco_core.hf_engine import HFEngine
     from lco_core.tasks import get_task
@@ -194,7 +192,7 @@ def test_sync_failure_is_loud_and_blocks_sampling() -> None:
     """A tied model served as HF stores it (tied config, no `lm_head.weight` in the files):
     vLLM's in-place reload then leaves the head stale. The post-sync probe must catch it,
     and the engine must refuse to sample until a good sync."""
-    pytest.importorskip("vllm")
+    require_vllm()
     from lco_core.vllm_engine import VLLMEngine, VLLMSyncError
 
     model, tokenizer = build_qwen2(tied=True, seed=1)
@@ -214,7 +212,7 @@ def test_sync_failure_is_loud_and_blocks_sampling() -> None:
 
 
 def test_unsupported_head_size_is_refused_before_start() -> None:
-    pytest.importorskip("vllm")
+    require_vllm()
     from lco_core.vllm_engine import VLLMEngine, VLLMUnavailableError
 
     model, tokenizer = build_qwen2(tied=False, num_attention_heads=4, num_key_value_heads=2)
