@@ -9,6 +9,10 @@ from sqlalchemy.orm import Session
 from jobs.ids import new_id
 from jobs.models import JobEvent
 
+# Event type of a step's rollout samples: served by `.../samples` and the live stream,
+# kept out of OpenAI's event list (one per step would bury the messages).
+SAMPLES_EVENT = "samples"
+
 
 def add_event(
     session: Session,

@@ -14,6 +14,7 @@ from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
 from jobs.errors import NotFound
+from jobs.events import SAMPLES_EVENT
 from jobs.models import Checkpoint, File, Job, JobEvent, JobMetric
 from jobs.states import JobStatus
 
@@ -102,7 +103,7 @@ class TeamScope:
 
     # Events, checkpoints, metrics (of a job already looked up through this scope)
     def events(self, job: Job, *, after: str | None, limit: int) -> Page[JobEvent]:
-        stmt = select(JobEvent).where(JobEvent.job_id == job.id)
+        stmt = select(JobEvent).where(JobEvent.job_id == job.id, JobEvent.type != SAMPLES_EVENT)
         after_pk = None
         if after:
             row = self.session.scalar(stmt.where(JobEvent.id == after))
@@ -110,6 +111,29 @@ class TeamScope:
                 raise NotFound(f"No such event: {after}", param="after")
             after_pk = row.pk
         return _page(self.session, stmt, JobEvent, after_pk, limit)
+
+    def samples(self, job: Job, *, after: str | None, limit: int) -> Page[JobEvent]:
+        stmt = select(JobEvent).where(JobEvent.job_id == job.id, JobEvent.type == SAMPLES_EVENT)
+        after_pk = None
+        if after:
+            row = self.session.scalar(stmt.where(JobEvent.id == after))
+            if row is None:
+                raise NotFound(f"No such samples: {after}", param="after")
+            after_pk = row.pk
+        return _page(self.session, stmt, JobEvent, after_pk, limit)
+
+    # The live stream: rows of `job` written after the last ones it sent, oldest first.
+    def events_since(self, job: Job, after_pk: int | None, limit: int) -> Page[JobEvent]:
+        stmt = select(JobEvent).where(JobEvent.job_id == job.id)
+        return _page(self.session, stmt, JobEvent, after_pk, limit, ascending=True)
+
+    def metrics_since(self, job: Job, after_pk: int | None, limit: int) -> Page[JobMetric]:
+        stmt = select(JobMetric).where(JobMetric.job_id == job.id)
+        return _page(self.session, stmt, JobMetric, after_pk, limit, ascending=True)
+
+    def checkpoints_since(self, job: Job, after_pk: int | None, limit: int) -> Page[Checkpoint]:
+        stmt = select(Checkpoint).where(Checkpoint.job_id == job.id)
+        return _page(self.session, stmt, Checkpoint, after_pk, limit, ascending=True)
 
     def checkpoints(self, job: Job, *, after: str | None, limit: int) -> Page[Checkpoint]:
         stmt = select(Checkpoint).where(Checkpoint.job_id == job.id)

@@ -22,6 +22,10 @@ class Callbacks:
     def on_event(self, level: Level, message: str, data: dict[str, Any] | None = None) -> None:
         """A human-readable event (phase changes, warnings, evaluation results)."""
 
+    def on_samples(self, step: int, samples: list[dict[str, Any]]) -> None:
+        """A few of the step's rollouts, each `{"prompt", "completion", "reward"}`, so people
+        can read what the policy generates (the dashboard shows them per step)."""
+
     def on_checkpoint(self, path: Path, step: int, metrics: dict[str, float]) -> None:
         """A complete checkpoint (manifest written, atomically renamed) now exists at `path`."""
 

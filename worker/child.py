@@ -56,6 +56,9 @@ class RelayCallbacks(Callbacks):
     def on_event(self, level: Level, message: str, data: dict[str, Any] | None = None) -> None:
         self.send({"t": "event", "level": level, "message": message, "data": data})
 
+    def on_samples(self, step: int, samples: list[dict[str, Any]]) -> None:
+        self.send({"t": "samples", "step": step, "samples": samples})
+
     def on_checkpoint(self, path: Path, step: int, metrics: dict[str, float]) -> None:
         self.send({"t": "checkpoint", "path": str(path), "step": step, "metrics": metrics})
 

@@ -3,6 +3,7 @@
 child -> supervisor (events fd):
     {"t": "metrics", "step": 3, "metrics": {...}}
     {"t": "event", "level": "info", "message": "...", "data": {...}}
+    {"t": "samples", "step": 3, "samples": [{"prompt": "...", "completion": "...", "reward": 1.0}]}
     {"t": "checkpoint", "path": "/abs/dir", "step": 3, "metrics": {...}}
     {"t": "result", "status": "succeeded", "step": 4, "total_steps": 4,
      "final_checkpoint": "/abs/dir" | null, "trained_tokens": 123, "summary": {...}}

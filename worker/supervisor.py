@@ -24,7 +24,7 @@ from typing import Any
 
 from sqlalchemy import select, update
 
-from jobs.events import add_event
+from jobs.events import SAMPLES_EVENT, add_event
 from jobs.leases import (
     Lease,
     LeaseLost,
@@ -190,6 +190,15 @@ class Supervisor:
                         str(message.get("message", ""))[:4000],
                         level=str(message.get("level", "info")),
                         data=message.get("data"),
+                    )
+                elif kind == "samples":
+                    step = int(message["step"])
+                    add_event(
+                        session,
+                        self.lease.job_id,
+                        f"Samples at step {step}",
+                        type=SAMPLES_EVENT,
+                        data={"step": step, "samples": message.get("samples") or []},
                     )
                 elif kind == "checkpoint":
                     self._record_checkpoint(
