@@ -15,7 +15,8 @@ from fastapi import FastAPI
 from api.deps import Services
 from api.errors import install_error_handlers
 from api.limits import BodyLimitByRoute
-from api.routers import checkpoints, events, files, health, jobs
+from api.routers import checkpoints, events, files, health, jobs, samples, stream
+from api.routers.dashboard import install_dashboard
 from jobs.db import make_engine, make_session_factory
 from jobs.dispatch import Dispatcher, make_producer
 from jobs.settings import Settings
@@ -40,8 +41,9 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(title="LCO fine-tuning API", version="0.1.0", lifespan=lifespan)
     app.state.services = services
     install_error_handlers(app)
-    for module in (files, jobs, events, checkpoints, health):
+    for module in (files, jobs, events, samples, stream, checkpoints, health):
         app.include_router(module.router)
+    install_dashboard(app)
     app.add_middleware(
         BodyLimitByRoute,
         upload_path="/v1/files",
