@@ -10,6 +10,7 @@
     lco jobs submit JOB.json|yaml | list | get ID | watch ID | cancel ID
     lco train --config job.yaml --output DIR          train locally, no service
     lco tasks export NAME --out DIR                   write a built-in task's datasets
+    lco experiment stability [--preset quick]         LCO vs baselines: report and plots
 
 Each subcommand imports what it needs when it runs, so `lco serve` never loads torch into
 the API process.
@@ -214,6 +215,42 @@ def cmd_tasks_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_experiment_stability(args: argparse.Namespace) -> int:
+    from lco_core.experiments.report import write_report
+    from lco_core.experiments.stability import preset, run_study
+
+    cfg = preset(args.preset, steps=args.steps, seeds=tuple(args.seeds) if args.seeds else None)
+    # The report quotes the command that makes it, every option spelled out.
+    command = (
+        f"lco experiment stability --preset {args.preset} --work {args.work} --out {args.out}"
+        + (f" --steps {args.steps}" if args.steps else "")
+        + (f" --seeds {' '.join(map(str, args.seeds))}" if args.seeds else "")
+        + (f" --workers {args.workers}" if args.workers != 1 else "")
+        + (" --fresh" if args.fresh else "")
+        + (" --report-only" if args.report_only else "")
+    )
+
+    def progress(name: str, record: dict[str, Any], done: int, total: int) -> None:
+        print(
+            f"[{done}/{total}] {name}: {record['wall_s']:.0f} s, greedy reward "
+            f"{record.get('initial_eval_reward', float('nan')):.3f} -> "
+            f"{record.get('final_eval_reward', float('nan')):.3f}",
+            flush=True,
+        )
+
+    result = run_study(
+        cfg,
+        Path(args.work),
+        workers=args.workers,
+        fresh=args.fresh,
+        train=not args.report_only,
+        on_run=progress,
+    )
+    for path in write_report(result, out_dir=Path(args.out), command=command):
+        print(f"wrote {path}")
+    return 0
+
+
 # -- argument parsing ------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lco", description=__doc__.split("\n\n")[0])
@@ -266,6 +303,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-val", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_tasks_export)
+
+    experiment = sub.add_parser("experiment", help="studies over many runs").add_subparsers(
+        dest="action", required=True
+    )
+    p = experiment.add_parser(
+        "stability", help="LCO vs PPO/GRPO/REINFORCE over seeds: docs/results/stability.md"
+    )
+    p.add_argument("--preset", choices=["full", "quick"], default="full")
+    p.add_argument("--work", default="data/stability", help="run directories (resumable)")
+    p.add_argument("--out", default="docs/results", help="where the report and plots go")
+    p.add_argument("--steps", type=int, help="override the preset's steps per run")
+    p.add_argument("--seeds", type=int, nargs="+", help="override the preset's seeds")
+    p.add_argument("--workers", type=int, default=1, help="runs in parallel (1 thread each)")
+    p.add_argument("--fresh", action="store_true", help="retrain runs already finished")
+    p.add_argument("--report-only", action="store_true", help="report on finished runs only")
+    p.set_defaults(func=cmd_experiment_stability)
 
     sub.add_parser(
         "train", help="train locally: lco train --config job.yaml --output DIR", add_help=False

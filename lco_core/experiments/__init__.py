@@ -1,0 +1,6 @@
+"""Experiments that run the training core many times and report on it (`lco experiment ...`).
+
+`stability`: the small-scale reproduction of the LCO paper's stability claims
+(`stability.py` runs it, `analysis.py` turns metrics into numbers and verdicts,
+`report.py` writes the Markdown report and plots).
+"""

@@ -1,0 +1,350 @@
+"""The stability study's report: `stability.md` with its table and verdicts, and PNG plots.
+
+    paths = write_report(result, out_dir=Path("docs/results"), command="lco experiment ...")
+
+Everything in the report is computed from the runs (`analysis.py` holds the rules); the
+only fixed prose is the setup description and the caveats. Plots need matplotlib (the
+`experiments` extra); it is imported here only, headless.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import os
+import platform
+import statistics
+import subprocess
+from collections.abc import Sequence
+from importlib import metadata
+from pathlib import Path
+
+from lco_core.experiments.analysis import (
+    GroupSummary,
+    Rules,
+    RunData,
+    Verdict,
+    judge,
+    summarize,
+    trailing_mean,
+)
+from lco_core.experiments.stability import BASELINES, LCO_LOSSES, StudyResult
+
+# (metric key, title, y label, log scale): one PNG each, one panel per setting.
+PLOTS = (
+    ("reward_mean", "Sampled reward (trailing mean)", "reward", False),
+    ("eval_reward", "Greedy reward on held-out prompts", "reward", False),
+    ("grad_norm", "Gradient norm (trailing mean)", "global grad norm", True),
+    ("entropy", "Token entropy (trailing mean)", "nats", False),
+    ("kl_old", "KL(new || old) after the update (trailing mean)", "KL", True),
+    ("kl_init", "KL to the initial policy (trailing mean)", "KL", True),
+)
+COLORS = {
+    "lco_kld": "tab:blue",
+    "lco_mse": "tab:green",
+    "lco_logcosh": "tab:cyan",
+    "reinforce": "tab:purple",
+    "ppo_clip": "tab:red",
+    "grpo": "tab:orange",
+}
+# Curves other than reward are smoothed lightly: enough to separate six algorithms,
+# little enough that a spike still shows.
+CURVE_WINDOW = 5
+LOG_FLOOR = 1e-6
+VERSIONED = ("torch", "transformers", "numpy", "matplotlib", "lco-finetune")
+
+
+def _curves(runs: Sequence[RunData], key: str, window: int) -> tuple[list[int], list[list[float]]]:
+    """Steps and one smoothed series per seed, cut to the shortest run."""
+    if key == "eval_reward":
+        per_seed = [
+            [(0, r.initial_eval)] + [(int(m["step"]), m[key]) for m in r.metrics if key in m]
+            for r in runs
+        ]
+        n = min(len(s) for s in per_seed)
+        return [p[0] for p in per_seed[0][:n]], [[v for _, v in s[:n]] for s in per_seed]
+    series = [r.series(key) for r in runs]
+    n = min(len(s) for s in series)
+    if n == 0:
+        return [], []
+    w = min(window, n)
+    smoothed = [trailing_mean(s[:n], w) for s in series]
+    return list(range(w, n + 1)), smoothed
+
+
+def plot_metric(
+    runs: Sequence[RunData],
+    key: str,
+    title: str,
+    ylabel: str,
+    log: bool,
+    settings: Sequence[str],
+    algorithms: Sequence[str],
+    path: Path,
+    rules: Rules,
+) -> Path:
+    """Mean over seeds (line) and min-max across seeds (band), one panel per setting."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    window = rules.smooth_window if key == "reward_mean" else CURVE_WINDOW
+    fig, axes = plt.subplots(1, len(settings), figsize=(5.2 * len(settings), 3.6), squeeze=False)
+    for ax, setting in zip(axes[0], settings, strict=True):
+        for algorithm in algorithms:
+            group = [r for r in runs if r.setting == setting and r.algorithm == algorithm]
+            if not group:
+                continue
+            steps, series = _curves(group, key, window)
+            if not steps:
+                continue
+            floor = LOG_FLOOR if log else -math.inf
+            cols = [[max(s[i], floor) for s in series] for i in range(len(steps))]
+            color = COLORS.get(algorithm)
+            style = "-" if algorithm in LCO_LOSSES else "--"
+            ax.plot(steps, [statistics.fmean(c) for c in cols], style, color=color, lw=1.3)
+            ax.fill_between(
+                steps, [min(c) for c in cols], [max(c) for c in cols], color=color, alpha=0.15
+            )
+            ax.plot([], [], style, color=color, label=algorithm)
+        ax.set_title(f"{setting}", fontsize=10)
+        ax.set_xlabel("step")
+        ax.set_ylabel(ylabel)
+        if log:
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7, loc="best")
+    fig.suptitle(f"{title}: mean over seeds, band = min-max", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in VERSIONED:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def _git_commit(repo: Path) -> str:
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit
+
+
+def _pm(ms: tuple[float, float]) -> str:
+    mean, std = ms
+    return f"{mean:.3f}" if math.isnan(std) else f"{mean:.3f} ± {std:.3f}"
+
+
+def results_table(groups: dict[tuple[str, str], GroupSummary], setting: str) -> list[str]:
+    rows = [
+        "| algorithm | final greedy reward | initial | final sampled reward | best sampled "
+        "| collapse events (runs) | entropy collapses | grad-norm spikes | grad norm late/early "
+        "| KL to init (end) | step s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for (s, algorithm), g in groups.items():
+        if s != setting:
+            continue
+        rows.append(
+            f"| {algorithm} | {_pm(g.final_eval)} | {g.initial_eval:.3f} "
+            f"| {_pm(g.final_sampled)} | {g.best_sampled:.3f} "
+            f"| {g.collapse_events} ({g.runs_with_collapse}/{g.n}) | {g.entropy_collapses} "
+            f"| {g.spikes} | {g.grad_norm_ratio:.2f} | {g.kl_init_final:.4f} "
+            f"| {g.step_time:.2f} |"
+        )
+    return rows
+
+
+def verdict_lines(verdicts: Sequence[Verdict]) -> list[str]:
+    lines = []
+    for i, v in enumerate(verdicts, 1):
+        lines += [f"### {i}. {v.claim}: **{v.outcome}**", "", f"Rule: {v.rule}.", ""]
+        lines += [f"- {c.label}: {c.outcome} ({c.detail})" for c in v.cases]
+        if v.context:
+            lines += ["", v.context]
+        lines.append("")
+    return lines
+
+
+def _rules_lines(rules: Rules) -> list[str]:
+    return [
+        f"- **Collapse event**: the sampled reward, as a trailing mean over "
+        f"{rules.smooth_window} steps, falls below {rules.collapse_fraction:g} x its running best "
+        f"after that best exceeded {rules.collapse_floor:g}; the detector re-arms once the "
+        f"reward is back above {rules.rearm_fraction:g} x the best.",
+        f"- **Entropy collapse**: the token entropy ({rules.smooth_window}-step trailing mean) "
+        f"falls below {rules.entropy_collapse_fraction:g} x its value at step 1.",
+        f"- **Grad-norm spike**: a step whose global grad norm exceeds "
+        f"{rules.spike_factor:g} x the median of all earlier steps (from step "
+        f"{rules.spike_min_history + 1} on).",
+        "- **Grad norm late/early**: mean grad norm over the last quarter of steps divided by "
+        "the mean over the first quarter (median over seeds).",
+        "- **Final greedy reward**: greedy decoding on the held-out prompts after the last "
+        "step (mean ± sample std over seeds). **Final sampled reward**: mean training-batch "
+        "reward (temperature 1) over the last tenth of the steps. **Best sampled**: the "
+        f"highest {rules.smooth_window}-step trailing mean (mean over seeds).",
+        "- **2 SE**: twice the standard error of a difference of two means over seeds, "
+        "sqrt(s1²/n1 + s2²/n2).",
+        "- **Step s**: median wall seconds per training step (rollout, update, metrics; "
+        "median, so evaluation steps do not count).",
+    ]
+
+
+def write_report(
+    result: StudyResult,
+    *,
+    out_dir: Path,
+    command: str,
+    rules: Rules | None = None,
+    name: str = "stability",
+) -> list[Path]:
+    """Write `out_dir/<name>.md` and `out_dir/<name>/*.png`; returns their paths."""
+    rules = rules or Rules()
+    cfg = result.config
+    runs = result.runs
+    groups = summarize(runs, rules)
+    settings = [s.name for s in cfg.settings if any(r.setting == s.name for r in runs)]
+    algorithms = [a for a in cfg.algorithms if any(r.algorithm == a for r in runs)]
+    lco = [a for a in algorithms if a in LCO_LOSSES]
+    baselines = [a for a in algorithms if a in BASELINES]
+    verdicts = judge(groups, rules, lco=lco, baselines=baselines)
+
+    plot_dir = out_dir / name
+    plot_dir.mkdir(parents=True, exist_ok=True)
+    pngs = [
+        plot_metric(
+            runs,
+            key,
+            title,
+            ylabel,
+            log,
+            settings,
+            algorithms,
+            plot_dir / f"{key}.png",
+            rules,
+        )
+        for key, title, ylabel, log in PLOTS
+    ]
+
+    expected = len(cfg.algorithms) * len(cfg.seeds) * len(cfg.settings)
+    missing = [
+        f"{s.name}/{a}/seed-{seed}"
+        for seed in cfg.seeds
+        for s in cfg.settings
+        for a in cfg.algorithms
+        if not any(r.setting == s.name and r.algorithm == a and r.seed == seed for r in runs)
+    ]
+    versions = _versions()
+    run_wall = sum(r.wall_s for r in runs)
+    lines = [
+        "# Stability of LCO against PPO, GRPO and REINFORCE on lco-tiny",
+        "",
+        "A small-scale reproduction of the stability claims of *Stabilizing Policy "
+        "Optimization via Logits Convexity* (see `lco-method.md`). Generated by the command "
+        "below; do not edit by hand, re-run it.",
+        "",
+        "```bash",
+        command,
+        "```",
+        "",
+        f"Generated {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')} at commit "
+        f"`{_git_commit(Path(__file__).resolve().parent)}`; {len(runs)} of {expected} runs.",
+        "",
+        "## Verdicts",
+        "",
+        "| claim | verdict |",
+        "|---|---|",
+        *[f"| {v.claim} | **{v.outcome}** |" for v in verdicts],
+        "",
+        "Each verdict is computed from the runs by the rule stated with it below (per LCO "
+        "loss and setting; overall: held if every case held, not held if more than half did "
+        "not, unclear otherwise).",
+        "",
+    ]
+    if missing:
+        lines += [
+            f"**Incomplete**: {len(missing)} run(s) missing: {', '.join(missing)}.",
+            "",
+        ]
+    lines += ["## Results", ""]
+    for s in cfg.settings:
+        if s.name not in settings:
+            continue
+        lines += [f"### `{s.name}`: {s.description}", "", *results_table(groups, s.name), ""]
+    lines += ["## Claims", "", *verdict_lines(verdicts)]
+    lines += ["## Plots", ""]
+    for (key, title, *_), png in zip(PLOTS, pngs, strict=True):
+        lines += [f"**{title}** (`{key}`)", "", f"![{key}]({name}/{png.name})", ""]
+    lines += ["## Definitions", "", *_rules_lines(rules), ""]
+    lines += ["## Setup", ""]
+    lines += [f"- {k}: {v}" for k, v in cfg.describe().items()]
+    lines += [
+        "- learning rates (lco-tiny defaults of `lco_core/config.py`, not tuned per "
+        "algorithm): " + ", ".join(f"{a} {lr:g}" for a, lr in result.learning_rates.items()),
+        "- everything else: the job spec's defaults (AdamW, no grad clipping, temperature 1, "
+        "token-mean aggregation; group advantages for LCO/GRPO/REINFORCE, GAE with a value "
+        "head for PPO; clip 0.2; pi_old kept as top-20 logprobs plus tail mass when a batch "
+        "is reused).",
+        "- each run is a job (`job.yaml` under the work dir) trained by `lco_core.runner."
+        "run_job` on CPU with one torch thread; the HF rollout engine.",
+        "",
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".",
+        "",
+        f"Machine: {platform.platform()}, {os.cpu_count()} CPUs, shared with other work "
+        "while the study ran, so step times are indicative only.",
+        "",
+        "## Reproducibility and runtime",
+        "",
+    ]
+    if result.repeat:
+        for rep in result.repeat:
+            diffs = ", ".join(f"{k} {v:.2g}" for k, v in rep.items() if k != "run")
+            lines.append(
+                f"- `{rep['run']}` trained a second time from its job file: largest absolute "
+                f"difference per metric over all steps: {diffs}."
+            )
+        identical = all(v == 0 for rep in result.repeat for k, v in rep.items() if k != "run")
+        lines.append(
+            "- The repeat was bit-identical: the same seeds give the same numbers on this "
+            "machine with one torch thread (other CPUs, thread counts or library versions "
+            "may round differently and drift within seed noise)."
+            if identical
+            else "- The repeat differed only by CPU floating-point nondeterminism (sizes "
+            "above); compare them with the seed spread in the table before reading a "
+            "difference."
+        )
+    lines += [
+        f"- Total training time of the runs shown: {run_wall / 60:.1f} min "
+        f"({run_wall / max(len(runs), 1):.0f} s per run on average); this invocation trained "
+        f"{result.trained} run(s) in {result.wall_s / 60:.1f} min.",
+        "",
+        "## Caveats",
+        "",
+        "- A 2-layer model with about a million parameters, one synthetic task, short runs "
+        f"and {len(cfg.seeds)} seed(s): evidence about this implementation at this scale, not "
+        "about the paper's settings.",
+        "- No algorithm was tuned; all use the model's default learning rate. A claim that "
+        "depends on tuning would need a sweep per algorithm.",
+        "- Verdicts follow fixed rules with a 2-standard-error noise band; with few seeds "
+        "a real difference smaller than the band reads as held or unclear, not as a win.",
+        "",
+    ]
+    report = out_dir / f"{name}.md"
+    report.write_text("\n".join(lines))
+    return [report, *pngs]

@@ -1,0 +1,121 @@
+"""The stability study: its event rules on synthetic series, and the whole pipeline on a
+CI budget (`lco experiment stability --preset quick`: 2 algorithms x 1 seed x 2 settings,
+about half a minute). The pipeline test checks what is written, never what it concludes.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from cli.main import main as lco_main
+from lco_core.experiments.analysis import (
+    Rules,
+    RunData,
+    collapse_events,
+    entropy_collapsed,
+    grad_norm_ratio,
+    grad_spikes,
+    judge,
+    summarize,
+)
+
+RULES = Rules()
+
+
+def test_collapse_event_counts_a_peak_then_collapse_once() -> None:
+    rise_and_fall = [0.2] * 10 + [0.6] * 20 + [0.05] * 20
+    assert collapse_events(rise_and_fall, RULES) == 1
+    # Noise hovering around the threshold after the fall still counts once (no re-arm).
+    flapping = [0.6] * 20 + [0.2, 0.35] * 20
+    assert collapse_events(flapping, RULES) == 1
+    # Recovering to the best and falling again is a second event.
+    assert collapse_events(rise_and_fall + [0.6] * 20 + [0.05] * 20, RULES) == 2
+
+
+def test_no_collapse_below_the_floor_or_without_a_fall() -> None:
+    assert collapse_events([0.08] * 10 + [0.0] * 20, RULES) == 0  # best never above 0.1
+    assert collapse_events([0.2 + 0.005 * i for i in range(60)], RULES) == 0
+    assert collapse_events([0.5] * 20 + [0.3] * 20, RULES) == 0  # down 40%, not by half
+
+
+def test_entropy_collapse_and_grad_spikes() -> None:
+    assert entropy_collapsed([1.0] * 5 + [0.05] * 20, RULES)
+    assert not entropy_collapsed([1.0 - 0.01 * i for i in range(50)], RULES)
+    norms = [1.0, 1.1, 0.9] * 5 + [6.0] + [1.0] * 5
+    assert grad_spikes(norms, RULES) == 1
+    assert grad_spikes([1.0, 1.2] * 10, RULES) == 0
+    assert grad_norm_ratio([2.0] * 4 + [1.0] * 4) == pytest.approx(0.5)
+
+
+def _run(algorithm: str, setting: str, seed: int, norms: list[float], final: float) -> RunData:
+    metrics = [
+        {"reward_mean": 0.3, "grad_norm": g, "entropy": 0.6, "time_step": 0.1, "kl_init": 0.01}
+        for g in norms
+    ]
+    return RunData(algorithm, setting, seed, metrics, initial_eval=0.3, final_eval=final)
+
+
+def test_verdicts_follow_the_rules() -> None:
+    shrinking = [2.0 - 0.01 * i for i in range(40)]
+    growing = [1.0 + 0.05 * i for i in range(40)]
+    runs = [
+        _run("lco_kld", s, seed, shrinking, 0.5 + 0.01 * seed)
+        for s in ("single", "reuse")
+        for seed in (1, 2, 3)
+    ] + [
+        _run("ppo_clip", s, seed, growing, 0.3 + 0.01 * seed)
+        for s in ("single", "reuse")
+        for seed in (1, 2, 3)
+    ]
+    verdicts = judge(summarize(runs, RULES), RULES, lco=["lco_kld"], baselines=["ppo_clip"])
+    assert [v.outcome for v in verdicts] == ["held", "held", "held", "held"]
+    # The same data with the roles swapped: LCO's grad norm grows and its reward is lower.
+    swapped = [
+        RunData(
+            "lco_kld" if r.algorithm == "ppo_clip" else "ppo_clip",
+            r.setting,
+            r.seed,
+            r.metrics,
+            r.initial_eval,
+            r.final_eval,
+        )
+        for r in runs
+    ]
+    verdicts = judge(summarize(swapped, RULES), RULES, lco=["lco_kld"], baselines=["ppo_clip"])
+    assert verdicts[0].outcome == "not held"
+    assert verdicts[3].outcome == "not held"
+
+
+@pytest.mark.e2e
+def test_quick_study_writes_report_and_plots(
+    tiny_model_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    work, out = tmp_path / "work", tmp_path / "out"
+    argv = ["experiment", "stability", "--preset", "quick", "--work", str(work)]
+    assert lco_main([*argv, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("greedy reward") == 4  # one line per run
+
+    report = (out / "stability.md").read_text()
+    assert "lco experiment stability --preset quick" in report
+    rows = [line for line in report.splitlines() if re.match(r"\| (lco_kld|grpo) \|", line)]
+    assert len(rows) == 4  # 2 algorithms x 2 settings
+    for claim in ("Gradient norms", "peak-then-collapse", "reused", "Final reward"):
+        assert re.search(rf"{claim}.*\*\*(held|not held|unclear)\*\*", report), claim
+    assert "torch" in report and "seeds: [1]" in report
+    pngs = sorted((out / "stability").glob("*.png"))
+    assert len(pngs) == 6
+    for png in pngs:
+        data = png.read_bytes()
+        assert data.startswith(b"\x89PNG\r\n\x1a\n") and 5_000 < len(data) < 200_000
+        assert f"stability/{png.name}" in report
+    # The same seed trained twice gives the same numbers (the report measures it).
+    assert "The repeat was bit-identical" in report
+
+    # Finished runs are kept: a second invocation trains nothing and reports the same table.
+    assert lco_main([*argv, "--out", str(tmp_path / "again"), "--report-only"]) == 0
+    again = (tmp_path / "again" / "stability.md").read_text()
+    assert rows == [line for line in again.splitlines() if line in rows]
