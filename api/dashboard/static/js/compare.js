@@ -42,7 +42,9 @@ export function compareView(root, signal, params) {
     charts.append(h("p", { class: "muted", text: "Choose two jobs to compare their curves." }));
     return;
   }
-  const runs = ids.map((id, i) => new Series(`${"AB"[i]}: ${id}`));
+  const names = ids.map((id, i) => h("li", { text: `${"AB"[i]}: ${id}` }));
+  charts.before(h("ul", { class: "runs", "aria-label": "Compared jobs" }, names));
+  const runs = ids.map((_, i) => new Series("AB"[i]));
   const grid = new ChartGrid(charts, runs);
   signal.addEventListener("abort", () => grid.destroy());
   ids.forEach((id, i) =>
@@ -50,7 +52,9 @@ export function compareView(root, signal, params) {
       signal,
       onConnect: () => runs[i].clear(),
       onMessage(type, data) {
-        if (type === "metrics") {
+        if (type === "job") {
+          names[i].replaceChildren(`${"AB"[i]}: `, h("a", { href: `#/jobs/${id}`, text: id }), ` · ${algorithm(data)} · ${data.status}`);
+        } else if (type === "metrics") {
           runs[i].add(data.step, data.metrics);
           grid.update();
         }

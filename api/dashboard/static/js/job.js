@@ -116,7 +116,10 @@ export function jobView(root, signal, jobId) {
     if (!rows.length) samplesBody.replaceChildren(h("tr", {}, h("td", { colSpan: 3, class: "muted", text: "No samples yet (RL jobs report a few per step)." })));
   }
 
+  const noCheckpoints = h("tr", {}, h("td", { colSpan: 4, class: "muted", text: "No checkpoints yet." }));
+
   function addCheckpoint(c) {
+    noCheckpoints.remove();
     const button = h("button", { type: "button", class: "secondary", text: "Download", "aria-label": `Download checkpoint at step ${c.step_number}` });
     button.addEventListener("click", () =>
       download(`/fine_tuning/jobs/${encodeURIComponent(jobId)}/checkpoints/${encodeURIComponent(c.id)}/download`, `${jobId}-step-${c.step_number}.tar`).catch(
@@ -157,7 +160,7 @@ export function jobView(root, signal, jobId) {
     onConnect() {
       series.clear();
       samples = new Map();
-      ckptBody.replaceChildren();
+      ckptBody.replaceChildren(noCheckpoints);
       events.replaceChildren();
       renderSamples();
     },

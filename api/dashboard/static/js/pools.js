@@ -1,46 +1,64 @@
-// The pool view: per GPU pool, the running and queued jobs of each team and their usage
-// against quota (`GET /v1/pools`). A server without pool views answers 404: say so.
+// The pool view (`GET /v1/pools`): per GPU pool, its capacity, each team's running and
+// queued jobs with usage against quota, and the running and queued jobs themselves.
+// A server without pool views answers 404: the view says so instead.
 
 import { api } from "./api.js";
-import { h, num } from "./format.js";
+import { h, num, relative, time } from "./format.js";
 
 const REFRESH_MS = 5000;
 
-function cell(value) {
-  if (value === null || value === undefined) return "–";
-  if (typeof value === "number") return num(value);
-  if (Array.isArray(value)) return value.map(cell).join(", ");
-  if (typeof value === "object") {
-    // {used, limit} style pairs read as "used / limit"; anything else as key: value.
-    const used = value.used ?? value.usage;
-    const limit = value.limit ?? value.quota;
-    if (used !== undefined && limit !== undefined) return `${cell(used)} / ${cell(limit)}`;
-    return Object.entries(value).map(([k, v]) => `${k}: ${cell(v)}`).join(", ");
-  }
-  return String(value);
+// {used, limit} -> "2 of 4" (a null limit means none).
+function usedOf(value) {
+  if (!value) return "–";
+  return value.limit === null || value.limit === undefined
+    ? `${num(value.used)} (no limit)`
+    : `${num(value.used)} of ${num(value.limit)}`;
 }
 
-// A table of rows whose columns are the union of their keys, in first-seen order.
-function table(label, rows) {
-  const keys = [...new Set(rows.flatMap((r) => Object.keys(r)))];
+function jobLink(id) {
+  return id ? h("a", { href: `#/jobs/${id}`, text: id }) : h("span", { class: "muted", text: "another team's job" });
+}
+
+function table(caption, headings, rows, empty) {
+  if (!rows.length) return h("p", { class: "muted", text: empty });
   return h(
     "table",
     {},
-    h("caption", { text: label }),
-    h("thead", {}, h("tr", {}, keys.map((k) => h("th", { scope: "col", text: k.replaceAll("_", " ") })))),
-    h("tbody", {}, rows.map((r) => h("tr", {}, keys.map((k) => h("td", { text: cell(r[k]) }))))),
+    h("caption", { text: caption }),
+    h("thead", {}, h("tr", {}, headings.map((t) => h("th", { scope: "col", text: t })))),
+    h("tbody", {}, rows.map((cells) => h("tr", {}, cells.map((c) => h("td", {}, c))))),
   );
 }
 
 function renderPool(pool) {
-  const nested = Object.entries(pool).filter(([, v]) => Array.isArray(v) && v.every((x) => x && typeof x === "object"));
-  const scalars = Object.entries(pool).filter(([k, v]) => k !== "object" && !nested.some(([n]) => n === k) && v !== null && typeof v !== "object");
+  const id = `pool-${pool.name}`;
   return h(
     "section",
-    { class: "pool", "aria-label": `Pool ${pool.name ?? pool.id ?? ""}` },
-    h("h2", { text: `Pool ${pool.name ?? pool.id ?? ""}` }),
-    h("dl", { class: "summary" }, scalars.flatMap(([k, v]) => [h("dt", { text: k.replaceAll("_", " ") }), h("dd", { text: cell(v) })])),
-    nested.map(([k, rows]) => (rows.length ? table(k.replaceAll("_", " "), rows) : h("p", { class: "muted", text: `No ${k.replaceAll("_", " ")}.` }))),
+    { class: "pool", "aria-labelledby": id, "data-pool": pool.name },
+    h("h2", { id, text: `Pool ${pool.name}` }),
+    h(
+      "p",
+      {},
+      `${pool.used_gpus} of ${pool.capacity_gpus} GPUs in use · ${pool.workers} worker(s) · ${pool.queued_jobs} queued`,
+    ),
+    table(
+      "Teams: jobs and usage against quota",
+      ["Team", "Share", "Running", "Queued", "GPUs held", "Queued jobs (quota)", "GPU-seconds (window)"],
+      (pool.teams || []).map((t) => [t.team, num(t.share, 3), String(t.running_jobs), String(t.queued_jobs), usedOf(t.gpus), usedOf(t.queued_quota), num(t.gpu_seconds_window, 3)]),
+      "No team has jobs here.",
+    ),
+    table(
+      "Running",
+      ["Job", "Team", "GPUs", "Priority", "Started", "Progress", "Finishes"],
+      (pool.running || []).map((j) => [jobLink(j.id), j.team, String(j.gpus), j.priority, time(j.started_at), j.progress_percent === null || j.progress_percent === undefined ? "–" : `${num(j.progress_percent, 3)}%`, j.estimated_finish_at ? relative(j.estimated_finish_at) : "–"]),
+      "Nothing running.",
+    ),
+    table(
+      "Queued, in order",
+      ["#", "Job", "Team", "GPUs", "Priority", "Ahead", "Starts", "Waiting for"],
+      (pool.queued || []).map((j) => [String(j.position), jobLink(j.id), j.team, String(j.gpus), j.priority, String(j.ahead), j.estimated_start_at ? relative(j.estimated_start_at) : "–", (j.reason || "").replaceAll("_", " ")]),
+      "Nothing queued.",
+    ),
   );
 }
 
@@ -50,13 +68,15 @@ export function poolsView(root, signal) {
   async function load() {
     try {
       const page = await api("/pools", { signal });
-      const pools = Array.isArray(page.data) ? page.data : [page];
-      body.replaceChildren(...(pools.length ? pools.map(renderPool) : [h("p", { class: "muted", text: "No pools." })]));
+      body.replaceChildren(...(page.data.length ? page.data.map(renderPool) : [h("p", { class: "muted", text: "No pools." })]));
     } catch (err) {
       if (signal.aborted) return;
-      clearInterval(timer);
-      const text = err.status === 404 ? "Pool views are not available on this server." : `Could not load pools: ${err.message}`;
-      body.replaceChildren(h("p", { class: err.status === 404 ? "muted" : "error", role: "status", text }));
+      if (err.status === 404) {
+        clearInterval(timer); // this server has no pool views; asking again won't change that
+        body.replaceChildren(h("p", { class: "muted", role: "status", text: "Pool views are not available on this server." }));
+      } else {
+        body.replaceChildren(h("p", { class: "error", role: "alert", text: `Could not load pools: ${err.message}` }));
+      }
     }
   }
   const timer = setInterval(load, REFRESH_MS);
