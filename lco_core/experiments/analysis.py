@@ -112,9 +112,25 @@ def grad_spikes(norms: Sequence[float], rules: Rules) -> int:
 
 def grad_norm_ratio(norms: Sequence[float]) -> float:
     """Mean grad norm over the last quarter of steps / over the first quarter."""
-    quarter = max(1, len(norms) // 4)
-    first = statistics.fmean(norms[:quarter])
-    return statistics.fmean(norms[-quarter:]) / first if first > 0 else math.nan
+    first, last = _quarters(norms)
+    return last / first if first > 0 else math.nan
+
+
+def zero_signal_trend(runs: Sequence[RunSummary]) -> tuple[float, float]:
+    """Mean share of groups whose rewards are all equal, first and last quarter of steps."""
+    first = [r.zero_std_early for r in runs if not math.isnan(r.zero_std_early)]
+    last = [r.zero_std_late for r in runs if not math.isnan(r.zero_std_late)]
+    return (
+        statistics.fmean(first) if first else math.nan,
+        statistics.fmean(last) if last else math.nan,
+    )
+
+
+def _quarters(xs: Sequence[float]) -> tuple[float, float]:
+    if not xs:
+        return math.nan, math.nan
+    quarter = max(1, len(xs) // 4)
+    return statistics.fmean(xs[:quarter]), statistics.fmean(xs[-quarter:])
 
 
 @dataclass(frozen=True)
@@ -133,6 +149,8 @@ class RunSummary:
     step_time: float  # median seconds per step
     kl_init_final: float
     wall_s: float
+    zero_std_early: float = math.nan  # share of zero-spread groups, first quarter of steps
+    zero_std_late: float = math.nan  # and last quarter
 
 
 def summarize_run(run: RunData, rules: Rules) -> RunSummary:
@@ -140,6 +158,7 @@ def summarize_run(run: RunData, rules: Rules) -> RunSummary:
     norms = run.series("grad_norm")
     tail = max(1, math.ceil(len(rewards) / 10))
     kl_init = run.series("kl_init")
+    zero_early, zero_late = _quarters(run.series("zero_std_group_frac"))
     return RunSummary(
         algorithm=run.algorithm,
         setting=run.setting,
@@ -155,6 +174,8 @@ def summarize_run(run: RunData, rules: Rules) -> RunSummary:
         step_time=statistics.median(run.series("time_step")),
         kl_init_final=kl_init[-1] if kl_init else math.nan,
         wall_s=run.wall_s,
+        zero_std_early=zero_early,
+        zero_std_late=zero_late,
     )
 
 
@@ -314,6 +335,7 @@ def judge(
             f"late/early grad norm {ratio:.2f}, spikes {g.spikes} (max {g.max_spikes} in a run)"
         )
         cases.append(Case(f"{loss}/{s}", outcome, detail))
+    signal = zero_signal_trend([r for g in groups.values() for r in g.runs])
     grad = Verdict(
         claim="Gradient norms shrink smoothly as training proceeds",
         rule=(
@@ -326,6 +348,12 @@ def judge(
         context=context(
             "late/early ratio and spikes",
             lambda g: f"{g.grad_norm_ratio:.2f}/{g.spikes}",
+        )
+        + (
+            f" Share of groups with zero reward spread (no gradient signal), first -> last "
+            f"quarter of steps, all runs: {signal[0]:.2f} -> {signal[1]:.2f}; fewer such groups "
+            f"means more tokens with an advantage, which alone raises every algorithm's grad "
+            f"norm."
         ),
     )
 

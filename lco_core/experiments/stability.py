@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -176,18 +177,27 @@ def write_jobs(cfg: StudyConfig, work: Path) -> dict[RunKey, Path]:
     train, val = split_examples(
         get_task(cfg.task), cfg.n_train, cfg.eval_samples, seed=cfg.data_seed
     )
-    write_jsonl(train, data / "rl_train.jsonl")
-    write_jsonl(val, data / "rl_val.jsonl")
+    for items, name in ((train, "rl_train.jsonl"), (val, "rl_val.jsonl")):
+        _replace_if_changed(write_jsonl(items, data / f".{name}.tmp"), data / name)
     dirs = {}
     for key in run_keys(cfg):
         run_dir = work / "runs" / key.name
         run_dir.mkdir(parents=True, exist_ok=True)
         rel = Path(*[".."] * len(run_dir.relative_to(work).parts)) / "data"
-        (run_dir / "job.yaml").write_text(
-            yaml.safe_dump(job_body(cfg, key, rel.as_posix()), sort_keys=False)
-        )
+        tmp = run_dir / ".job.yaml.tmp"
+        tmp.write_text(yaml.safe_dump(job_body(cfg, key, rel.as_posix()), sort_keys=False))
+        _replace_if_changed(tmp, run_dir / "job.yaml")
         dirs[key] = run_dir
     return dirs
+
+
+def _replace_if_changed(tmp: Path, path: Path) -> None:
+    """Move `tmp` onto `path` atomically unless `path` already holds the same bytes: a
+    report-only invocation beside a running study never disturbs a file a run is reading."""
+    if path.is_file() and path.read_bytes() == tmp.read_bytes():
+        tmp.unlink()
+    else:
+        os.replace(tmp, path)
 
 
 def train_run(run_dir: str) -> dict[str, Any]:
