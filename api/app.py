@@ -14,8 +14,10 @@ from fastapi import FastAPI
 
 from api.deps import Services
 from api.errors import install_error_handlers
+from api.idempotency import Idempotency
 from api.limits import BodyLimitByRoute
-from api.routers import checkpoints, events, files, health, jobs, samples, stream
+from api.ratelimit import RateLimit
+from api.routers import admin, checkpoints, events, files, health, jobs, pools, samples, stream
 from api.routers.dashboard import install_dashboard
 from jobs.db import make_engine, make_session_factory
 from jobs.dispatch import Dispatcher, make_producer
@@ -41,9 +43,14 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(title="LCO fine-tuning API", version="0.1.0", lifespan=lifespan)
     app.state.services = services
     install_error_handlers(app)
-    for module in (files, jobs, events, samples, stream, checkpoints, health):
+    for module in (files, jobs, events, samples, stream, checkpoints, pools, admin, health):
         app.include_router(module.router)
     install_dashboard(app)
+    # Outermost last: body limit, then the rate limit, then Idempotency-Key replay.
+    app.add_middleware(Idempotency)
+    app.add_middleware(
+        RateLimit, per_minute=settings.rate_limit_per_minute, burst=settings.rate_limit_burst
+    )
     app.add_middleware(
         BodyLimitByRoute,
         upload_path="/v1/files",

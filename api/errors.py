@@ -17,9 +17,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from jobs.errors import (
     Conflict,
     ControlError,
+    Forbidden,
     IllegalTransition,
     InvalidRequest,
     NotFound,
+    QuotaExceeded,
     Unauthorized,
 )
 from lco_spec.errors import SpecError
@@ -29,6 +31,7 @@ log = logging.getLogger(__name__)
 _TYPES = {
     400: "invalid_request_error",
     401: "invalid_request_error",
+    403: "invalid_request_error",
     404: "invalid_request_error",
     405: "invalid_request_error",
     409: "invalid_request_error",
@@ -109,6 +112,16 @@ async def _control(request: Request, exc: Exception) -> JSONResponse:
         status = 401
     elif isinstance(exc, IllegalTransition | Conflict):
         status = 409
+    elif isinstance(exc, Forbidden):
+        status = 403
+    elif isinstance(exc, QuotaExceeded):
+        return error_response(
+            429,
+            exc.message,
+            param=exc.param,
+            code=exc.code,
+            headers={"Retry-After": str(exc.retry_after_s)},
+        )
     elif isinstance(exc, InvalidRequest):
         status = 400
     return error_response(status, exc.message, param=exc.param, code=exc.code)

@@ -1,11 +1,14 @@
 """`lco`: one console script for the service, the workers, admin tasks and clients.
 
     lco serve [--host H] [--port P] [--data-dir D]   API + one worker + scheduler (embedded)
-    lco worker [--pools default] [--concurrency 1]    a Celery worker (production)
-    lco scheduler                                     reaper + reconciler loop (production)
+    lco worker [--pools default] [--gpus 1]           a Celery worker (production)
+    lco scheduler                                     reaper, reconciler, admissions (production)
     lco migrate                                       alembic upgrade head
-    lco team create NAME
-    lco key create --team NAME                        prints the new key as the last line
+    lco team create NAME [--share S --max-gpus N --max-queued-jobs N --max-priority P
+                          --quota-policy queue|reject]
+    lco team set NAME [same options; `none` removes a limit] | list
+    lco key create --team NAME [--admin]              prints the new key as the last line
+    lco key list [--team NAME] | revoke KEY_ID
     lco files upload PATH                             client commands (LCO_BASE_URL, LCO_API_KEY)
     lco jobs submit JOB.json|yaml | list | get ID | watch ID | cancel ID
     lco train --config job.yaml --output DIR          train locally, no service
@@ -107,8 +110,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from worker.app import create_worker_app
 
     settings = _settings(args)
-    app = create_worker_app(settings)
     pools = args.pools or settings.default_pool
+    # Its heartbeats give the pools their capacity: `gpus` for one job at a time.
+    app = create_worker_app(
+        settings, pools=pools.split(","), gpus=args.gpus or settings.worker_gpus
+    )
     # One job per process (see worker.app): solo unless more slots are asked for.
     pool = ["--pool", "solo"] if args.concurrency == 1 else ["--concurrency", str(args.concurrency)]
     argv = [
@@ -155,15 +161,94 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 # -- admin -----------------------------------------------------------------------------------
+def _policy_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The policy options given on the command line (`none` removes a limit)."""
+    policy: dict[str, Any] = {}
+    if args.share is not None:
+        policy["share"] = args.share
+    for name in ("max_gpus", "max_queued_jobs"):
+        value = getattr(args, name)
+        if value is not None:
+            policy[name] = None if value.lower() == "none" else int(value)
+    for name in ("max_priority", "quota_policy"):
+        if getattr(args, name) is not None:
+            policy[name] = getattr(args, name)
+    return policy
+
+
+def _show_team(team: Any) -> None:
+    limits = f"max_gpus={team.max_gpus} max_queued_jobs={team.max_queued_jobs}"
+    print(
+        f"{team.name} ({team.id}) share={team.share:g} {limits} "
+        f"max_priority={team.max_priority} quota_policy={team.quota_policy}"
+    )
+
+
 def cmd_team_create(args: argparse.Namespace) -> int:
     from jobs.auth import create_team
     from jobs.db import make_engine, make_session_factory, transaction
+    from jobs.quotas import set_policy
 
     settings = _settings(args)
     _migrate_if_embedded(settings)
     with transaction(make_session_factory(make_engine(settings))) as session:
         team = create_team(session, args.name)
+        set_policy(team, **_policy_args(args))
     print(f"created team {team.name} ({team.id})")
+    return 0
+
+
+def cmd_team_set(args: argparse.Namespace) -> int:
+    from jobs.auth import get_team_by_name
+    from jobs.db import make_engine, make_session_factory, transaction
+    from jobs.quotas import set_policy
+
+    settings = _settings(args)
+    _migrate_if_embedded(settings)
+    with transaction(make_session_factory(make_engine(settings))) as session:
+        team = set_policy(get_team_by_name(session, args.name), **_policy_args(args))
+        _show_team(team)
+    return 0
+
+
+def cmd_team_list(args: argparse.Namespace) -> int:
+    from jobs.auth import list_teams
+    from jobs.db import make_engine, make_session_factory, transaction
+
+    settings = _settings(args)
+    _migrate_if_embedded(settings)
+    with transaction(make_session_factory(make_engine(settings))) as session:
+        for team in list_teams(session):
+            _show_team(team)
+    return 0
+
+
+def cmd_key_list(args: argparse.Namespace) -> int:
+    from jobs.auth import get_team_by_name, list_api_keys
+    from jobs.db import make_engine, make_session_factory, transaction
+
+    settings = _settings(args)
+    _migrate_if_embedded(settings)
+    with transaction(make_session_factory(make_engine(settings))) as session:
+        team_id = get_team_by_name(session, args.team).id if args.team else None
+        for key in list_api_keys(session, team_id):
+            state = f"revoked {key.revoked_at:%Y-%m-%d %H:%M}" if key.revoked_at else "active"
+            admin = " admin" if key.is_admin else ""
+            print(
+                f"{key.id}  {key.prefix}...  team {key.team_id}  {state}{admin}  {key.name or ''}"
+            )
+    return 0
+
+
+def cmd_key_revoke(args: argparse.Namespace) -> int:
+    from jobs.auth import revoke_api_key
+    from jobs.db import make_engine, make_session_factory, transaction
+
+    settings = _settings(args)
+    _migrate_if_embedded(settings)
+    with transaction(make_session_factory(make_engine(settings))) as session:
+        revoke_api_key(session, args.key_id)
+    print(f"revoked API key {args.key_id}")
     return 0
 
 
@@ -175,8 +260,9 @@ def cmd_key_create(args: argparse.Namespace) -> int:
     _migrate_if_embedded(settings)
     with transaction(make_session_factory(make_engine(settings))) as session:
         team = get_team_by_name(session, args.team)
-        row, key = create_api_key(session, team, name=args.name)
-    print(f"created API key {row.id} for team {team.name}; it is shown only once:")
+        row, key = create_api_key(session, team, name=args.name, is_admin=args.admin)
+    kind = "admin API key" if args.admin else "API key"
+    print(f"created {kind} {row.id} for team {team.name}; it is shown only once:")
     print(key)
     return 0
 
@@ -266,6 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("worker", help="a Celery worker consuming the given pool queues")
     p.add_argument("--pools", help="comma-separated queues (default: LCO_DEFAULT_POOL)")
     p.add_argument("--concurrency", type=int, default=1)
+    p.add_argument("--gpus", type=int, help="GPUs one job may use (default: LCO_WORKER_GPUS)")
     p.add_argument("--loglevel", default="info")
     p.add_argument("--data-dir")
     p.set_defaults(func=cmd_worker)
@@ -279,17 +366,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_migrate)
 
     team = sub.add_parser("team", help="manage teams").add_subparsers(dest="action", required=True)
-    p = team.add_parser("create")
-    p.add_argument("name")
+    for action, func in (("create", cmd_team_create), ("set", cmd_team_set)):
+        p = team.add_parser(action, help=f"{action} a team and its policy")
+        p.add_argument("name")
+        p.add_argument("--share", type=float, help="fair-share weight (default 1)")
+        p.add_argument("--max-gpus", help="GPUs its jobs may hold at once (`none`: no limit)")
+        p.add_argument("--max-queued-jobs", help="queued jobs it may have (`none`: no limit)")
+        p.add_argument("--max-priority", choices=["low", "normal", "high"])
+        p.add_argument("--quota-policy", choices=["queue", "reject"])
+        p.add_argument("--data-dir")
+        p.set_defaults(func=func)
+    p = team.add_parser("list")
     p.add_argument("--data-dir")
-    p.set_defaults(func=cmd_team_create)
+    p.set_defaults(func=cmd_team_list)
 
     key = sub.add_parser("key", help="manage API keys").add_subparsers(dest="action", required=True)
     p = key.add_parser("create")
     p.add_argument("--team", required=True)
     p.add_argument("--name")
+    p.add_argument("--admin", action="store_true", help="may manage teams, keys and quotas")
     p.add_argument("--data-dir")
     p.set_defaults(func=cmd_key_create)
+    p = key.add_parser("list")
+    p.add_argument("--team")
+    p.add_argument("--data-dir")
+    p.set_defaults(func=cmd_key_list)
+    p = key.add_parser("revoke")
+    p.add_argument("key_id")
+    p.add_argument("--data-dir")
+    p.set_defaults(func=cmd_key_revoke)
 
     client.add_commands(sub)
 

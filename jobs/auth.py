@@ -1,7 +1,8 @@
 """Teams and API keys: keys are random, shown once, stored as sha256, checked in constant time.
 
 A key looks like `lco-<16 id chars><32 secret chars>`; the first 20 characters (the
-prefix) find the row, and the hash of the whole key must match it.
+prefix) find the row, and the hash of the whole key must match it. Admin keys
+(`is_admin`) may also manage teams, keys and quotas.
 """
 
 from __future__ import annotations
@@ -43,19 +44,37 @@ def get_team_by_name(session: Session, name: str) -> Team:
     return team
 
 
-def create_api_key(session: Session, team: Team, name: str | None = None) -> tuple[ApiKey, str]:
+def get_team(session: Session, team_id: str) -> Team:
+    team = session.get(Team, team_id)
+    if team is None:
+        raise NotFound(f"no team {team_id!r}", param="team_id")
+    return team
+
+
+def list_teams(session: Session) -> list[Team]:
+    return list(session.scalars(select(Team).order_by(Team.name)))
+
+
+def create_api_key(
+    session: Session, team: Team, name: str | None = None, *, is_admin: bool = False
+) -> tuple[ApiKey, str]:
     """A new key for `team`: returns the row and the plaintext key (shown once, never stored)."""
     key = "lco-" + "".join(secrets.choice(_ALPHABET) for _ in range(48))
     row = ApiKey(
-        id=new_id("key"), team_id=team.id, prefix=key[:PREFIX_LEN], key_hash=_hash(key), name=name
+        id=new_id("key"),
+        team_id=team.id,
+        prefix=key[:PREFIX_LEN],
+        key_hash=_hash(key),
+        name=name,
+        is_admin=is_admin,
     )
     session.add(row)
     session.flush()
     return row, key
 
 
-def authenticate(session: Session, key: str) -> Team | None:
-    """The team owning `key`, or None for an unknown, malformed or revoked key."""
+def authenticate_key(session: Session, key: str) -> ApiKey | None:
+    """The key's row, or None for an unknown, malformed or revoked key."""
     if not key.startswith("lco-") or len(key) < PREFIX_LEN + 8 or len(key) > 256:
         return None
     row = session.scalar(select(ApiKey).where(ApiKey.prefix == key[:PREFIX_LEN]))
@@ -63,11 +82,27 @@ def authenticate(session: Session, key: str) -> Team | None:
         return None
     if not hmac.compare_digest(row.key_hash, _hash(key)):
         return None
-    return session.get(Team, row.team_id)
+    return row
 
 
-def revoke_api_key(session: Session, key_id: str) -> None:
+def authenticate(session: Session, key: str) -> Team | None:
+    """The team owning `key`, or None for an unknown, malformed or revoked key."""
+    row = authenticate_key(session, key)
+    return None if row is None else session.get(Team, row.team_id)
+
+
+def list_api_keys(session: Session, team_id: str | None = None) -> list[ApiKey]:
+    stmt = select(ApiKey).order_by(ApiKey.created_at, ApiKey.id)
+    if team_id is not None:
+        stmt = stmt.where(ApiKey.team_id == team_id)
+    return list(session.scalars(stmt))
+
+
+def revoke_api_key(session: Session, key_id: str) -> ApiKey:
+    """Revoke a key (idempotent: a revoked key stays revoked at its first time)."""
     row = session.get(ApiKey, key_id)
     if row is None:
-        raise NotFound(f"no API key {key_id!r}")
-    row.revoked_at = utcnow()
+        raise NotFound(f"no API key {key_id!r}", param="key_id")
+    if row.revoked_at is None:
+        row.revoked_at = utcnow()
+    return row

@@ -1,6 +1,6 @@
 """Sending "look at job X" to the pool's Celery queue, and the Celery config both sides share.
 
-The API and the reconciler only send messages by task name (`lco.run_job`), so this module
+The scheduler (`jobs.queue`) and the reconciler only send messages by task name (`lco.run_job`), so this module
 needs no worker code; `worker.app` builds the consuming app from the same `celery_config`.
 A message is a hint, never the truth: the worker claims the job row before doing anything,
 so a duplicate or stale message is a no-op, and a lost one is re-sent by the reconciler.
@@ -86,10 +86,14 @@ class Dispatcher:
 
 
 def stale_queued_jobs(session: Session, settings: Settings, limit: int = 100) -> list[Job]:
-    """Queued jobs whose last message is old enough to be presumed lost (with back-off)."""
+    """Admitted queued jobs whose last message is old enough to be presumed lost (with
+    back-off); jobs not admitted yet wait for the scheduler, not for a message."""
     now = utcnow()
     rows = session.scalars(
-        select(Job).where(Job.status == JobStatus.QUEUED).order_by(Job.pk).limit(limit)
+        select(Job)
+        .where(Job.status == JobStatus.QUEUED, Job.admitted_at.is_not(None))
+        .order_by(Job.pk)
+        .limit(limit)
     )
     stale = []
     for job in rows:

@@ -31,3 +31,22 @@ class InvalidRequest(ControlError):
 
 class Unauthorized(ControlError):
     """No valid API key (HTTP 401)."""
+
+
+class QuotaExceeded(ControlError):
+    """Over the team's quota or the caller's rate (HTTP 429 with Retry-After)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        retry_after_s: int = 30,
+    ):
+        super().__init__(message, param=param, code=code)
+        self.retry_after_s = retry_after_s
+
+
+class Forbidden(ControlError):
+    """An authenticated key that may not use an admin route (HTTP 403)."""

@@ -4,8 +4,10 @@
     with fenced(sessions, lease) as session:                      # raises LeaseLost if stale
         record_metrics(session, lease, step, {...})
 
-Claim is one conditional UPDATE (queued -> running, new fencing token, attempt + 1), so two
-workers given the same message cannot both win. Every later write first re-checks
+Claim is one conditional UPDATE (queued and admitted by the scheduler -> running, new
+fencing token, attempt + 1), so two workers given the same message cannot both win, and a
+message for a job the scheduler has not admitted (a stale or duplicate one) does nothing.
+Every later write first re-checks
 `(id, fencing_token, status = running)` with an UPDATE in the same transaction, so a worker
 that lost its lease (paused past its expiry, say) has its writes rejected (invariant I7).
 """
@@ -25,6 +27,7 @@ from jobs.events import add_event
 from jobs.ids import new_id, utcnow
 from jobs.models import Checkpoint, Job, JobMetric
 from jobs.states import JobStatus, check_transition
+from jobs.usage import close_usage, open_usage
 
 
 class LeaseLost(Exception):
@@ -41,17 +44,20 @@ class Lease:
 
 
 def claim(session: Session, job_id: str, *, owner: str, ttl_s: float) -> Lease | None:
-    """Take the job if it is queued and has attempts left; None means "not ours, do nothing"."""
+    """Take the job if it is queued, admitted and has attempts left; None means "not ours, do
+    nothing"."""
     now = utcnow()
     row = session.execute(
         update(Job)
         .where(
             Job.id == job_id,
             Job.status == JobStatus.QUEUED,
+            Job.admitted_at.is_not(None),
             Job.attempt < Job.max_attempts,
         )
         .values(
             status=JobStatus.RUNNING,
+            status_since=now,
             phase="starting",
             lease_owner=owner,
             lease_expires_at=now + timedelta(seconds=ttl_s),
@@ -61,11 +67,12 @@ def claim(session: Session, job_id: str, *, owner: str, ttl_s: float) -> Lease |
             updated_at=now,
             not_before=None,
         )
-        .returning(Job.fencing_token, Job.attempt)
+        .returning(Job.fencing_token, Job.attempt, Job.team_id, Job.pool, Job.gpus, Job.step)
     ).first()
     if row is None:
         return None
-    token, attempt = row
+    token, attempt, team_id, pool, gpus, step = row
+    open_usage(session, job_id=job_id, team_id=team_id, pool=pool, gpus=gpus, step=step, now=now)
     add_event(session, job_id, f"Training started (attempt {attempt})", data={"owner": owner})
     return Lease(job_id=job_id, owner=owner, token=token, attempt=attempt, ttl_s=ttl_s)
 
@@ -193,6 +200,9 @@ def finish(
     job.lease_expires_at = None
     job.requested_action = None
     job.phase = None
+    # It frees its GPUs; queued again, it waits for the scheduler like any queued job.
+    job.admitted_at = None
+    close_usage(session, job.id, now)
     if status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED):
         job.finished_at = now
     if error is not None:
@@ -220,6 +230,8 @@ def reap_expired(session: Session, *, retry_backoff_s: float) -> list[Job]:
         job.updated_at = now
         # Bump the token so the vanished worker, if it comes back, cannot write.
         job.fencing_token = job.fencing_token + 1
+        job.admitted_at = None
+        close_usage(session, job.id, now)
         if job.requested_action == "cancel":
             job.status, job.finished_at = JobStatus.CANCELLED, now
             add_event(session, job.id, "Fine-tuning job cancelled (worker lost)")

@@ -22,6 +22,7 @@ from jobs.errors import InvalidRequest, NotFound
 from jobs.events import add_event
 from jobs.ids import new_id, utcnow
 from jobs.models import Job, Team
+from jobs.quotas import check_submission
 from jobs.scope import TeamScope
 from jobs.settings import Settings
 from jobs.states import JobStatus, check_transition
@@ -121,10 +122,17 @@ def _check_grader(spec: JobSpec, data: bytes) -> None:
 def submit_job(session: Session, scope: TeamScope, settings: Settings, body: Any) -> Job:
     """Validate a create request and add the job row (`queued`) with its first events.
 
-    Raises SpecError or InvalidRequest (both 400 with `param`). The caller commits and
-    then dispatches the job.
+    Raises SpecError or InvalidRequest (both 400 with `param`), or QuotaExceeded (429). The
+    caller commits and then runs a scheduler pass (`jobs.queue.run_scheduler`).
     """
     spec = parse_job_spec(body)
+    # Locking the team row serialises one team's submissions, so its quotas hold.
+    team = session.get(Team, scope.team_id, with_for_update=True)
+    assert team is not None
+    pool = spec.pool or settings.default_pool
+    priority = check_submission(
+        session, team, settings, pool=pool, gpus=spec.resources.gpus, priority=spec.priority
+    )
     resolved = resolve_model(scope, settings, spec.model)
     storage = Storage(settings)
     kind = method_kind(spec)
@@ -160,7 +168,9 @@ def submit_job(session: Session, scope: TeamScope, settings: Settings, body: Any
         validation_file=spec.validation_file,
         method_type=spec.method.type,
         seed=spec.seed,
-        pool=settings.default_pool,
+        pool=pool,
+        gpus=spec.resources.gpus,
+        priority=priority,
         status=JobStatus.QUEUED,
         phase="waiting_for_capacity",
         max_attempts=settings.max_attempts,
@@ -174,6 +184,8 @@ def submit_job(session: Session, scope: TeamScope, settings: Settings, body: Any
     add_event(session, job.id, f"Created fine-tuning job: {job.id}")
     add_event(session, job.id, "Validated training file: " + spec.training_file)
     add_event(session, job.id, "Fine-tuning job queued")
+    if priority != spec.priority:
+        add_event(session, job.id, f"Priority {spec.priority} lowered to {priority} by team policy")
     return job
 
 
@@ -181,6 +193,7 @@ def _finish(session: Session, job: Job, status: JobStatus, message: str) -> None
     check_transition(job.status, status)
     job.status = status
     job.requested_action = None
+    job.admitted_at = None  # an admitted job that never started gives its GPUs back
     job.updated_at = utcnow()
     if status in (JobStatus.CANCELLED, JobStatus.FAILED, JobStatus.SUCCEEDED):
         job.finished_at = job.updated_at

@@ -1,25 +1,33 @@
-"""The scheduler loop: reap expired leases and re-send lost messages.
+"""The scheduler loop: reap expired leases, re-send lost messages, admit queued jobs.
 
     lco scheduler          # production: one per deployment (docker-compose `scheduler`)
     (lco serve runs the same loop in a thread beside the API)
 
 Jobs whose worker vanished (lease expired) finish a pending cancel/pause, fail when out of
-attempts, or are requeued with back-off; queued jobs whose message looks lost are sent
-again. Both are safe to repeat: a duplicate message is a no-op at claim time.
+attempts, or go back to the queue (with back-off) for the scheduler to admit again;
+admitted jobs whose message looks lost are sent again; then a scheduler pass admits what
+fits (`jobs.queue`). All are safe to repeat: a duplicate message is a no-op at claim time.
+The same pass also runs right after each submit and each finish; this loop is the safety
+net (and what notices workers coming and going).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from datetime import timedelta
 
+from sqlalchemy import delete
 from sqlalchemy.orm import Session, sessionmaker
 
 from jobs.db import transaction
 from jobs.dispatch import Dispatcher, stale_queued_jobs
 from jobs.ids import utcnow
 from jobs.leases import reap_expired
+from jobs.models import IdempotencyRecord
+from jobs.queue import run_scheduler
 from jobs.settings import Settings
+from jobs.workers import prune_dead
 
 log = logging.getLogger(__name__)
 
@@ -28,20 +36,23 @@ def reconcile(sessions: sessionmaker[Session], dispatcher: Dispatcher, settings:
     """One pass; returns how many messages were (re)sent."""
     with transaction(sessions) as session:
         now = utcnow()
-        sends: dict[str, tuple[str, float]] = {}
-        for job in reap_expired(session, retry_backoff_s=settings.retry_backoff_s):
-            delay = max((job.not_before - now).total_seconds(), 0.0) if job.not_before else 0.0
-            Dispatcher.mark(job)
-            sends[job.id] = (job.pool, delay)
+        reap_expired(session, retry_backoff_s=settings.retry_backoff_s)
+        sends = {}
         for job in stale_queued_jobs(session, settings):
-            if job.id not in sends:
-                Dispatcher.mark(job)
-                sends[job.id] = (job.pool, 0.0)
-    for job_id, (pool, delay) in sends.items():
-        dispatcher.send(job_id, pool, delay)
-    if sends:
-        log.info("jobs.reconciled", extra={"sent": len(sends)})
-    return len(sends)
+            Dispatcher.mark(job)
+            sends[job.id] = job.pool
+        prune_dead(session, settings, now)
+        session.execute(
+            delete(IdempotencyRecord).where(
+                IdempotencyRecord.created_at < now - timedelta(seconds=settings.idempotency_ttl_s)
+            )
+        )
+    for job_id, pool in sends.items():
+        dispatcher.send(job_id, pool)
+    sent = len(sends) + run_scheduler(sessions, dispatcher, settings)
+    if sent:
+        log.info("jobs.reconciled", extra={"sent": sent})
+    return sent
 
 
 def run_forever(

@@ -51,6 +51,24 @@ class Settings(BaseSettings):
     reconcile_every_s: Annotated[float, Field(gt=0)] = 30.0
     device: str = "auto"
 
+    # Sharing the pools (jobs.scheduling). A worker offers `worker_gpus` to one job at a
+    # time and stops counting `worker_ttl_s` after its last heartbeat.
+    worker_gpus: Annotated[int, Field(ge=1, le=1024)] = 1
+    worker_ttl_s: Annotated[float, Field(gt=0)] = 60.0
+    fair_share_window_s: Annotated[float, Field(gt=0)] = 7 * 24 * 3600.0
+    # GPU-seconds charged per GPU a team holds now, so one pass interleaves teams by share.
+    fair_share_charge_s: Annotated[float, Field(ge=0)] = 600.0
+    # A waiting job gains one priority level per this many seconds (no starvation).
+    priority_aging_s: Annotated[float, Field(gt=0)] = 3600.0
+    # What a run is assumed to take before the pool has finished any (queue ETAs).
+    default_job_duration_s: Annotated[float, Field(gt=0)] = 1800.0
+
+    # Abuse limits: requests per key (token bucket: sustained rate and burst), and how long
+    # an Idempotency-Key's first response is kept for replay.
+    rate_limit_per_minute: Annotated[int, Field(ge=1)] = 1200
+    rate_limit_burst: Annotated[int, Field(ge=1)] = 300
+    idempotency_ttl_s: Annotated[float, Field(gt=0)] = 24 * 3600.0
+
     @model_validator(mode="after")
     def _safe_in_production(self) -> Settings:
         if self.environment == "production":

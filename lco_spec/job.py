@@ -136,6 +136,12 @@ class Method(Strict):
         return self.supervised or SupervisedMethod()
 
 
+class Resources(Strict):
+    """What the job needs from its pool (`lco train` runs where it is and ignores it)."""
+
+    gpus: Annotated[int, Field(ge=1, le=64)] = 1
+
+
 class JobSpec(Strict):
     """The whole request body of a job, as both the API and `lco train` take it."""
 
@@ -148,6 +154,12 @@ class JobSpec(Strict):
         Annotated[dict[str, Annotated[str, Field(max_length=512)]], Field(max_length=16)] | None
     ) = None
     method: Method = Method(type="supervised")
+    # Extensions for the shared GPU pools: scheduling only, they do not change the training.
+    priority: Literal["low", "normal", "high"] = "normal"
+    pool: (
+        Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")] | None
+    ) = None
+    resources: Resources = Resources()
 
     def normalized(self) -> JobSpec:
         """`type: lco` becomes `type: reinforcement` with `algorithm: lco`."""

@@ -162,10 +162,29 @@ class ApiClient:
         )
 
 
+def register_worker(
+    settings: Settings, *, gpus: int, pool: str = "default", hours: float = 0
+) -> None:
+    """A worker row as a heartbeat writes it; `hours` dates the beat ahead, so a worker
+    without a process stays live for a whole test."""
+    from datetime import timedelta
+
+    from jobs.ids import utcnow
+    from jobs.workers import beat
+
+    with transaction(make_session_factory(make_engine(settings))) as session:
+        now = utcnow() + timedelta(hours=hours)
+        beat(session, worker_id=f"test-worker-{pool}", pool=pool, gpus=gpus, now=now)
+
+
 @pytest.fixture
 def api(sqlite_settings: Settings) -> Iterator[ApiClient]:
+    """The app in-process, with two teams and an 8-GPU worker registered in the default
+    pool (no process behind it: tests run jobs with `worker.tasks.run_job`), so submitted
+    jobs are admitted as in a deployment."""
     from api.app import create_app
 
+    register_worker(sqlite_settings, gpus=8, hours=24)
     key, other = new_key(sqlite_settings, "team-a"), new_key(sqlite_settings, "team-b")
     with TestClient(create_app(sqlite_settings), raise_server_exceptions=False) as client:
         yield ApiClient(client, sqlite_settings, key, other)

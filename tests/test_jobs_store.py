@@ -46,6 +46,7 @@ def _job(sessions: sessionmaker[Session], **values: object) -> str:
             attempt=0,
             step=0,
             dispatch_count=0,
+            admitted_at=utcnow(),  # as the scheduler leaves a job it has admitted
         )
         for key, value in values.items():
             setattr(job, key, value)
@@ -91,6 +92,9 @@ def test_stale_token_writes_are_rejected(sessions: sessionmaker[Session]) -> Non
     with transaction(sessions) as session:
         assert [j.id for j in reap_expired(session, retry_backoff_s=0)] == [job_id]
     with transaction(sessions) as session:
+        # Requeued, it must be admitted again before anyone may claim it.
+        assert claim(session, job_id, owner="w2", ttl_s=60) is None
+        session.execute(update(Job).where(Job.id == job_id).values(admitted_at=utcnow()))
         new = claim(session, job_id, owner="w2", ttl_s=60)
     assert new is not None and new.token > old.token
     with pytest.raises(LeaseLost), fenced(sessions, old) as session:

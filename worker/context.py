@@ -1,8 +1,10 @@
 """Per-process worker state, built lazily in the process that uses it (after Celery forks):
-settings, DB sessions, storage, dispatcher, and this worker's lease-owner name."""
+settings, DB sessions, storage, dispatcher, this worker's lease-owner name, and a
+scheduler pass to run when a job frees its GPUs."""
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import sys
@@ -13,8 +15,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from jobs.db import make_engine, make_session_factory
 from jobs.dispatch import Dispatcher, make_producer
+from jobs.queue import run_scheduler
 from jobs.settings import Settings
 from jobs.storage import Storage
+
+log = logging.getLogger(__name__)
 
 
 class WorkerContext:
@@ -58,3 +63,10 @@ class WorkerContext:
     @property
     def owner(self) -> str:
         return f"{socket.gethostname()}:{os.getpid()}"
+
+    def schedule_now(self) -> None:
+        """A scheduler pass (after a finish); on failure the scheduler loop catches up."""
+        try:
+            run_scheduler(self.sessions, self.dispatcher, self.settings)
+        except Exception:
+            log.warning("jobs.schedule_failed", exc_info=True)

@@ -303,8 +303,8 @@ class Supervisor:
         except LeaseLost:
             log.warning("job.lease_lost_at_finish", extra={"job_id": self.lease.job_id})
             return
-        if self.requeue_delay is not None:
-            self.ctx.dispatcher.send(self.info.job_id, self.info.pool, self.requeue_delay)
+        # Its GPUs are free (and a requeued job waits again): admit the next jobs now.
+        self.ctx.schedule_now()
 
     def _finish_in(self, session: Any, returncode: int | None) -> None:
         result, lease = self.result, self.lease
@@ -415,9 +415,9 @@ class Supervisor:
         )
 
     def _requeue(self, session: Any, delay: float) -> None:
-        from jobs.dispatch import Dispatcher
+        from jobs.queue import hold_for_retry
 
         job = session.scalar(select(Job).where(Job.id == self.lease.job_id))
         job.phase = "requeued"
-        Dispatcher.mark(job, delay)
+        hold_for_retry(job, delay)
         self.requeue_delay = delay

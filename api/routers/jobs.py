@@ -1,26 +1,58 @@
 """`/v1/fine_tuning/jobs`: create, list, retrieve, cancel, pause, resume.
 
-Creation validates the whole request (see `jobs.lifecycle.submit_job`), writes the job row
-(`queued`), commits, and only then sends the worker message: nothing slow in the request.
+Creation validates the whole request (see `jobs.lifecycle.submit_job`) and team policy
+(`jobs.quotas`), writes the job row (`queued`), commits, and then runs a scheduler pass
+(`jobs.queue.run_scheduler`), which admits the job and sends the worker message if its pool
+has room: nothing slow in the request. Cancel, pause and resume run a pass too (they free
+or take a place). Queued jobs show their place in the queue (`queue`, `status_details`).
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from api.deps import ScopeDep, ServicesDep, SessionDep
 from api.schemas.common import After, Limit
 from api.schemas.jobs import JobCreate, JobPublic, JobsPublic
 from jobs.lifecycle import cancel_job, pause_job, resume_job, submit_job
 from jobs.models import Job
+from jobs.queue import queue_view, run_scheduler
+from jobs.settings import Settings
+from jobs.states import JobStatus
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
 
 
-def _dispatch(services: ServicesDep, job: Job) -> None:
-    services.dispatcher.send(job.id, job.pool)
+def public_jobs(session: Session, settings: Settings, jobs: Sequence[Job]) -> list[JobPublic]:
+    """Job objects; queued ones with their place in the queue (one plan for all of them)."""
+    slots = {}
+    if any(j.status == JobStatus.QUEUED for j in jobs):
+        slots = queue_view(session, settings).plan.slots
+    return [JobPublic.from_row(j, slots.get(j.id)) for j in jobs]
+
+
+def _schedule(services: ServicesDep) -> None:
+    # After the commit; if it fails the scheduler loop admits the job on its next turn.
+    try:
+        run_scheduler(services.sessions, services.dispatcher, services.settings)
+    except Exception:
+        log.warning("jobs.schedule_failed", exc_info=True)
+
+
+def _changed(session: Session, services: ServicesDep, job: Job) -> JobPublic:
+    session.commit()
+    _schedule(services)
+    with services.read_sessions() as read:
+        fresh = read.scalars(select(Job).where(Job.id == job.id)).one()
+        return public_jobs(read, services.settings, [fresh])[0]
 
 
 @router.post(
@@ -41,48 +73,40 @@ def create_job(
 ) -> JobPublic:
     # Validated by lco_spec (not FastAPI) so the API and `lco train` give the same errors.
     job = submit_job(session, scope, services.settings, body)
-    services.dispatcher.mark(job)
-    session.commit()
-    _dispatch(services, job)
-    return JobPublic.from_row(job)
+    return _changed(session, services, job)
 
 
 @router.get("", response_model=JobsPublic)
 def list_jobs(
+    session: SessionDep,
     scope: ScopeDep,
+    services: ServicesDep,
     after: After = None,
     limit: Limit = 20,
 ) -> JobsPublic:
     page = scope.jobs(after=after, limit=limit)
-    return JobsPublic(data=[JobPublic.from_row(j) for j in page.items], has_more=page.has_more)
+    return JobsPublic(
+        data=public_jobs(session, services.settings, page.items), has_more=page.has_more
+    )
 
 
 @router.get("/{job_id}", response_model=JobPublic)
-def retrieve_job(scope: ScopeDep, job_id: str) -> JobPublic:
-    return JobPublic.from_row(scope.job(job_id))
+def retrieve_job(
+    session: SessionDep, scope: ScopeDep, services: ServicesDep, job_id: str
+) -> JobPublic:
+    return public_jobs(session, services.settings, [scope.job(job_id)])[0]
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic)
-def cancel(session: SessionDep, scope: ScopeDep, job_id: str) -> JobPublic:
-    job = cancel_job(session, scope, job_id)
-    session.commit()
-    return JobPublic.from_row(job)
+def cancel(session: SessionDep, scope: ScopeDep, services: ServicesDep, job_id: str) -> JobPublic:
+    return _changed(session, services, cancel_job(session, scope, job_id))
 
 
 @router.post("/{job_id}/pause", response_model=JobPublic)
-def pause(session: SessionDep, scope: ScopeDep, job_id: str) -> JobPublic:
-    job = pause_job(session, scope, job_id)
-    session.commit()
-    return JobPublic.from_row(job)
+def pause(session: SessionDep, scope: ScopeDep, services: ServicesDep, job_id: str) -> JobPublic:
+    return _changed(session, services, pause_job(session, scope, job_id))
 
 
 @router.post("/{job_id}/resume", response_model=JobPublic)
 def resume(session: SessionDep, scope: ScopeDep, services: ServicesDep, job_id: str) -> JobPublic:
-    job = resume_job(session, scope, job_id)
-    queued = job.status == "queued"
-    if queued:
-        services.dispatcher.mark(job)
-    session.commit()
-    if queued:
-        _dispatch(services, job)
-    return JobPublic.from_row(job)
+    return _changed(session, services, resume_job(session, scope, job_id))

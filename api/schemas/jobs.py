@@ -13,6 +13,7 @@ from pydantic import BaseModel
 
 from jobs.ids import epoch
 from jobs.models import Checkpoint, Job, JobEvent, JobMetric
+from jobs.scheduling import Slot
 from lco_spec.job import JobSpec
 
 JobCreate = JobSpec
@@ -32,7 +33,22 @@ class Hyperparameters(BaseModel):
 
 class StatusDetails(BaseModel):
     phase: str | None = None
+    # Queued: waiting_for_capacity | waiting_for_quota | waiting_for_retry |
+    # waiting_for_worker (admitted); running: the pending user request (cancel | pause).
     reason: str | None = None
+    since: int | None = None  # when the job entered its current status
+
+
+class QueuePlace(BaseModel):
+    """Where a queued job stands in its pool (see jobs.scheduling)."""
+
+    position: int  # 1-based
+    ahead: int  # queued jobs before it in the pool
+    estimated_start_at: int | None = None  # None: no capacity to estimate from
+
+
+class Resources(BaseModel):
+    gpus: int
 
 
 class Progress(BaseModel):
@@ -66,9 +82,14 @@ class JobPublic(BaseModel):
     status_details: StatusDetails
     progress: Progress
     attempts: int
+    priority: str = "normal"
+    pool: str | None = None
+    resources: Resources | None = None
+    queue: QueuePlace | None = None  # only while queued, when the caller passes the plan
 
     @classmethod
-    def from_row(cls, job: Job) -> JobPublic:
+    def from_row(cls, job: Job, slot: Slot | None = None) -> JobPublic:
+        """The job object; `slot` (from `jobs.queue.queue_view`) fills in a queued job's place."""
         spec = job.spec
         method = dict(spec.get("method") or {"type": "supervised"})
         mtype = method.get("type", "supervised")
@@ -98,14 +119,36 @@ class JobPublic(BaseModel):
                 n_epochs=hp.get("n_epochs", "auto"),
             ),
             user_provided_suffix=spec.get("suffix"),
-            status_details=StatusDetails(phase=job.phase, reason=job.requested_action),
+            status_details=_status_details(job, slot),
             progress=Progress(
                 step=job.step,
                 total_steps=total,
                 percent=round(100.0 * job.step / total, 1) if total else None,
             ),
             attempts=job.attempt,
+            priority=job.priority,
+            pool=job.pool,
+            resources=Resources(gpus=job.gpus),
+            queue=(
+                QueuePlace(
+                    position=slot.position,
+                    ahead=slot.ahead,
+                    estimated_start_at=(
+                        None if slot.estimated_start is None else int(slot.estimated_start)
+                    ),
+                )
+                if slot is not None and job.status == "queued"
+                else None
+            ),
         )
+
+
+def _status_details(job: Job, slot: Slot | None) -> StatusDetails:
+    since = epoch(job.status_since)
+    if job.status == "queued":
+        phase = "requeued" if job.phase == "requeued" else "queued"
+        return StatusDetails(phase=phase, reason=slot.reason if slot else None, since=since)
+    return StatusDetails(phase=job.phase, reason=job.requested_action, since=since)
 
 
 class JobsPublic(BaseModel):

@@ -1,0 +1,207 @@
+"""`Idempotency-Key` on every POST: the first response is stored and replayed to retries.
+
+    POST /v1/fine_tuning/jobs   Idempotency-Key: k1   -> runs, stores the response
+    same key, same body                               -> the stored response again
+                                                         (header `Idempotent-Replayed: true`)
+    same key, another body                            -> 409 idempotency_key_reused
+    same key while the first is still running         -> 409 idempotency_key_in_use
+
+Keys are scoped to the caller's bearer key and kept `idempotency_ttl_s`. Responses the
+server could not complete (5xx) and refusals that did nothing (401, 429) are not stored, so
+a retry runs again. The request is read whole first (to hash it; large uploads spill to a
+temporary file) and handed on unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.errors import error_response
+from jobs.ids import utcnow
+from jobs.models import IdempotencyRecord
+
+HEADER = b"idempotency-key"
+_CHUNK = 1024 * 1024
+_MAX_STORED = 1024 * 1024
+_NOT_STORED = frozenset({401, 429})
+
+
+def _valid_key(key: bytes) -> bool:
+    return 0 < len(key) <= 255 and all(0x21 <= c <= 0x7E for c in key)
+
+
+class Idempotency:
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = dict(scope.get("headers") or [])
+        key = headers.get(HEADER)
+        if scope["type"] != "http" or scope["method"] != "POST" or key is None:
+            await self.app(scope, receive, send)
+            return
+        if not _valid_key(key):
+            response = error_response(
+                400,
+                "Idempotency-Key must be 1 to 255 printable ASCII characters.",
+                param="Idempotency-Key",
+                code="invalid_idempotency_key",
+            )
+            await response(scope, receive, send)
+            return
+        auth = headers.get(b"authorization")
+        if not auth:
+            await self.app(scope, receive, send)  # answered 401 below; nothing to remember
+            return
+        principal = hashlib.sha256(auth).hexdigest()
+        try:
+            body, digest = await self._read(scope, receive)
+        except HTTPException as exc:  # the body limit
+            await error_response(exc.status_code, str(exc.detail), code="request_too_large")(
+                scope, receive, send
+            )
+            return
+        try:
+            services = scope["app"].state.services
+            outcome = await run_in_threadpool(_reserve, services, principal, key.decode(), digest)
+            if outcome is not None:
+                await outcome(scope, receive, send)
+                return
+            await self._run_and_store(scope, send, body, services, principal, key.decode())
+        finally:
+            body.close()
+
+    @staticmethod
+    async def _read(scope: Scope, receive: Receive) -> tuple[Any, str]:
+        digest = hashlib.sha256()
+        digest.update(
+            f"{scope['method']} {scope['path']}?{scope.get('query_string', b'').decode(errors='replace')}\n".encode()
+        )
+        spool = tempfile.SpooledTemporaryFile(max_size=_CHUNK)  # noqa: SIM115 (closed by the caller)
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                break
+            chunk = message.get("body", b"")
+            digest.update(chunk)
+            spool.write(chunk)
+            more = message.get("more_body", False)
+        spool.seek(0)
+        return spool, digest.hexdigest()
+
+    async def _run_and_store(
+        self, scope: Scope, send: Send, body: Any, services: Any, principal: str, key: str
+    ) -> None:
+        async def replay_receive() -> Message:
+            chunk = body.read(_CHUNK)
+            return {"type": "http.request", "body": chunk, "more_body": len(chunk) == _CHUNK}
+
+        status = 500
+        content_type = None
+        parts: list[bytes] = []
+        size = 0
+
+        async def capture(message: Message) -> None:
+            nonlocal status, content_type, size
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                for name, value in message.get("headers", []):
+                    if name.lower() == b"content-type":
+                        content_type = value.decode()
+            elif message["type"] == "http.response.body":
+                size += len(message.get("body", b""))
+                if size <= _MAX_STORED:
+                    parts.append(message.get("body", b""))
+            await send(message)
+
+        stored = False
+        try:
+            await self.app(scope, replay_receive, capture)
+            if status < 500 and status not in _NOT_STORED and size <= _MAX_STORED:
+                await run_in_threadpool(
+                    _store, services, principal, key, status, content_type, b"".join(parts)
+                )
+                stored = True
+        finally:
+            if not stored:
+                await run_in_threadpool(_forget, services, principal, key)
+
+
+def _reserve(services: Any, principal: str, key: str, digest: str) -> Any:
+    """Claim the key for this request; or the response to give instead (replay or 409)."""
+    ttl = timedelta(seconds=services.settings.idempotency_ttl_s)
+    with services.sessions() as session, session.begin():
+        row = session.scalar(
+            select(IdempotencyRecord).where(
+                IdempotencyRecord.principal == principal, IdempotencyRecord.key == key
+            )
+        )
+        if row is not None and row.created_at < utcnow() - ttl:
+            session.delete(row)
+            session.flush()
+            row = None
+        if row is None:
+            try:
+                with session.begin_nested():
+                    session.add(
+                        IdempotencyRecord(principal=principal, key=key, request_hash=digest)
+                    )
+                return None
+            except IntegrityError:  # a concurrent first request won
+                return _conflict("in_use")
+        if row.request_hash != digest:
+            return _conflict("reused")
+        if row.status_code is None:
+            return _conflict("in_use")
+        from starlette.responses import Response
+
+        return Response(
+            content=(row.body or "").encode(),
+            status_code=row.status_code,
+            media_type=row.content_type,
+            headers={"Idempotent-Replayed": "true"},
+        )
+
+
+def _conflict(kind: str) -> Any:
+    if kind == "reused":
+        message = "This Idempotency-Key was used with a different request; use a new key."
+    else:
+        message = "A request with this Idempotency-Key is still being processed; retry later."
+    return error_response(409, message, param="Idempotency-Key", code=f"idempotency_key_{kind}")
+
+
+def _store(
+    services: Any, principal: str, key: str, status: int, content_type: str | None, body: bytes
+) -> None:
+    with services.sessions() as session, session.begin():
+        row = session.scalar(
+            select(IdempotencyRecord).where(
+                IdempotencyRecord.principal == principal, IdempotencyRecord.key == key
+            )
+        )
+        if row is not None:
+            row.status_code = status
+            row.content_type = content_type
+            row.body = body.decode(errors="replace")
+
+
+def _forget(services: Any, principal: str, key: str) -> None:
+    with services.sessions() as session, session.begin():
+        session.execute(
+            delete(IdempotencyRecord).where(
+                IdempotencyRecord.principal == principal,
+                IdempotencyRecord.key == key,
+                IdempotencyRecord.status_code.is_(None),
+            )
+        )

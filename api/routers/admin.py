@@ -1,0 +1,96 @@
+"""`/v1/admin/...`: teams with their quotas and shares, and API keys. Admin keys only (403
+for any other key); the same operations as `lco team ...` and `lco key ...`.
+
+    GET/POST   /v1/admin/teams                    list / create (with a policy)
+    GET/PATCH  /v1/admin/teams/{team_id}          read / change share, quotas, policy
+    GET/POST   /v1/admin/teams/{team_id}/keys     list / create (the secret shown once)
+    DELETE     /v1/admin/keys/{key_id}            revoke
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from api.deps import AdminKey, SessionDep
+from api.schemas.admin import (
+    KeyCreate,
+    KeyCreated,
+    KeyPublic,
+    KeysPublic,
+    TeamCreate,
+    TeamPolicyFields,
+    TeamPublic,
+    TeamsPublic,
+    TeamUpdate,
+)
+from jobs.auth import (
+    create_api_key,
+    create_team,
+    get_team,
+    list_api_keys,
+    list_teams,
+    revoke_api_key,
+)
+from jobs.models import Team
+from jobs.quotas import set_policy
+
+router = APIRouter(prefix="/v1/admin", tags=["admin"])
+
+
+def _apply(team: Team, fields: TeamPolicyFields) -> None:
+    sent = fields.model_dump(exclude_unset=True)
+    set_policy(
+        team,
+        share=sent.get("share"),
+        max_priority=sent.get("max_priority"),
+        quota_policy=sent.get("quota_policy"),
+        **{k: sent[k] for k in ("max_gpus", "max_queued_jobs") if k in sent},
+    )
+
+
+@router.get("/teams", response_model=TeamsPublic)
+def teams(session: SessionDep, _: AdminKey) -> TeamsPublic:
+    return TeamsPublic(data=[TeamPublic.from_row(t) for t in list_teams(session)])
+
+
+@router.post("/teams", response_model=TeamPublic)
+def new_team(session: SessionDep, _: AdminKey, body: TeamCreate) -> TeamPublic:
+    team = create_team(session, body.name)
+    _apply(team, body)
+    session.commit()
+    return TeamPublic.from_row(team)
+
+
+@router.get("/teams/{team_id}", response_model=TeamPublic)
+def team(session: SessionDep, _: AdminKey, team_id: str) -> TeamPublic:
+    return TeamPublic.from_row(get_team(session, team_id))
+
+
+@router.patch("/teams/{team_id}", response_model=TeamPublic)
+def update_team(session: SessionDep, _: AdminKey, team_id: str, body: TeamUpdate) -> TeamPublic:
+    row = get_team(session, team_id)
+    _apply(row, body)
+    session.commit()
+    return TeamPublic.from_row(row)
+
+
+@router.get("/teams/{team_id}/keys", response_model=KeysPublic)
+def keys(session: SessionDep, _: AdminKey, team_id: str) -> KeysPublic:
+    row = get_team(session, team_id)
+    return KeysPublic(data=[KeyPublic.from_row(k) for k in list_api_keys(session, row.id)])
+
+
+@router.post("/teams/{team_id}/keys", response_model=KeyCreated)
+def new_key(session: SessionDep, _: AdminKey, team_id: str, body: KeyCreate) -> KeyCreated:
+    row, secret = create_api_key(
+        session, get_team(session, team_id), body.name, is_admin=body.is_admin
+    )
+    session.commit()
+    return KeyCreated(**KeyPublic.from_row(row).model_dump(), key=secret)
+
+
+@router.delete("/keys/{key_id}", response_model=KeyPublic)
+def revoke_key(session: SessionDep, _: AdminKey, key_id: str) -> KeyPublic:
+    row = revoke_api_key(session, key_id)
+    session.commit()
+    return KeyPublic.from_row(row)

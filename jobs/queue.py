@@ -1,0 +1,175 @@
+"""The scheduler's database side: build `QueueState` from the rows, admit what
+`jobs.scheduling.schedule` picks, and show every queued job's place.
+
+    sent = run_scheduler(sessions, dispatcher, settings)   # after submit/finish, and periodically
+    view = queue_view(session, settings)                   # plan + state, for the job objects
+                                                           # and the pool view (read-only)
+
+Admission sets `admitted_at` and marks the job dispatched in one transaction; the worker
+message goes out after the commit. Only an admitted job can be claimed (`jobs.leases`), so
+the database, not the message, decides what runs. Passes are serialised: on PostgreSQL by
+an advisory lock, on SQLite by the write lock every transaction takes.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select, text
+from sqlalchemy.orm import Session, sessionmaker
+
+from jobs.db import transaction
+from jobs.dispatch import Dispatcher
+from jobs.ids import utcnow
+from jobs.models import Job, Team
+from jobs.scheduling import Plan, Queued, QueueState, Running, TeamPolicy, schedule
+from jobs.settings import Settings
+from jobs.states import JobStatus
+from jobs.usage import open_records, typical_duration_s, window_usage
+from jobs.workers import capacity
+
+log = logging.getLogger(__name__)
+
+_ADVISORY_LOCK = 0x4C434F  # "LCO": one scheduler pass at a time
+
+
+@dataclass
+class QueueView:
+    """One consistent look at the queue: what the scheduler saw and what it would do."""
+
+    now: datetime
+    state: QueueState
+    plan: Plan
+    teams: dict[str, Team]
+    jobs: dict[str, Job]  # running and queued
+
+
+def _seconds(dt: datetime) -> float:
+    return dt.timestamp()
+
+
+def _remaining_s(
+    job: Job, started: datetime | None, start_step: int, now: datetime, typical: float
+) -> float:
+    """A running attempt's expected time left: its own pace once it has steps, else the pool's
+    typical run length."""
+    if started is None:
+        return typical
+    elapsed = (now - started).total_seconds()
+    done = job.step - start_step
+    if job.total_steps and done > 0 and elapsed > 0:
+        return max(job.total_steps - job.step, 0) * elapsed / done
+    return max(typical - elapsed, 0.0)
+
+
+def snapshot(session: Session, settings: Settings, now: datetime) -> QueueView:
+    """Read the queue state (the caller's transaction) and plan on it."""
+    pools = capacity(session, settings, now)
+    teams = {t.id: t for t in session.scalars(select(Team))}
+    rows = list(
+        session.scalars(
+            select(Job)
+            .where(Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]))
+            .order_by(Job.pk)
+        )
+    )
+    records = open_records(session)
+    typical = {
+        name: typical_duration_s(session, name, settings.default_job_duration_s) for name in pools
+    }
+    running: list[Running] = []
+    queued: list[Queued] = []
+    for job in rows:
+        pool_typical = typical.get(job.pool, settings.default_job_duration_s)
+        if job.status == JobStatus.RUNNING or job.admitted_at is not None:
+            record = records.get(job.id)
+            claimed = job.status == JobStatus.RUNNING
+            running.append(
+                Running(
+                    id=job.id,
+                    team=job.team_id,
+                    pool=job.pool,
+                    gpus=job.gpus,
+                    remaining_s=_remaining_s(
+                        job,
+                        record.started_at if record and claimed else None,
+                        record.start_step if record else 0,
+                        now,
+                        pool_typical,
+                    ),
+                    claimed=claimed,
+                    admitted_seq=job.pk,
+                )
+            )
+        else:
+            queued.append(
+                Queued(
+                    id=job.id,
+                    team=job.team_id,
+                    pool=job.pool,
+                    gpus=job.gpus,
+                    priority=job.priority,
+                    queued_at=_seconds(job.created_at),
+                    seq=job.pk,
+                    expected_s=pool_typical,
+                    not_before=_seconds(job.not_before) if job.not_before else None,
+                )
+            )
+    since = now - timedelta(seconds=settings.fair_share_window_s)
+    state = QueueState(
+        now=_seconds(now),
+        pools=pools,
+        teams={
+            t.id: TeamPolicy(id=t.id, share=t.share, max_gpus=t.max_gpus) for t in teams.values()
+        },
+        running=running,
+        queued=queued,
+        usage=window_usage(session, since, now),
+        charge_s=settings.fair_share_charge_s,
+        aging_s=settings.priority_aging_s,
+    )
+    return QueueView(now, state, schedule(state), teams, {j.id: j for j in rows})
+
+
+def queue_view(session: Session, settings: Settings) -> QueueView:
+    return snapshot(session, settings, utcnow())
+
+
+def _lock(session: Session) -> None:
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _ADVISORY_LOCK})
+
+
+def admit(session: Session, settings: Settings, now: datetime) -> list[Job]:
+    """One pass in the caller's transaction: mark the admitted jobs; returns them (to send)."""
+    _lock(session)
+    view = snapshot(session, settings, now)
+    admitted = []
+    for job_id in view.plan.admit:
+        job = view.jobs[job_id]
+        job.admitted_at = now
+        job.not_before = None
+        Dispatcher.mark(job)
+        admitted.append(job)
+    return admitted
+
+
+def run_scheduler(
+    sessions: sessionmaker[Session], dispatcher: Dispatcher, settings: Settings
+) -> int:
+    """Admit what fits now and send those jobs' messages; returns how many were sent."""
+    with transaction(sessions) as session:
+        sends = [(job.id, job.pool) for job in admit(session, settings, utcnow())]
+    for job_id, pool in sends:
+        dispatcher.send(job_id, pool)
+    if sends:
+        log.info("jobs.admitted", extra={"count": len(sends)})
+    return len(sends)
+
+
+def hold_for_retry(job: Job, delay_s: float) -> None:
+    """A job put back in the queue waits `delay_s` before the scheduler admits it again."""
+    job.admitted_at = None
+    job.not_before = utcnow() + timedelta(seconds=delay_s) if delay_s > 0 else None
