@@ -286,7 +286,16 @@ def overall(cases: Sequence[Case]) -> Outcome:
 
 
 def _diff(a: GroupSummary, b: GroupSummary) -> tuple[float, float]:
-    """Difference of mean final greedy reward (a - b) and its 2-standard-error band."""
+    """Difference of mean final greedy reward (a - b) and its 2-standard-error band.
+
+    Runs with the same seed see the same prompts in the same order, so when both groups
+    have the same seeds the difference is paired by seed (its SE is that of the per-seed
+    differences); otherwise the two means are compared unpaired."""
+    by_seed_a = {r.seed: r.final_eval for r in a.runs}
+    by_seed_b = {r.seed: r.final_eval for r in b.runs}
+    if by_seed_a.keys() == by_seed_b.keys():
+        mean, std = mean_std([by_seed_a[k] - by_seed_b[k] for k in by_seed_a])
+        return mean, 2 * std / math.sqrt(a.n)
     (ma, sa), (mb, sb) = a.final_eval, b.final_eval
     return ma - mb, 2 * math.sqrt(sa**2 / a.n + sb**2 / b.n)
 

@@ -199,8 +199,10 @@ def _rules_lines(rules: Rules) -> list[str]:
         "step (mean ± sample std over seeds). **Final sampled reward**: mean training-batch "
         "reward (temperature 1) over the last tenth of the steps. **Best sampled**: the "
         f"highest {rules.smooth_window}-step trailing mean (mean over seeds).",
-        "- **2 SE**: twice the standard error of a difference of two means over seeds, "
-        "sqrt(s1²/n1 + s2²/n2).",
+        "- **2 SE**: twice the standard error of a difference of final rewards. Runs with "
+        "the same seed see the same prompts in the same order, so the difference is paired by "
+        "seed: the SE is std(per-seed differences)/sqrt(n) (unpaired, sqrt(s1²/n1 + s2²/n2), "
+        "only where the seeds differ).",
         "- **Step s**: median wall seconds per training step (rollout, update, metrics; "
         "median, so evaluation steps do not count).",
     ]
