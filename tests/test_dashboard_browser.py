@@ -4,10 +4,11 @@
 One test walks the whole story on a small LCO job on lco-tiny: submit through the API,
 sign in with the keyboard, open the job from the jobs table by keyboard, see it move to
 running, see the curves gain points while the page stays loaded (the live stream), read
-rollout samples, cancel from the button and see `cancelled`, then compare its curves with
-a GRPO job's that ran next. Any browser console error or page error fails it, and every text on each view
-must have WCAG AA contrast. Screenshots go to `test-artifacts/` (gitignored); with
-LCO_DOCS_SCREENSHOT=1 the job view is also written to docs/dashboard-job.png.
+rollout samples, pause and resume it, cancel from the button and see `cancelled`, then
+compare its curves with a GRPO job's that ran meanwhile. Any browser console error or
+page error fails it, and every text on each view must have WCAG AA contrast. Screenshots
+go to `test-artifacts/` (gitignored); with LCO_DOCS_SCREENSHOT=1 the job view is also
+written to docs/dashboard-job.png.
 
     LCO_HOME=.cache/lco .venv/bin/pytest tests/test_dashboard_browser.py
 """
@@ -150,7 +151,7 @@ def test_dashboard_follows_a_live_job_and_cancels_it(served: tuple[LiveService, 
     executable = _browser_or_skip()
     service, key = served
     job = _submit(service, key, "lco", 2000)
-    # Queued behind the first (one worker), it runs once that one is cancelled.
+    # Queued behind the first (one worker), it runs while that one is paused.
     other = _submit(service, key, "grpo", 3)
     origin = service.base_url.removesuffix("/v1")
     ARTIFACTS.mkdir(exist_ok=True)
@@ -229,6 +230,18 @@ def test_dashboard_follows_a_live_job_and_cancels_it(served: tuple[LiveService, 
                     timeout=STEP_TIMEOUT_MS,
                 )
                 _docs_png(page.screenshot(full_page=True), ROOT / "docs" / "dashboard-job.png")
+
+            # Pause (the GRPO job takes the worker meanwhile), resume: the curves go on.
+            page.get_by_role("button", name="Pause").click()
+            expect(status).to_have_text("paused", timeout=STEP_TIMEOUT_MS)
+            paused_at = int(reward.get_attribute("data-points") or 0)
+            page.get_by_role("button", name="Resume").click()
+            expect(status).to_have_text("running", timeout=RUNNING_TIMEOUT_MS)
+            page.wait_for_function(
+                "n => +document.querySelector('figure[data-chart=reward]').dataset.points > n",
+                arg=paused_at,
+                timeout=STEP_TIMEOUT_MS,
+            )
 
             page.get_by_role("button", name="Cancel").click()
             expect(status).to_have_text("cancelled", timeout=STEP_TIMEOUT_MS)
