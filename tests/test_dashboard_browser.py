@@ -185,7 +185,19 @@ def test_dashboard_follows_a_live_job_and_cancels_it(served: tuple[LiveService, 
             expect(page.locator(f'tr[data-job="{other["id"]}"]')).to_be_visible()
             page.get_by_label("Search").fill("")
             expect(page.locator("#jobs-table tbody tr")).to_have_count(2)
-            page.locator("#main").focus()
+            # The GRPO job waits behind the LCO one: it shows its place in the queue.
+            expect(page.locator(f'tr[data-job="{other["id"]}"] td.queue')).to_contain_text("#")
+
+            # The pool view: this team's jobs in the default pool, usage against quota.
+            page.get_by_role("link", name="Pools").click()
+            pool = page.locator('section[data-pool="default"]')
+            expect(pool).to_contain_text(other["id"])
+            teams = pool.get_by_role("table", name="Teams: jobs and usage against quota")
+            expect(teams.get_by_role("cell", name="dash", exact=True)).to_be_visible()
+            _contrast_ok(page, "pools")
+            page.screenshot(path=str(ARTIFACTS / "dashboard-pools.png"), full_page=True)
+            page.get_by_role("link", name="Jobs").click()
+            expect(row).to_be_visible()
 
             # Reach the job's link with Tab alone; focus is visible; Enter opens it.
             link = row.get_by_role("link", name=job["id"])

@@ -7,7 +7,7 @@ and a stream reader, not `EventSource`, which cannot send headers (and an API ke
 would end up in access logs and browser history). The stream first replays the job's
 history, then every `POLL_S` sends what was written since, oldest first:
 
-    event: job         the job object, whenever it changed
+    event: job         the job object (with its queue place while queued), whenever it changed
     event: metrics     {"step", "created_at", "metrics"}: one point per step
     event: event       a job event, in OpenAI's shape (samples excluded)
     event: samples     a step's rollout samples, as `.../samples` lists them
@@ -35,7 +35,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import ScopeDep, Services, ServicesDep
-from api.schemas.jobs import CheckpointPublic, JobEventPublic, JobPublic, MetricPointPublic
+from api.routers.jobs import public_jobs
+from api.schemas.jobs import CheckpointPublic, JobEventPublic, MetricPointPublic
 from api.schemas.live import StepSamplesPublic
 from jobs.errors import NotFound
 from jobs.events import SAMPLES_EVENT
@@ -78,7 +79,7 @@ def _poll(
         # status, so the reads below see all of them.
         job = scope.job(job_id)
         out: list[str] = []
-        public = JobPublic.from_row(job).model_dump_json()
+        public = public_jobs(session, services.settings, [job])[0].model_dump_json()
         if public != cur.job:
             out.append(sse("job", public))
             cur.job = public

@@ -81,7 +81,7 @@ export function jobsView(root, signal) {
           h("td", { text: algorithm(j) }),
           h("td", {}, badge(j.status)),
           h("td", { text: phase(j) }),
-          h("td", { text: queueText(j) }),
+          h("td", { class: "queue", text: queueText(j) }),
           h("td", {}, progressCell(j)),
           h("td", {}, time(j.created_at)),
         ),
