@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from api.deps import Services
-from api.errors import install_error_handlers
+from api.errors import ERROR_RESPONSES, install_error_handlers
 from api.idempotency import Idempotency
 from api.limits import BodyLimitByRoute
 from api.ratelimit import RateLimit
@@ -44,7 +44,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.services = services
     install_error_handlers(app)
     for module in (files, jobs, events, samples, stream, checkpoints, pools, admin, health):
-        app.include_router(module.router)
+        app.include_router(module.router, responses=ERROR_RESPONSES)
     install_dashboard(app)
     # Outermost last: body limit, then the rate limit, then Idempotency-Key replay.
     app.add_middleware(Idempotency)

@@ -7,6 +7,7 @@ unexpected is a 500 with a generic message: no stack trace ever reaches a respon
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -14,6 +15,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api.schemas.common import ErrorEnvelope
 from jobs.errors import (
     Conflict,
     ControlError,
@@ -40,6 +42,22 @@ _TYPES = {
     422: "invalid_request_error",
     429: "rate_limit_error",
     503: "server_error",
+}
+
+
+# Declared on every route, so the OpenAPI schema (and clients generated from it) knows the
+# envelope every error arrives in.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorEnvelope, "description": description}
+    for status, description in (
+        (400, "Invalid request (the `param` names the field)"),
+        (401, "Missing, unknown or revoked API key"),
+        (403, "An admin route called without an admin key"),
+        (404, "No such object for this team"),
+        (409, "Conflicts with the object's state (or a reused Idempotency-Key)"),
+        (413, "Request body too large"),
+        (429, "Rate limit or quota exceeded (see Retry-After)"),
+    )
 }
 
 

@@ -35,6 +35,17 @@ _MAX_STORED = 1024 * 1024
 _NOT_STORED = frozenset({401, 429})
 
 
+def _boundary(content_type: bytes) -> bytes:
+    kind, _, params = content_type.partition(b";")
+    if kind.strip().lower() != b"multipart/form-data":
+        return b""
+    for param in params.split(b";"):
+        name, _, value = param.strip().partition(b"=")
+        if name.lower() == b"boundary" and value:
+            return b"--" + value.strip(b'"')
+    return b""
+
+
 def _valid_key(key: bytes) -> bool:
     return 0 < len(key) <= 255 and all(0x21 <= c <= 0x7E for c in key)
 
@@ -82,20 +93,31 @@ class Idempotency:
 
     @staticmethod
     async def _read(scope: Scope, receive: Receive) -> tuple[Any, str]:
+        """Spool the body; hash method, path, query and body. A multipart body is hashed
+        without its boundary, which clients draw at random for every attempt."""
         digest = hashlib.sha256()
-        digest.update(
-            f"{scope['method']} {scope['path']}?{scope.get('query_string', b'').decode(errors='replace')}\n".encode()
-        )
+        query = scope.get("query_string", b"")
+        digest.update(scope["method"].encode() + b" " + scope["path"].encode() + b"?" + query)
+        boundary = _boundary(dict(scope["headers"]).get(b"content-type", b""))
         spool = tempfile.SpooledTemporaryFile(max_size=_CHUNK)  # noqa: SIM115 (closed by the caller)
+        tail = b""
         more = True
         while more:
             message = await receive()
             if message["type"] == "http.disconnect":
                 break
             chunk = message.get("body", b"")
-            digest.update(chunk)
             spool.write(chunk)
             more = message.get("more_body", False)
+            if not boundary:
+                digest.update(chunk)
+                continue
+            # Keep the last len-1 bytes back: a boundary may straddle two chunks.
+            data = (tail + chunk).replace(boundary, b"")
+            keep = min(len(data), len(boundary) - 1) if more else 0
+            digest.update(data[: len(data) - keep])
+            tail = data[len(data) - keep :]
+        digest.update(tail)
         spool.seek(0)
         return spool, digest.hexdigest()
 
