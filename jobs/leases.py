@@ -73,7 +73,12 @@ def claim(session: Session, job_id: str, *, owner: str, ttl_s: float) -> Lease |
         return None
     token, attempt, team_id, pool, gpus, step = row
     open_usage(session, job_id=job_id, team_id=team_id, pool=pool, gpus=gpus, step=step, now=now)
-    add_event(session, job_id, f"Training started (attempt {attempt})", data={"owner": owner})
+    add_event(
+        session,
+        job_id,
+        f"Training started (attempt {attempt})",
+        data={"status": JobStatus.RUNNING, "owner": owner, "fencing_token": token},
+    )
     return Lease(job_id=job_id, owner=owner, token=token, attempt=attempt, ttl_s=ttl_s)
 
 
@@ -108,6 +113,30 @@ def heartbeat(sessions: sessionmaker[Session], lease: Lease) -> str | None:
     with sessions() as session, session.begin():
         _guard(session, lease, extend=True)
         return session.scalar(select(Job.requested_action).where(Job.id == lease.job_id))
+
+
+REFUSED_WRITE = "refused_write"
+
+
+def record_refused_write(sessions: sessionmaker[Session], lease: Lease) -> None:
+    """Count a write refused for carrying a stale token (I7): a warn event on the job, whose
+    `data.refused_write` names the stale lease. Adding it changes none of the job's state,
+    so the stale worker may; it is the job's record that a zombie came back."""
+    with sessions() as session, session.begin():
+        add_event(
+            session,
+            lease.job_id,
+            f"Refused a write from a stale worker (attempt {lease.attempt}, "
+            f"fencing token {lease.token})",
+            level="warn",
+            data={
+                REFUSED_WRITE: {
+                    "owner": lease.owner,
+                    "fencing_token": lease.token,
+                    "attempt": lease.attempt,
+                }
+            },
+        )
 
 
 def requested_action(sessions: sessionmaker[Session], job_id: str) -> str | None:
@@ -209,7 +238,7 @@ def finish(
         job.error = error
     for key, value in (values or {}).items():
         setattr(job, key, value)
-    add_event(session, lease.job_id, message, level=level)
+    add_event(session, lease.job_id, message, level=level, data={"status": status})
 
 
 def reap_expired(session: Session, *, retry_backoff_s: float) -> list[Job]:
@@ -234,10 +263,10 @@ def reap_expired(session: Session, *, retry_backoff_s: float) -> list[Job]:
         close_usage(session, job.id, now)
         if job.requested_action == "cancel":
             job.status, job.finished_at = JobStatus.CANCELLED, now
-            add_event(session, job.id, "Fine-tuning job cancelled (worker lost)")
+            message, level = "Fine-tuning job cancelled (worker lost)", "info"
         elif job.requested_action == "pause":
             job.status = JobStatus.PAUSED
-            add_event(session, job.id, "Fine-tuning job paused (worker lost)")
+            message, level = "Fine-tuning job paused (worker lost)", "info"
         elif job.attempt >= job.max_attempts:
             job.status, job.finished_at = JobStatus.FAILED, now
             job.error = {
@@ -245,12 +274,13 @@ def reap_expired(session: Session, *, retry_backoff_s: float) -> list[Job]:
                 "message": f"the worker running this job was lost {job.attempt} times",
                 "param": None,
             }
-            add_event(session, job.id, "Fine-tuning job failed: worker lost", level="error")
+            message, level = "Fine-tuning job failed: worker lost", "error"
         else:
             job.status = JobStatus.QUEUED
             job.phase = "requeued"
             job.not_before = now + timedelta(seconds=retry_backoff_s * job.attempt)
-            add_event(session, job.id, "Worker lost; job requeued", level="warn")
+            message, level = "Worker lost; job requeued", "warn"
             requeued.append(job)
+        add_event(session, job.id, message, level=level, data={"status": job.status})
         job.requested_action = None
     return requeued

@@ -197,7 +197,7 @@ def _finish(session: Session, job: Job, status: JobStatus, message: str) -> None
     job.updated_at = utcnow()
     if status in (JobStatus.CANCELLED, JobStatus.FAILED, JobStatus.SUCCEEDED):
         job.finished_at = job.updated_at
-    add_event(session, job.id, message)
+    add_event(session, job.id, message, data={"status": status})
 
 
 def cancel_job(session: Session, scope: TeamScope, job_id: str) -> Job:

@@ -10,6 +10,9 @@ scheduler, RNG states...), loadable with `torch.load(weights_only=True)`:
     path = save_checkpoint(run / "checkpoints", step, model, tokenizer, trainer.state_dict())
     latest = latest_checkpoint(run / "checkpoints")      # None if there is none
     AutoModelForCausalLM.from_pretrained(latest); state = load_train_state(latest)
+
+Importing this module does not import torch (only saving and loading state do), so the
+worker's supervisor can list, verify and prune a run's checkpoints without it.
 """
 
 from __future__ import annotations
@@ -24,8 +27,6 @@ import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-import torch
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -51,6 +52,8 @@ def save_checkpoint(
 ) -> Path:
     """Write `root/step-{step}` atomically and return its path. An existing checkpoint of
     the same step (a resumed run redoing steps) is replaced."""
+    import torch
+
     if step < 0:
         raise ValueError(f"step must be >= 0, got {step}")
     root = Path(root)
@@ -150,6 +153,8 @@ def latest_checkpoint(root: Path, *, verify_hashes: bool = True) -> Path | None:
 
 def load_train_state(path: Path) -> dict[str, Any]:
     """The `train_state` dict saved with the checkpoint at `path` (tensors on CPU)."""
+    import torch
+
     state = torch.load(Path(path) / TRAIN_STATE, map_location="cpu", weights_only=True)
     if not isinstance(state, dict):
         raise ValueError(f"{path / TRAIN_STATE} does not hold a dict")
@@ -208,14 +213,15 @@ def _sha256(path: Path) -> str:
 
 
 _PRIMITIVES = (type(None), bool, int, float, complex, str, bytes)
-_TORCH_VALUES = (torch.Tensor, torch.dtype, torch.device, torch.Size)
 
 
 def _weights_only_safe(value: Any, where: str) -> Any:
     """A copy of `value` that `torch.load(weights_only=True)` can read back: numpy arrays and
     scalars (e.g. `np.random.get_state()`) become lists and Python numbers; any other type
     is refused here, at save time, rather than found unloadable at resume time."""
-    if isinstance(value, _PRIMITIVES + _TORCH_VALUES):
+    import torch
+
+    if isinstance(value, (*_PRIMITIVES, torch.Tensor, torch.dtype, torch.device, torch.Size)):
         return value
     if isinstance(value, dict):
         return {k: _weights_only_safe(v, f"{where}[{k!r}]") for k, v in value.items()}

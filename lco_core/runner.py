@@ -21,7 +21,7 @@ import torch
 from transformers import PreTrainedModel
 
 from lco_core.callbacks import Callbacks
-from lco_core.checkpoint import latest_checkpoint, load_train_state
+from lco_core.checkpoint import latest_checkpoint, load_train_state, prune_temp_dirs
 from lco_core.config import resolve_config
 from lco_core.data import load_items
 from lco_core.models import load_model_and_tokenizer, pick_device, resolve_model
@@ -145,6 +145,9 @@ def build_trainer(
         cfg = replace(cfg, dtype="bfloat16" if bf16 else "float32")
 
     base_path = model_path or resolve_model(spec.model)
+    # This run owns the dir now: what an interrupted save left behind is never resumed from
+    # (it is not listed) and must not pile up.
+    prune_temp_dirs(output_dir / "checkpoints")
     resume_from = latest_checkpoint(output_dir / "checkpoints")
     # Master weights stay float32; bfloat16 runs under autocast.
     model, tokenizer = load_model_and_tokenizer(str(resume_from or base_path), device=torch_device)

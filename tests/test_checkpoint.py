@@ -12,7 +12,6 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-import lco_core.checkpoint as ckpt
 from lco_core.checkpoint import (
     MANIFEST,
     TRAIN_STATE,
@@ -158,7 +157,7 @@ def test_failed_save_leaves_nothing(
     def disk_full(*args: Any, **kwargs: Any) -> None:
         raise OSError("No space left on device")
 
-    monkeypatch.setattr(ckpt.torch, "save", disk_full)
+    monkeypatch.setattr(torch, "save", disk_full)
     with pytest.raises(OSError, match="No space"):
         save(tmp_path, 2, model_tok)
     assert list(tmp_path.iterdir()) == []

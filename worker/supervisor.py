@@ -4,7 +4,13 @@ writer of that job's row while it holds the lease.
 It relays the child's metrics, events and checkpoints to the DB (each write fenced by the
 lease token), heartbeats the lease, passes the user's cancel/pause to the child (which
 stops between steps), kills the child if it does not stop within `stop_grace_s`, and
-writes the one final state. If the lease is lost, it kills the child and writes nothing.
+writes the one final state. If the lease is lost, it kills the child and writes nothing
+(the refused write is recorded on the job, I7).
+
+A database blip is ridden out: unwritten messages are kept and retried, and the child keeps
+training while the lease can still be ours. Once the lease has gone a whole TTL without a
+renewal (the database stayed away, or this worker was frozen) it may belong to another
+worker, so the child is killed at once, before it can touch the job's files again.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select, update
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from jobs.events import SAMPLES_EVENT, add_event
 from jobs.leases import (
@@ -33,17 +40,35 @@ from jobs.leases import (
     heartbeat,
     record_checkpoint,
     record_metrics,
+    record_refused_write,
     requested_action,
 )
 from jobs.lifecycle import model_name, team_name
 from jobs.models import Checkpoint, Job
-from jobs.states import JobStatus
+from jobs.states import JobStatus, is_terminal
 from worker.context import WorkerContext
 from worker.protocol import decode
 
 log = logging.getLogger(__name__)
 
 _KILL_WAIT_S = 10.0
+_BATCH = 200
+
+
+def db_unreachable(exc: DBAPIError) -> bool:
+    """The database cannot be reached right now (down, restarting, connection dropped): retry
+    later. Any other database error is a bug and propagates."""
+    return isinstance(exc, OperationalError | InterfaceError) or exc.connection_invalidated
+
+
+def exit_reason(returncode: int | None) -> str:
+    if returncode is not None and returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return f"the training process was killed by {name}"
+    return f"the training process exited with code {returncode}"
 
 
 @dataclass(frozen=True)
@@ -102,6 +127,13 @@ class Supervisor:
         self.stop_sent: str | None = None
         self.killed = False
         self.requeue_delay: float | None = None
+        # Child messages not yet written (kept across database errors, in order).
+        self.pending: list[dict[str, Any]] = []
+        # When the lease was last known renewed (the claim has just happened); a renewal
+        # counts from before its request was sent, so this never runs ahead of the DB's.
+        self.renewed_at = time.monotonic()
+        self.unrenewed = False
+        self.db_down = False
 
     # -- child process -------------------------------------------------------------------
     def _start_child(self) -> subprocess.Popen[bytes]:
@@ -247,44 +279,50 @@ class Supervisor:
         done_reading = False
         try:
             while True:
-                batch: list[dict[str, Any]] = []
-                try:
-                    item = self.inbox.get(timeout=self.settings.poll_s)
-                    while True:
-                        if item is None:
-                            done_reading = True
-                            break
-                        batch.append(item)
-                        if len(batch) >= 200:
-                            break
-                        item = self.inbox.get_nowait()
-                except queue.Empty:
-                    pass
-                if batch:
-                    self._relay(batch)
+                done_reading = self._collect() or done_reading
                 now = time.monotonic()
-                if now >= next_poll:
-                    next_poll = now + self.settings.poll_s
-                    if now >= next_beat:
-                        action = heartbeat(self.ctx.sessions, self.lease)
-                        next_beat = now + self.settings.heartbeat_s
-                    else:
-                        action = requested_action(self.ctx.sessions, self.lease.job_id)
-                    if action is None and self.ctx.shutting_down.is_set():
-                        action = "preempt"
-                    if action and self.stop_sent is None:
-                        self._send_stop(action)
-                        stop_deadline = now + self.settings.stop_grace_s
+                if child.poll() is None and now - self.renewed_at > self.lease.ttl_s:
+                    log.warning("job.lease_unrenewed", extra={"job_id": self.lease.job_id})
+                    self.unrenewed = True
+                    self._kill(child)
+                try:
+                    while self.pending:
+                        self._relay(self.pending[:_BATCH])
+                        del self.pending[:_BATCH]
+                    if now >= next_poll:
+                        next_poll = now + self.settings.poll_s
+                        if now >= next_beat:
+                            sent = time.monotonic()
+                            action = heartbeat(self.ctx.sessions, self.lease)
+                            self.renewed_at = sent
+                            next_beat = now + self.settings.heartbeat_s
+                        else:
+                            action = requested_action(self.ctx.sessions, self.lease.job_id)
+                        if action is None and self.ctx.shutting_down.is_set():
+                            action = "preempt"
+                        if action and self.stop_sent is None:
+                            self._send_stop(action)
+                            stop_deadline = now + self.settings.stop_grace_s
+                    self._db_back()
+                except DBAPIError as exc:
+                    if not db_unreachable(exc):
+                        raise
+                    self._db_gone(exc)
+                    if self.unrenewed:
+                        # Nothing more can be learnt or written: the reaper takes it from here.
+                        log.warning("job.abandoned", extra={"job_id": self.lease.job_id})
+                        return
                 if stop_deadline is not None and now > stop_deadline and child.poll() is None:
                     log.warning("job.child_killed", extra={"job_id": self.lease.job_id})
                     self.killed = True
                     self._kill(child)
-                if done_reading and self.inbox.empty():
+                if done_reading and self.inbox.empty() and not self.pending:
                     break
             child.wait(timeout=_KILL_WAIT_S)
         except LeaseLost:
             log.warning("job.lease_lost", extra={"job_id": self.lease.job_id})
             self._kill(child)
+            self._count_refused_write()
             return
         except BaseException:
             self._kill(child)
@@ -295,14 +333,63 @@ class Supervisor:
                 self._kill(child)
         self._finish(child.returncode)
 
+    def _collect(self) -> bool:
+        """Move what the child sent into `pending` (waiting up to `poll_s` for the first
+        message, unless a retry is due); True once the child closed its end."""
+        wait = self.settings.poll_s if self.db_down or not self.pending else 0.0
+        try:
+            item = self.inbox.get(timeout=wait) if wait else self.inbox.get_nowait()
+            while True:
+                if item is None:
+                    return True
+                self.pending.append(item)
+                item = self.inbox.get_nowait()
+        except queue.Empty:
+            return False
+
+    def _db_gone(self, exc: DBAPIError) -> None:
+        if not self.db_down:
+            log.warning(
+                "job.db_unreachable", extra={"job_id": self.lease.job_id, "error": str(exc)[:200]}
+            )
+        self.db_down = True
+
+    def _db_back(self) -> None:
+        if self.db_down:
+            log.info("job.db_reachable", extra={"job_id": self.lease.job_id})
+        self.db_down = False
+
+    def _count_refused_write(self) -> None:
+        with contextlib.suppress(DBAPIError):
+            record_refused_write(self.ctx.sessions, self.lease)
+
     # -- the one final write ---------------------------------------------------------------
     def _finish(self, returncode: int | None) -> None:
-        try:
-            with fenced(self.ctx.sessions, self.lease) as session:
-                self._finish_in(session, returncode)
-        except LeaseLost:
-            log.warning("job.lease_lost_at_finish", extra={"job_id": self.lease.job_id})
-            return
+        """Write the final state, retrying through a database blip for as long as the lease
+        can still be ours; past that the reaper requeues the job."""
+        while True:
+            try:
+                with fenced(self.ctx.sessions, self.lease) as session:
+                    self._finish_in(session, returncode)
+                    status = session.scalar(select(Job.status).where(Job.id == self.lease.job_id))
+                break
+            except LeaseLost:
+                log.warning("job.lease_lost_at_finish", extra={"job_id": self.lease.job_id})
+                self._count_refused_write()
+                return
+            except DBAPIError as exc:
+                if not db_unreachable(exc):
+                    raise
+                self._db_gone(exc)
+                if time.monotonic() - self.renewed_at > self.lease.ttl_s:
+                    log.warning("job.abandoned", extra={"job_id": self.lease.job_id})
+                    return
+                time.sleep(self.settings.poll_s)
+        if status is not None and is_terminal(status):
+            # Nobody can own the job any more: drop what an interrupted save left (I6).
+            from lco_core.checkpoint import prune_temp_dirs
+
+            prune_temp_dirs(self.info.output_dir / "checkpoints")
         # Its GPUs are free (and a requeued job waits again): admit the next jobs now.
         self.ctx.schedule_now()
 
@@ -382,7 +469,12 @@ class Supervisor:
             self._requeue(session, 0.0)
             return
         error = self.error or {}
-        message = str(error.get("message") or f"the training process exited with code {returncode}")
+        message = str(error.get("message") or exit_reason(returncode))
+        if self.unrenewed:
+            message = (
+                f"the training process was stopped: the lease went unrenewed for over "
+                f"{self.lease.ttl_s:g}s (database unreachable or worker frozen)"
+            )
         if error.get("category") == "user":
             finish(
                 session,
@@ -405,6 +497,7 @@ class Supervisor:
             )
             self._requeue(session, delay)
             return
+        message = f"{message} (attempt {lease.attempt} of {job.max_attempts})"
         finish(
             session,
             lease,
