@@ -4,11 +4,12 @@
 One test walks the whole story on a small LCO job on lco-tiny: submit through the API,
 sign in with the keyboard, open the job from the jobs table by keyboard, see it move to
 running, see the curves gain points while the page stays loaded (the live stream), read
-rollout samples, pause and resume it, cancel from the button and see `cancelled`, then
-compare its curves with a GRPO job's that ran meanwhile. Any browser console error or
-page error fails it, and every text on each view must have WCAG AA contrast. Screenshots
-go to `test-artifacts/` (gitignored); with LCO_DOCS_SCREENSHOT=1 the job view is also
-written to docs/dashboard-job.png.
+rollout samples, pause and resume it, cancel from the button and see `cancelled`,
+download a checkpoint, then compare its curves with a GRPO job's that ran meanwhile (the
+jobs and pool views show it queued first). Any browser console error or page error fails
+it, and every text on each view must have WCAG AA contrast. Screenshots go to
+`test-artifacts/` (gitignored); with LCO_DOCS_SCREENSHOT=1 the job view is also written to
+docs/dashboard-job.png.
 
     LCO_HOME=.cache/lco .venv/bin/pytest tests/test_dashboard_browser.py
 """
@@ -19,6 +20,7 @@ import json
 import os
 import shutil
 import sys
+import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -259,6 +261,13 @@ def test_dashboard_follows_a_live_job_and_cancels_it(served: tuple[LiveService, 
             expect(status).to_have_text("cancelled", timeout=STEP_TIMEOUT_MS)
             expect(page.get_by_role("button", name="Cancel")).to_be_disabled()
             assert page.evaluate("window.__sameDocument === true")
+
+            # Checkpoints download with the key (fetch, then the browser saves the tar).
+            with page.expect_download() as download:
+                page.locator("#checkpoints").get_by_role("button").first.click()
+            assert download.value.suggested_filename.endswith(".tar")
+            with tarfile.open(download.value.path()) as tar:
+                assert any(name.endswith("/config.json") for name in tar.getnames())
             page.screenshot(path=str(ARTIFACTS / "dashboard-cancelled.png"), full_page=True)
 
             # LCO against GRPO, each curve from its own live stream.

@@ -6,6 +6,7 @@ import { ChartGrid, Series } from "./charts.js";
 import { algorithm, badge, h, num, progressCell, queueText, relative, time } from "./format.js";
 
 const ACTIVE = ["validating_files", "queued", "running", "paused"];
+const MAX_EVENTS = 500;
 
 function announce(text) {
   document.getElementById("announce").textContent = text;
@@ -133,6 +134,8 @@ export function jobView(root, signal, jobId) {
 
   function addEvent(e) {
     events.prepend(h("li", { class: e.level }, time(e.created_at), h("span", { text: e.message })));
+    // One "Step N" event per step: keep the page light on long runs (GET .../events has all).
+    while (events.childElementCount > MAX_EVENTS) events.lastElementChild.remove();
   }
 
   stepSelect.addEventListener("change", () => {
