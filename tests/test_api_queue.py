@@ -306,3 +306,16 @@ def test_rate_limit_per_key_answers_429_with_retry_after(
     assert response.json()["error"]["code"] == "rate_limit_exceeded"
     # Each key has its own bucket.
     assert client.get("/v1/files", headers={"Authorization": f"Bearer {other}"}).status_code == 200
+
+
+def test_an_oversized_post_with_an_idempotency_key_is_a_413_envelope(api: ApiClient) -> None:
+    # Streamed (no Content-Length), so the limit fires while the body is read.
+    chunks = iter([b"x" * (256 * 1024)] * 8)
+    headers = {**api.headers, "Idempotency-Key": "big-1", "Content-Type": "application/json"}
+    response = api.post("/v1/fine_tuning/jobs", content=chunks, headers=headers)
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "request_too_large"
+    # Nothing was remembered: the same key is free for a proper request.
+    file_id = api.upload(sft_lines()).json()["id"]
+    ok = api.post("/v1/fine_tuning/jobs", json=sft_body(file_id), headers=headers)
+    assert ok.status_code == 200, ok.text
