@@ -1,7 +1,8 @@
 """The authorization matrix, walked over every route of the app (`app.routes`), so a new
 route is covered the day it is added: without a key or with a revoked one, 401; a
 non-admin key on an admin route, 403; another team's key on a route that names one of
-this team's objects, 404 (never 403: existence does not leak); the owner gets through.
+this team's objects, 404 (never 403: existence does not leak); the owner gets through; a
+forged credential in a path (a signed download link), 404 with or without a key.
 
 A route whose path names an id this test does not know fails the test: add the id below.
 """
@@ -26,6 +27,9 @@ from tests.service_fixtures import ApiClient, sft_body, sft_lines
 ADMIN_PREFIX = "/v1/admin"
 SHARED = {"pool"}  # ids of objects every team may see (the pools are shared)
 PUBLIC = {"/healthz", "/dashboard"}  # no key needed
+# Path parts that are themselves the credential (signed links): a forged one is a 404 with
+# or without a key.
+CREDENTIALS = {"token"}
 
 
 def _keys(api: ApiClient) -> dict[str, Any]:
@@ -93,6 +97,7 @@ def test_every_route_answers_401_403_404_as_the_matrix_says(api: ApiClient) -> N
         "team_id": keys["team"],
         "key_id": keys["spare_key_id"],
         "pool": "default",
+        "token": "forged-" + "x" * 40,
     }
     routes = _routes(api)
     unknown = {p for _, _, params in routes for p in params} - set(ids)
@@ -104,6 +109,12 @@ def test_every_route_answers_401_403_404_as_the_matrix_says(api: ApiClient) -> N
         where = f"{method} {template}"
         if template in PUBLIC:
             assert _call(api, method, path, None).status_code == 200, where
+            continue
+        if CREDENTIALS & set(params):
+            for key in (None, api.key, api.other_key):
+                response = _call(api, method, path, key)
+                assert response.status_code == 404, (where, key, response.text)
+                assert set(response.json()["error"]) == {"message", "type", "param", "code"}
             continue
         for key in (None, keys["revoked"], "lco-" + "x" * 48):
             response = _call(api, method, path, key)
