@@ -17,7 +17,18 @@ from api.errors import ERROR_RESPONSES, install_error_handlers
 from api.idempotency import Idempotency
 from api.limits import BodyLimitByRoute
 from api.ratelimit import RateLimit
-from api.routers import admin, checkpoints, events, files, health, jobs, pools, samples, stream
+from api.routers import (
+    admin,
+    checkpoints,
+    downloads,
+    events,
+    files,
+    health,
+    jobs,
+    pools,
+    samples,
+    stream,
+)
 from api.routers.dashboard import install_dashboard
 from jobs.db import make_engine, make_session_factory
 from jobs.dispatch import Dispatcher, make_producer
@@ -43,7 +54,18 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(title="LCO fine-tuning API", version="0.1.0", lifespan=lifespan)
     app.state.services = services
     install_error_handlers(app)
-    for module in (files, jobs, events, samples, stream, checkpoints, pools, admin, health):
+    for module in (
+        files,
+        jobs,
+        events,
+        samples,
+        stream,
+        checkpoints,
+        downloads,
+        pools,
+        admin,
+        health,
+    ):
         app.include_router(module.router, responses=ERROR_RESPONSES)
     install_dashboard(app)
     # Outermost last: body limit, then the rate limit, then Idempotency-Key replay.

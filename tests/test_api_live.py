@@ -1,21 +1,28 @@
 """The dashboard's API in-process (no worker): the job stream (Server-Sent Events) replays
 history in order and ends at a terminal state, rollout samples per step stay out of
-OpenAI's event list, tenancy holds for both, and `/dashboard` is served from the package
-with nothing from another origin."""
+OpenAI's event list, tenancy holds for both, signed checkpoint download links open one
+checkpoint for a few minutes and die with their key, and `/dashboard` is served from the
+package with nothing from another origin."""
 
 from __future__ import annotations
 
+import io
 import json
 import re
+import tarfile
+import time
 from typing import Any
 
 from sqlalchemy import select
 
+from jobs.auth import revoke_api_key
 from jobs.db import make_engine, make_session_factory
 from jobs.events import SAMPLES_EVENT, add_event
 from jobs.leases import Lease, claim, fenced, finish, record_checkpoint, record_metrics
-from jobs.models import Job
+from jobs.links import sign_download
+from jobs.models import ApiKey, Job
 from jobs.states import JobStatus
+from jobs.storage import Storage
 from tests.service_fixtures import STRING_CHECK, ApiClient, rl_lines
 
 SAMPLE = {"prompt": "user: 1+1?", "completion": "2", "reward": 1.0}
@@ -121,6 +128,50 @@ def test_stream_and_samples_are_team_scoped(api: ApiClient) -> None:
         url = f"/v1/fine_tuning/jobs/{job_id}/{path}"
         assert api.get(url, headers=api.other_headers).status_code == 404
         assert api.get(url, headers={}).status_code == 401
+
+
+def test_signed_download_links(api: ApiClient) -> None:
+    job_id, team_id, lease, sessions = _running_rl_job(api)
+    ckpt_dir = Storage(api.settings).job_dir(team_id, job_id) / "checkpoints" / "step-1"
+    ckpt_dir.mkdir(parents=True)
+    (ckpt_dir / "config.json").write_text("{}")
+    with fenced(sessions, lease) as session:
+        ckpt = record_checkpoint(
+            session,
+            lease,
+            team_id=team_id,
+            step=1,
+            rel_path="checkpoints/step-1",
+            metrics={},
+            model_name="ft:lco-tiny:team-a::" + job_id,
+        )
+        ckpt_id = ckpt.id
+    path = f"/v1/fine_tuning/jobs/{job_id}/checkpoints/{ckpt_id}/download_link"
+    assert api.post(path, headers=api.other_headers).status_code == 404
+    link = api.post(path).json()
+    assert link["url"].startswith("/v1/downloads/") and link["expires_at"] > time.time()
+    assert api.settings.data_dir.name not in link["url"] and api.key not in link["url"]
+    response = api.client.get(link["url"])  # no Authorization header: the link is enough
+    assert response.status_code == 200, response.text
+    with tarfile.open(fileobj=io.BytesIO(response.content)) as tar:
+        assert tar.getnames() == [f"{job_id}-step-1/config.json"]
+    token = link["url"].removeprefix("/v1/downloads/")
+    key_id, _, expires, signature = token.split(".")
+    forged = [
+        f"{key_id}.ftckpt-other.{expires}.{signature}",  # another checkpoint
+        f"{key_id}.{ckpt_id}.{int(expires) + 3600}.{signature}",  # a later expiry
+        token[:-1] + ("0" if token[-1] != "0" else "1"),  # a bad signature
+        "not-a-token",
+    ]
+    for bad in forged:
+        assert api.client.get(f"/v1/downloads/{bad}").status_code == 404, bad
+    with sessions() as session, session.begin():
+        key = session.get(ApiKey, key_id)
+        assert key is not None
+        expired, _ = sign_download(key, ckpt_id, now=time.time() - 3600)
+        assert api.client.get(f"/v1/downloads/{expired}").status_code == 404
+        revoke_api_key(session, key_id)
+    assert api.client.get(link["url"]).status_code == 404  # dies with its key
 
 
 def test_dashboard_is_served_from_the_package_with_nothing_from_elsewhere(

@@ -1,4 +1,6 @@
-"""`/v1/fine_tuning/jobs/{id}/checkpoints` and `.../{ckpt}/download` (a tar of the HF dir)."""
+"""`/v1/fine_tuning/jobs/{id}/checkpoints` and `.../{ckpt}/download` (a tar of the HF dir).
+
+Browsers download through signed links instead (`api/routers/downloads.py`)."""
 
 from __future__ import annotations
 
@@ -9,10 +11,12 @@ from pathlib import Path
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
-from api.deps import ScopeDep, ServicesDep
+from api.deps import ScopeDep, Services, ServicesDep
 from api.schemas.common import After, Limit
 from api.schemas.jobs import CheckpointPublic, CheckpointsPublic
 from jobs.errors import NotFound
+from jobs.models import Checkpoint, Job
+from jobs.scope import TeamScope
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
 
@@ -65,11 +69,17 @@ def download_checkpoint(
     scope: ScopeDep, services: ServicesDep, job_id: str, checkpoint_id: str
 ) -> StreamingResponse:
     job = scope.job(job_id)
-    ckpt = scope.checkpoint(job, checkpoint_id)
+    return checkpoint_tar(scope, services, job, scope.checkpoint(job, checkpoint_id))
+
+
+def checkpoint_tar(
+    scope: TeamScope, services: Services, job: Job, ckpt: Checkpoint
+) -> StreamingResponse:
+    """The checkpoint's files as a streamed tar (also behind signed links, `downloads.py`)."""
     root = services.storage.resolve_in_job(scope.team_id, job.id, ckpt.rel_path)
     scope.session.rollback()  # end the read transaction before the (long) stream
     if not root.is_dir():
-        raise NotFound(f"checkpoint {checkpoint_id} has no files on this server")
+        raise NotFound(f"checkpoint {ckpt.id} has no files on this server")
     name = f"{job.id}-step-{ckpt.step_number}"
     return StreamingResponse(
         _tar_stream(root, name),

@@ -1,4 +1,5 @@
-"""Shapes of the dashboard's extensions: rollout samples per step (`.../samples`)."""
+"""Shapes of the dashboard's extensions: rollout samples per step (`.../samples`) and
+signed checkpoint download links (`.../download_link`)."""
 
 from __future__ import annotations
 
@@ -40,3 +41,13 @@ class StepSamplesListPublic(BaseModel):
     object: Literal["list"] = "list"
     data: list[StepSamplesPublic]
     has_more: bool
+
+
+class DownloadLinkPublic(BaseModel):
+    """A URL that downloads one checkpoint without the API key, until `expires_at`."""
+
+    object: Literal["fine_tuning.job.checkpoint.download_link"] = (
+        "fine_tuning.job.checkpoint.download_link"
+    )
+    url: str
+    expires_at: int

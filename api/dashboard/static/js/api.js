@@ -45,18 +45,20 @@ export async function api(path, { method = "GET", body, signal } = {}) {
   return res.json();
 }
 
-// Downloads need the key too, so a plain link cannot fetch them: fetch, then save the blob.
-export async function download(path, filename) {
-  const res = await fetch(`/v1${path}`, { headers: headers() });
-  if (!res.ok) throw await failure(res);
-  const url = URL.createObjectURL(await res.blob());
+// A plain link cannot carry the key, and the key never goes into a URL: ask the API for a
+// short-lived signed link to this checkpoint, then follow it, so the browser streams the
+// tar to disk itself (no copy in memory, whatever the model's size).
+export async function downloadCheckpoint(jobId, checkpointId) {
+  const link = await api(
+    `/fine_tuning/jobs/${encodeURIComponent(jobId)}/checkpoints/${encodeURIComponent(checkpointId)}/download_link`,
+    { method: "POST" },
+  );
   const a = document.createElement("a");
-  a.href = url;
-  a.download = filename;
+  a.href = link.url;
+  a.download = "";
   document.body.append(a);
   a.click();
   a.remove();
-  setTimeout(() => URL.revokeObjectURL(url), 60_000);
 }
 
 // Reads one SSE response, calling onMessage(type, data) per message; returns at its end.

@@ -1,7 +1,7 @@
 // The job view: status and controls, live curves, rollout samples per step, checkpoints
 // with downloads, and the event log, all fed by the job's live stream (no reloading).
 
-import { api, download, watchJob } from "./api.js";
+import { api, downloadCheckpoint, watchJob } from "./api.js";
 import { ChartGrid, Series } from "./charts.js";
 import { algorithm, badge, h, num, progressCell, queueText, relative, time } from "./format.js";
 
@@ -123,7 +123,7 @@ export function jobView(root, signal, jobId) {
     noCheckpoints.remove();
     const button = h("button", { type: "button", class: "secondary", text: "Download", "aria-label": `Download checkpoint at step ${c.step_number}` });
     button.addEventListener("click", () =>
-      download(`/fine_tuning/jobs/${encodeURIComponent(jobId)}/checkpoints/${encodeURIComponent(c.id)}/download`, `${jobId}-step-${c.step_number}.tar`).catch(
+      downloadCheckpoint(jobId, c.id).catch(
         (err) => (error.textContent = `Download failed: ${err.message}`),
       ),
     );
