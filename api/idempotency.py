@@ -5,6 +5,8 @@
                                                          (header `Idempotent-Replayed: true`)
     same key, another body                            -> 409 idempotency_key_reused
     same key while the first is still running         -> 409 idempotency_key_in_use
+    same key after a response marked `Cache-Control: no-store` (it carried a secret, such as
+    a new API key)                                    -> 409 idempotency_key_secret
 
 Keys are scoped to the caller's bearer key and kept `idempotency_ttl_s`. Responses the
 server could not complete (5xx) and refusals that did nothing (401, 429) are not stored, so
@@ -129,17 +131,20 @@ class Idempotency:
             return {"type": "http.request", "body": chunk, "more_body": len(chunk) == _CHUNK}
 
         status = 500
+        secret = False  # `Cache-Control: no-store`: the body carries a secret
         content_type = None
         parts: list[bytes] = []
         size = 0
 
         async def capture(message: Message) -> None:
-            nonlocal status, content_type, size
+            nonlocal status, content_type, size, secret
             if message["type"] == "http.response.start":
                 status = message["status"]
                 for name, value in message.get("headers", []):
                     if name.lower() == b"content-type":
                         content_type = value.decode()
+                    elif name.lower() == b"cache-control" and b"no-store" in value.lower():
+                        secret = True
             elif message["type"] == "http.response.body":
                 size += len(message.get("body", b""))
                 if size <= _MAX_STORED:
@@ -150,6 +155,10 @@ class Idempotency:
         try:
             await self.app(scope, replay_receive, capture)
             if status < 500 and status not in _NOT_STORED and size <= _MAX_STORED:
+                if secret and status < 400:
+                    # Never kept: retries learn that it happened, not what it returned.
+                    tombstone = _conflict("secret")
+                    status, content_type, parts = 409, "application/json", [tombstone.body]
                 await run_in_threadpool(
                     _store, services, principal, key, status, content_type, b"".join(parts)
                 )
@@ -198,6 +207,11 @@ def _reserve(services: Any, principal: str, key: str, digest: str) -> Any:
 def _conflict(kind: str) -> Any:
     if kind == "reused":
         message = "This Idempotency-Key was used with a different request; use a new key."
+    elif kind == "secret":
+        message = (
+            "The request with this Idempotency-Key succeeded, and its response carried a "
+            "secret, which is never stored; list the objects to find what it created."
+        )
     else:
         message = "A request with this Idempotency-Key is still being processed; retry later."
     return error_response(409, message, param="Idempotency-Key", code=f"idempotency_key_{kind}")

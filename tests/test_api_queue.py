@@ -11,12 +11,14 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import select
 
 from api.app import create_app
 from cli.main import main as lco
 from jobs.auth import create_api_key, create_team, get_team_by_name
 from jobs.db import make_engine, make_session_factory, transaction
 from jobs.errors import NotFound
+from jobs.models import IdempotencyRecord
 from jobs.settings import Settings
 from tests.service_fixtures import (
     FAKE_CHILD,
@@ -319,3 +321,18 @@ def test_an_oversized_post_with_an_idempotency_key_is_a_413_envelope(api: ApiCli
     file_id = api.upload(sft_lines()).json()["id"]
     ok = api.post("/v1/fine_tuning/jobs", json=sft_body(file_id), headers=headers)
     assert ok.status_code == 200, ok.text
+
+
+def test_a_new_api_key_is_never_kept_for_idempotent_replay(api: ApiClient) -> None:
+    admin = {**_admin_headers(api.settings), "Idempotency-Key": "key-1"}
+    url = f"/v1/admin/teams/{_team_id(api.settings, 'team-a')}/keys"
+    first = api.post(url, json={"name": "ci"}, headers=admin)
+    assert first.status_code == 200 and first.headers["Cache-Control"] == "no-store"
+    secret = first.json()["key"]
+    retry = api.post(url, json={"name": "ci"}, headers=admin)
+    assert retry.status_code == 409
+    assert retry.json()["error"]["code"] == "idempotency_key_secret"
+    assert secret not in retry.text
+    with transaction(make_session_factory(make_engine(api.settings))) as session:
+        stored = list(session.scalars(select(IdempotencyRecord.body)))
+    assert stored and not any(secret in (body or "") for body in stored)

@@ -9,7 +9,7 @@ for any other key); the same operations as `lco team ...` and `lco key ...`.
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 
 from api.deps import AdminKey, SessionDep
 from api.schemas.admin import (
@@ -81,11 +81,15 @@ def keys(session: SessionDep, _: AdminKey, team_id: str) -> KeysPublic:
 
 
 @router.post("/teams/{team_id}/keys", response_model=KeyCreated)
-def new_key(session: SessionDep, _: AdminKey, team_id: str, body: KeyCreate) -> KeyCreated:
+def new_key(
+    session: SessionDep, _: AdminKey, team_id: str, body: KeyCreate, response: Response
+) -> KeyCreated:
     row, secret = create_api_key(
         session, get_team(session, team_id), body.name, is_admin=body.is_admin
     )
     session.commit()
+    # The secret is shown once: no cache keeps it, nor the Idempotency-Key replay store.
+    response.headers["Cache-Control"] = "no-store"
     return KeyCreated(**KeyPublic.from_row(row).model_dump(), key=secret)
 
 
