@@ -1,4 +1,5 @@
-"""`lco files ...` and `lco jobs ...`: HTTP client commands against a running service.
+"""`lco files ...`, `lco jobs ...` and `lco pools`: HTTP client commands against a running
+service.
 
 Settings: `--base-url` (or LCO_BASE_URL, default http://127.0.0.1:8000/v1) and `--api-key`
 (or LCO_API_KEY). Responses are printed as JSON; `jobs watch` prints progress lines.
@@ -89,7 +90,25 @@ def jobs_list(args: argparse.Namespace) -> int:
     for job in page["data"]:
         print(
             f"{job['id']}  {job['status']:<10} {job['model']}  {job.get('fine_tuned_model') or ''}"
+            + _queue_text(job)
         )
+    return 0
+
+
+def _queue_text(job: dict[str, Any]) -> str:
+    """`  #2 in default, waiting_for_capacity, starts ~14:05 UTC` for a queued job."""
+    place = job.get("queue")
+    if not place:
+        return ""
+    reason = (job.get("status_details") or {}).get("reason") or ""
+    eta = place.get("estimated_start_at")
+    when = f", starts ~{time.strftime('%H:%M UTC', time.gmtime(eta))}" if eta else ""
+    return f"  #{place['position']} in {job.get('pool')}, {reason}{when}"
+
+
+def pools_show(args: argparse.Namespace) -> int:
+    with _client(args) as http:
+        _show(_check(http.get(f"/pools/{args.name}" if args.name else "/pools")))
     return 0
 
 
@@ -171,6 +190,9 @@ def add_commands(sub: Any) -> None:
     p = common(jobs.add_parser("list"))
     p.add_argument("--limit", type=int, default=20)
     p.set_defaults(func=jobs_list)
+    p = common(sub.add_parser("pools", help="the GPU pools: capacity, running and queued jobs"))
+    p.add_argument("name", nargs="?")
+    p.set_defaults(func=pools_show)
     for name, func in (("get", jobs_get), ("cancel", jobs_cancel), ("watch", jobs_watch)):
         p = common(jobs.add_parser(name))
         p.add_argument("job_id")

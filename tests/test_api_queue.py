@@ -5,6 +5,7 @@ Idempotency-Key replay."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from api.app import create_app
+from cli import client as client_commands
 from cli.main import main as lco
 from jobs.auth import create_api_key, create_team, get_team_by_name
 from jobs.db import make_engine, make_session_factory, transaction
@@ -336,3 +338,26 @@ def test_a_new_api_key_is_never_kept_for_idempotent_replay(api: ApiClient) -> No
     with transaction(make_session_factory(make_engine(api.settings))) as session:
         stored = list(session.scalars(select(IdempotencyRecord.body)))
     assert stored and not any(secret in (body or "") for body in stored)
+
+
+def test_cli_shows_queue_places_and_pools(
+    one_gpu: ApiClient, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    api = one_gpu
+    jobs = [_submit(api) for _ in range(2)]
+    # The commands' HTTP client, pointed at the in-process app.
+    monkeypatch.setattr(
+        client_commands,
+        "_client",
+        lambda args: TestClient(
+            api.client.app, base_url="http://testserver/v1", headers=api.headers
+        ),
+    )
+    capsys.readouterr()
+    assert lco(["jobs", "list", "--api-key", "unused"]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert "#1 in default, waiting_for_worker" in lines[jobs[0]["id"]]
+    assert "#2 in default, waiting_for_capacity, starts ~" in lines[jobs[1]["id"]]
+    assert lco(["pools", "default", "--api-key", "unused"]) == 0
+    pool = json.loads(capsys.readouterr().out)
+    assert pool["name"] == "default" and len(pool["queued"]) == 2
