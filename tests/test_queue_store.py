@@ -9,7 +9,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from jobs.auth import create_team
@@ -19,7 +19,7 @@ from jobs.ids import new_id, utcnow
 from jobs.leases import claim, fenced, finish
 from jobs.migrate import upgrade
 from jobs.models import Job, UsageRecord
-from jobs.queue import admit, hold_for_retry, run_scheduler
+from jobs.queue import admit, hold_for_retry, run_scheduler, snapshot
 from jobs.settings import Settings
 from jobs.states import JobStatus
 from jobs.usage import window_usage
@@ -143,3 +143,27 @@ def test_usage_records_feed_the_window_and_a_requeued_job_waits_its_back_off(
         beat(session, worker_id="w", pool="default", gpus=1, now=utcnow() + timedelta(hours=2))
     with transaction(sessions) as session:
         assert [j.id for j in admit(session, settings, utcnow() + timedelta(hours=2))] == [job_id]
+
+
+def test_eta_of_the_next_job_follows_the_running_jobs_pace(
+    settings: Settings, sessions: sessionmaker[Session]
+) -> None:
+    running, waiting = _jobs(sessions, 2)
+    now = utcnow()
+    with transaction(sessions) as session:
+        beat(session, worker_id="w", pool="default", gpus=1, now=now)
+        assert [j.id for j in admit(session, settings, now)] == [running]
+    with transaction(sessions) as session:
+        assert claim(session, running, owner="w", ttl_s=60) is not None
+        # Half done (5 of 10 steps) in 100 s: 100 s to go.
+        session.execute(update(Job).where(Job.id == running).values(step=5, total_steps=10))
+        session.execute(
+            update(UsageRecord)
+            .where(UsageRecord.job_id == running)
+            .values(started_at=now - timedelta(seconds=100))
+        )
+    with sessions() as session:
+        view = snapshot(session, settings, now)
+    slot = view.plan.slots[waiting]
+    assert (slot.position, slot.reason) == (1, "waiting_for_capacity")
+    assert slot.estimated_start == pytest.approx(now.timestamp() + 100, abs=1)
