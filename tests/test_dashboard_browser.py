@@ -281,6 +281,14 @@ def test_dashboard_follows_a_live_job_and_cancels_it(served: tuple[LiveService, 
             )
             _contrast_ok(page, "compare")
             page.screenshot(path=str(ARTIFACTS / "dashboard-compare.png"))
+            # Side by side: every metric, one column per job.
+            page.get_by_label("Layout").select_option("side")
+            page.get_by_role("button", name="Compare", exact=True).click()
+            for run in "AB":
+                column = page.locator(f'#compare-charts [data-run="{run}"]')
+                expect(column.locator('figure[data-chart="reward"] canvas')).to_be_visible()
+            _contrast_ok(page, "compare side by side")
+            page.screenshot(path=str(ARTIFACTS / "dashboard-compare-side.png"), full_page=True)
         finally:
             browser.close()
 

@@ -140,7 +140,13 @@ export class ChartGrid {
         legend: { live: false }, // the caption shows the newest values
         axes: [
           { label: "step", stroke: "#1b1f24", grid: { stroke: "#e3e7eb" }, incrs: STEP_INCRS },
-          { stroke: "#1b1f24", grid: { stroke: "#e3e7eb" }, size: 60 },
+          {
+            stroke: "#1b1f24",
+            grid: { stroke: "#e3e7eb" },
+            size: 60,
+            // Three significant digits: tiny values read as 1.5e-9, not as a column of "-0".
+            values: (u, splits) => splits.map((v) => num(v, 3)),
+          },
         ],
         series: [
           { label: "step" },

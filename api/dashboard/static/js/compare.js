@@ -1,4 +1,5 @@
-// Side-by-side curves of two jobs (e.g. LCO vs GRPO on the same data), both live.
+// Two jobs' curves (e.g. LCO vs GRPO on the same data), both live: overlaid on the same
+// axes (each chart's main metric per job), or side by side (every metric, one column each).
 
 import { api, watchJob } from "./api.js";
 import { ChartGrid, Series } from "./charts.js";
@@ -6,7 +7,8 @@ import { algorithm, h } from "./format.js";
 
 export function compareView(root, signal, params) {
   const error = h("p", { class: "error", role: "alert" });
-  const pickers = ["a", "b"].map((side) => h("select", { id: `compare-${side}` }));
+  const side = params.get("layout") === "side";
+  const pickers = ["a", "b"].map((name) => h("select", { id: `compare-${name}` }));
   const form = h(
     "form",
     { class: "filters", "aria-label": "Jobs to compare" },
@@ -14,6 +16,13 @@ export function compareView(root, signal, params) {
     pickers[0],
     h("label", { for: "compare-b", text: "Job B" }),
     pickers[1],
+    h("label", { for: "compare-layout", text: "Layout" }),
+    h(
+      "select",
+      { id: "compare-layout" },
+      h("option", { value: "overlay", text: "overlaid, same axes", selected: !side }),
+      h("option", { value: "side", text: "side by side", selected: side }),
+    ),
     h("button", { type: "submit", text: "Compare" }),
   );
   const charts = h("div", { class: "charts", id: "compare-charts" });
@@ -21,8 +30,12 @@ export function compareView(root, signal, params) {
 
   form.addEventListener("submit", (e) => {
     e.preventDefault();
-    const [a, b] = pickers.map((p) => p.value);
-    location.hash = `#/compare?a=${encodeURIComponent(a)}&b=${encodeURIComponent(b)}`;
+    const query = new URLSearchParams({
+      a: pickers[0].value,
+      b: pickers[1].value,
+      layout: form.querySelector("#compare-layout").value,
+    });
+    location.hash = `#/compare?${query}`;
   });
 
   api("/fine_tuning/jobs?limit=100", { signal })
@@ -43,10 +56,20 @@ export function compareView(root, signal, params) {
     return;
   }
   const names = ids.map((id, i) => h("li", { text: `${"AB"[i]}: ${id}` }));
-  charts.before(h("ul", { class: "runs", "aria-label": "Compared jobs" }, names));
+  charts.before(h("ul", { class: side ? "runs" : "runs overlay", "aria-label": "Compared jobs" }, names));
   const runs = ids.map((_, i) => new Series("AB"[i]));
-  const grid = new ChartGrid(charts, runs);
-  signal.addEventListener("abort", () => grid.destroy());
+  let grids;
+  if (side) {
+    charts.className = "side-by-side";
+    grids = runs.map((run, i) => {
+      const column = h("div", { class: "charts", "data-run": "AB"[i] });
+      charts.append(h("section", { "aria-label": `Job ${"AB"[i]}` }, h("h2", { text: `${"AB"[i]}: ${ids[i]}` }), column));
+      return new ChartGrid(column, [run]);
+    });
+  } else {
+    grids = [new ChartGrid(charts, runs)];
+  }
+  signal.addEventListener("abort", () => grids.forEach((g) => g.destroy()));
   ids.forEach((id, i) =>
     watchJob(id, {
       signal,
@@ -56,7 +79,7 @@ export function compareView(root, signal, params) {
           names[i].replaceChildren(`${"AB"[i]}: `, h("a", { href: `#/jobs/${id}`, text: id }), ` · ${algorithm(data)} · ${data.status}`);
         } else if (type === "metrics") {
           runs[i].add(data.step, data.metrics);
-          grid.update();
+          grids.forEach((g) => g.update());
         }
       },
       onError: (err) => (error.textContent = `${id}: ${err.message}`),
