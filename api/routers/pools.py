@@ -5,6 +5,7 @@ Any key may look (the pools are shared); other teams' job ids show only to admin
 from __future__ import annotations
 
 from fastapi import APIRouter
+from sqlalchemy.orm import Session
 
 from api.deps import CurrentKey, ServicesDep, SessionDep
 from api.schemas.pools import (
@@ -17,8 +18,10 @@ from api.schemas.pools import (
 )
 from jobs.errors import NotFound
 from jobs.ids import epoch
-from jobs.models import ApiKey
+from jobs.models import ApiKey, Job
 from jobs.queue import QueueView, queue_view
+from jobs.scheduling import Slot
+from jobs.settings import Settings
 from jobs.states import JobStatus
 from jobs.workers import live_workers
 
@@ -82,28 +85,29 @@ def _pool(view: QueueView, name: str, workers: int, viewer: ApiKey) -> PoolPubli
             for j in running
         ],
         queued=[
-            PoolQueuedJob(
-                id=shown(j.team_id, j.id),
-                team=team_name(j.team_id),
-                gpus=j.gpus,
-                priority=j.priority,
-                position=view.plan.slots[j.id].position,
-                ahead=view.plan.slots[j.id].ahead,
-                estimated_start_at=(
-                    None
-                    if view.plan.slots[j.id].estimated_start is None
-                    else int(view.plan.slots[j.id].estimated_start or 0)
-                ),
-                reason=view.plan.slots[j.id].reason,
-            )
+            _queued(j, view.plan.slots[j.id], shown(j.team_id, j.id), team_name(j.team_id))
             for j in queued
         ],
     )
 
 
-def _workers(session: SessionDep, services: ServicesDep, view: QueueView) -> dict[str, int]:
+def _queued(job: Job, slot: Slot, shown_id: str | None, team: str) -> PoolQueuedJob:
+    start = slot.estimated_start
+    return PoolQueuedJob(
+        id=shown_id,
+        team=team,
+        gpus=job.gpus,
+        priority=job.priority,
+        position=slot.position,
+        ahead=slot.ahead,
+        estimated_start_at=None if start is None else int(start),
+        reason=slot.reason,
+    )
+
+
+def _workers(session: Session, settings: Settings, view: QueueView) -> dict[str, int]:
     counts: dict[str, int] = {}
-    for worker in live_workers(session, services.settings, view.now):
+    for worker in live_workers(session, settings, view.now):
         counts[worker.pool] = counts.get(worker.pool, 0) + 1
     return counts
 
@@ -111,7 +115,7 @@ def _workers(session: SessionDep, services: ServicesDep, view: QueueView) -> dic
 @router.get("", response_model=PoolsPublic)
 def pools(session: SessionDep, services: ServicesDep, key: CurrentKey) -> PoolsPublic:
     view = queue_view(session, services.settings)
-    workers = _workers(session, services, view)
+    workers = _workers(session, services.settings, view)
     names = sorted(view.state.pools)
     return PoolsPublic(data=[_pool(view, n, workers.get(n, 0), key) for n in names])
 
@@ -121,4 +125,4 @@ def pool(session: SessionDep, services: ServicesDep, key: CurrentKey, pool: str)
     view = queue_view(session, services.settings)
     if pool not in view.state.pools:
         raise NotFound(f"No such pool: {pool}", param="pool", code="pool_not_found")
-    return _pool(view, pool, _workers(session, services, view).get(pool, 0), key)
+    return _pool(view, pool, _workers(session, services.settings, view).get(pool, 0), key)
