@@ -6,6 +6,7 @@ package with nothing from another origin."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import re
@@ -192,3 +193,10 @@ def test_dashboard_is_served_from_the_package_with_nothing_from_elsewhere(
         text = api.client.get(f"/dashboard/static/js/{name}").text
         assert not re.search(r"https?://", text), name  # no CDN, no remote calls
     assert "MIT" in api.client.get("/dashboard/static/vendor/uPlot.LICENSE").text
+    # The vendored files are the ones vendor.sh fetched (npm verified them on the way).
+    sums = api.client.get("/dashboard/static/vendor/SHA256SUMS").text.splitlines()
+    assert len(sums) == 3
+    for line in sums:
+        digest, name = line.split()
+        served = api.client.get(f"/dashboard/static/vendor/{name}").content
+        assert hashlib.sha256(served).hexdigest() == digest, name
