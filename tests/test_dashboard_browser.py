@@ -7,9 +7,9 @@ running, see the curves gain points while the page stays loaded (the live stream
 rollout samples, pause and resume it, cancel from the button and see `cancelled`,
 download a checkpoint, then compare its curves with a GRPO job's that ran meanwhile (the
 jobs and pool views show it queued first). Any browser console error or page error fails
-it, and every text on each view must have WCAG AA contrast. Screenshots go to
-`test-artifacts/` (gitignored); with LCO_DOCS_SCREENSHOT=1 the job view is also written to
-docs/dashboard-job.png.
+it; on each view every text must have WCAG AA contrast and every control a name and a
+place in the tab order. Screenshots go to `test-artifacts/` (gitignored); with
+LCO_DOCS_SCREENSHOT=1 the job view is also written to docs/dashboard-job.png.
 
     LCO_HOME=.cache/lco .venv/bin/pytest tests/test_dashboard_browser.py
 """
@@ -142,9 +142,25 @@ def _docs_png(png: bytes, path: Path) -> None:
     Image.open(io.BytesIO(png)).convert("RGB").quantize(128).save(path, optimize=True)
 
 
-def _contrast_ok(page: Any, view: str) -> None:
+# Controls a keyboard or screen-reader user cannot use: unlabeled fields, nameless buttons
+# and links, anything taken out of the tab order or forced into a custom one.
+CONTROLS_JS = """
+() => [...document.querySelectorAll("a[href], button, input, select, textarea")]
+  .filter((el) => el.getClientRects().length && !el.closest("[hidden]"))
+  .filter((el) =>
+    el.tabIndex !== 0 ||
+    (["INPUT", "SELECT", "TEXTAREA"].includes(el.tagName)
+      ? !el.labels.length && !el.getAttribute("aria-label")
+      : !(el.getAttribute("aria-label") || el.textContent.trim())))
+  .map((el) => el.outerHTML.slice(0, 80))
+"""
+
+
+def _accessible(page: Any, view: str) -> None:
     failures = page.evaluate(CONTRAST_JS)
     assert not failures, f"{view}: text below WCAG AA contrast: {failures}"
+    unusable = page.evaluate(CONTROLS_JS)
+    assert not unusable, f"{view}: controls without a name or out of the tab order: {unusable}"
 
 
 def test_dashboard_follows_a_live_job_and_cancels_it(served: tuple[LiveService, str]) -> None:
@@ -181,7 +197,7 @@ def test_dashboard_follows_a_live_job_and_cancels_it(served: tuple[LiveService, 
             expect(row).to_be_visible()
             assert page.evaluate("sessionStorage.getItem('lco.apiKey')") == key
             assert page.evaluate("localStorage.length") == 0  # never kept beyond the tab
-            _contrast_ok(page, "jobs")
+            _accessible(page, "jobs")
             page.get_by_label("Search").fill("grpo")
             expect(page.locator("#jobs-table tbody tr")).to_have_count(1)
             expect(page.locator(f'tr[data-job="{other["id"]}"]')).to_be_visible()
@@ -196,7 +212,7 @@ def test_dashboard_follows_a_live_job_and_cancels_it(served: tuple[LiveService, 
             expect(pool).to_contain_text(other["id"])
             teams = pool.get_by_role("table", name="Teams: jobs and usage against quota")
             expect(teams.get_by_role("cell", name="dash", exact=True)).to_be_visible()
-            _contrast_ok(page, "pools")
+            _accessible(page, "pools")
             page.screenshot(path=str(ARTIFACTS / "dashboard-pools.png"), full_page=True)
             page.get_by_role("link", name="Jobs").click()
             expect(row).to_be_visible()
@@ -235,7 +251,7 @@ def test_dashboard_follows_a_live_job_and_cancels_it(served: tuple[LiveService, 
             expect(page.locator("#samples tbody tr").first).to_contain_text("user:")
             expect(page.locator("#events li").first).to_be_visible()
             expect(page.get_by_role("button", name="Pause")).to_be_enabled()
-            _contrast_ok(page, "job")
+            _accessible(page, "job")
             page.screenshot(path=str(ARTIFACTS / "dashboard-job.png"))
             if os.environ.get("LCO_DOCS_SCREENSHOT"):
                 # The README's picture: let the curves grow a little longer first.
@@ -279,7 +295,7 @@ def test_dashboard_follows_a_live_job_and_cancels_it(served: tuple[LiveService, 
                 ".dataset.runsWithPoints === '2'",
                 timeout=RUNNING_TIMEOUT_MS,
             )
-            _contrast_ok(page, "compare")
+            _accessible(page, "compare")
             page.screenshot(path=str(ARTIFACTS / "dashboard-compare.png"))
             # Side by side: every metric, one column per job.
             page.get_by_label("Layout").select_option("side")
@@ -287,7 +303,7 @@ def test_dashboard_follows_a_live_job_and_cancels_it(served: tuple[LiveService, 
             for run in "AB":
                 column = page.locator(f'#compare-charts [data-run="{run}"]')
                 expect(column.locator('figure[data-chart="reward"] canvas')).to_be_visible()
-            _contrast_ok(page, "compare side by side")
+            _accessible(page, "compare side by side")
             page.screenshot(path=str(ARTIFACTS / "dashboard-compare-side.png"), full_page=True)
         finally:
             browser.close()
