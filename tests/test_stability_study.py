@@ -18,6 +18,7 @@ from lco_core.experiments.analysis import (
     entropy_collapsed,
     grad_norm_ratio,
     grad_spikes,
+    identical_pairs,
     judge,
     summarize,
 )
@@ -119,3 +120,11 @@ def test_quick_study_writes_report_and_plots(
     assert lco_main([*argv, "--out", str(tmp_path / "again"), "--report-only"]) == 0
     again = (tmp_path / "again" / "stability.md").read_text()
     assert rows == [line for line in again.splitlines() if line in rows]
+
+
+def test_identical_algorithms_are_detected() -> None:
+    same = [
+        _run(a, "single", seed, [1.0, 2.0], 0.4) for a in ("grpo", "reinforce") for seed in (1, 2)
+    ]
+    other = [_run("lco_kld", "single", seed, [1.0, 3.0], 0.4) for seed in (1, 2)]
+    assert identical_pairs([*same, *other]) == [("single", "grpo", "reinforce")]

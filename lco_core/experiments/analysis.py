@@ -179,6 +179,26 @@ def summarize_run(run: RunData, rules: Rules) -> RunSummary:
     )
 
 
+def identical_pairs(runs: Sequence[RunData]) -> list[tuple[str, str, str]]:
+    """(setting, a, b) for algorithms whose runs gave the same per-step reward and grad norm
+    for every seed: equivalent updates, worth saying so rather than counting them twice."""
+    by: dict[tuple[str, str], dict[int, RunData]] = {}
+    for r in runs:
+        by.setdefault((r.setting, r.algorithm), {})[r.seed] = r
+    pairs = []
+    keys = list(by)
+    for i, (setting, a) in enumerate(keys):
+        for other_setting, b in keys[i + 1 :]:
+            x, y = by[(setting, a)], by[(other_setting, b)]
+            if other_setting != setting or x.keys() != y.keys():
+                continue
+            if all(
+                x[k].series(m) == y[k].series(m) for k in x for m in ("reward_mean", "grad_norm")
+            ):
+                pairs.append((setting, a, b))
+    return pairs
+
+
 def mean_std(xs: Sequence[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (nan with fewer than two values)."""
     mean = statistics.fmean(xs) if xs else math.nan

@@ -24,6 +24,7 @@ from lco_core.experiments.analysis import (
     Rules,
     RunData,
     Verdict,
+    identical_pairs,
     judge,
     summarize,
     trailing_mean,
@@ -285,10 +286,20 @@ def write_report(
             "",
         ]
     lines += ["## Results", ""]
+    same = identical_pairs(runs)
     for s in cfg.settings:
         if s.name not in settings:
             continue
         lines += [f"### `{s.name}`: {s.description}", "", *results_table(groups, s.name), ""]
+        for _, a, b in (p for p in same if p[0] == s.name):
+            why = (
+                " With one update per batch (and no KL penalty) GRPO's clipped ratio is exactly "
+                "1 at its only update, so its gradient is REINFORCE's: a check of the trainer, "
+                "not a finding."
+                if {a, b} == {"grpo", "reinforce"} and s.ppo_epochs == 1
+                else ""
+            )
+            lines += [f"`{a}` and `{b}` gave identical per-step metrics for every seed.{why}", ""]
     lines += ["## Claims", "", *verdict_lines(verdicts)]
     lines += ["## Plots", ""]
     for (key, title, *_), png in zip(PLOTS, pngs, strict=True):
