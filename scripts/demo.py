@@ -104,6 +104,9 @@ def main() -> None:
             str(data_dir),
         ],
         cwd=ROOT,
+        # The API's and the worker's logs go to a file, so the terminal shows progress only.
+        stdout=(data_dir / "serve.log").open("wb"),
+        stderr=subprocess.STDOUT,
         start_new_session=True,
     )
     try:
@@ -114,6 +117,7 @@ def main() -> None:
                     break
             except httpx.HTTPError:
                 time.sleep(0.5)
+        print(f"service: {base}/v1 (lco serve, data in {data_dir})")
         client = OpenAI(base_url=f"{base}/v1", api_key=key)
         task = get_task("addition")
         files = data_dir / "datasets"
@@ -185,6 +189,7 @@ def main() -> None:
                 f"{base}/v1/fine_tuning/jobs/{job.id}/checkpoints/{newest.id}/download"
             )
         print(f"data dir (database, uploads, checkpoints, metrics): {data_dir}")
+        print(f"service log (API and worker): {data_dir / 'serve.log'}")
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=60)
