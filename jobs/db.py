@@ -23,8 +23,16 @@ from sqlalchemy.orm import Session, sessionmaker
 from jobs.settings import Settings
 
 
-def make_engine(settings: Settings, **kwargs: Any) -> Engine:
-    """An engine for the configured database; SQLite gets the pragmas described above."""
+def make_engine(
+    settings: Settings, *, idle_in_transaction_s: float | None = None, **kwargs: Any
+) -> Engine:
+    """An engine for the configured database; SQLite gets the pragmas described above.
+
+    `idle_in_transaction_s` (PostgreSQL): the server ends a session left idle inside a
+    transaction that long. A lease holder frozen mid-transaction (SIGSTOP, a paused VM)
+    would otherwise keep the job row locked forever, and the reaper, which skips locked
+    rows, could never requeue the job.
+    """
     url = settings.effective_database_url
     if url.startswith("sqlite"):
         settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -33,6 +41,9 @@ def make_engine(settings: Settings, **kwargs: Any) -> Engine:
         )
         _configure_sqlite(engine)
         return engine
+    if idle_in_transaction_s is not None and url.startswith("postgresql"):
+        ms = max(int(idle_in_transaction_s * 1000), 1)
+        kwargs["connect_args"] = {"options": f"-c idle_in_transaction_session_timeout={ms}"}
     return create_engine(url, pool_pre_ping=True, **kwargs)
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 # Service fixtures (live API server, worker processes, databases) for the service tests.
-pytest_plugins = ["tests.service_fixtures", "tests.vllm_fixtures"]
+pytest_plugins = ["tests.service_fixtures", "tests.vllm_fixtures", "tests.fault_fixtures"]
 
 os.environ.setdefault("LCO_ROLLOUT_ENGINE", "hf")
 

@@ -40,7 +40,10 @@ class WorkerContext:
 
     @cached_property
     def _sessions(self) -> sessionmaker[Session]:
-        return make_session_factory(make_engine(self.settings))
+        # This process holds leases: if it freezes inside a transaction, the server frees
+        # the job row well before the lease runs out, so the reaper can take the job.
+        ttl = self.settings.lease_ttl_s
+        return make_session_factory(make_engine(self.settings, idle_in_transaction_s=ttl / 2))
 
     @property
     def sessions(self) -> sessionmaker[Session]:

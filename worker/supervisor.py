@@ -132,7 +132,7 @@ class Supervisor:
         # When the lease was last known renewed (the claim has just happened); a renewal
         # counts from before its request was sent, so this never runs ahead of the DB's.
         self.renewed_at = time.monotonic()
-        self.unrenewed = False
+        self.unrenewed_at: float | None = None  # when the child was killed for it
         self.db_down = False
 
     # -- child process -------------------------------------------------------------------
@@ -283,7 +283,7 @@ class Supervisor:
                 now = time.monotonic()
                 if child.poll() is None and now - self.renewed_at > self.lease.ttl_s:
                     log.warning("job.lease_unrenewed", extra={"job_id": self.lease.job_id})
-                    self.unrenewed = True
+                    self.unrenewed_at = now
                     self._kill(child)
                 try:
                     while self.pending:
@@ -308,8 +308,9 @@ class Supervisor:
                     if not db_unreachable(exc):
                         raise
                     self._db_gone(exc)
-                    if self.unrenewed:
-                        # Nothing more can be learnt or written: the reaper takes it from here.
+                    if self.unrenewed_at is not None and now - self.unrenewed_at > self.lease.ttl_s:
+                        # Still no database: nothing more to learn or write; the reaper
+                        # requeues the job once it can.
                         log.warning("job.abandoned", extra={"job_id": self.lease.job_id})
                         return
                 if stop_deadline is not None and now > stop_deadline and child.poll() is None:
@@ -470,7 +471,7 @@ class Supervisor:
             return
         error = self.error or {}
         message = str(error.get("message") or exit_reason(returncode))
-        if self.unrenewed:
+        if self.unrenewed_at is not None:
             message = (
                 f"the training process was stopped: the lease went unrenewed for over "
                 f"{self.lease.ttl_s:g}s (database unreachable or worker frozen)"
