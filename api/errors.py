@@ -1,7 +1,8 @@
 """Every error leaves as OpenAI's envelope `{"error": {"message", "type", "param", "code"}}`.
 
-Bad input is a 4xx with a message that names the offending field (`param`); anything
-unexpected is a 500 with a generic message: no stack trace ever reaches a response.
+Bad input is a 4xx with a message that names the offending field (`param`); a database
+that cannot be reached (down, restarting) is a 503 with `Retry-After`; anything unexpected
+is a 500 with a generic message: no stack trace ever reaches a response.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.schemas.common import ErrorEnvelope
+from jobs.db import db_unreachable
 from jobs.errors import (
     Conflict,
     ControlError,
@@ -151,7 +153,11 @@ async def _spec(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _database(request: Request, exc: Exception) -> JSONResponse:
-    # A database that is down or restarting is the server's problem, not the caller's.
+    # A database that is down or restarting is the server's problem, not the caller's (503,
+    # retry); any other database error is a bug (500), not to be hidden behind a retry.
+    assert isinstance(exc, DBAPIError)
+    if not db_unreachable(exc):
+        return await _unexpected(request, exc)
     log.warning("db.unavailable", exc_info=True)
     return error_response(
         503,

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from jobs.settings import Settings
@@ -68,6 +69,12 @@ def _configure_sqlite(engine: Engine) -> None:
 
 
 READ_ONLY = "lco_read_only"
+
+
+def db_unreachable(exc: DBAPIError) -> bool:
+    """The database cannot be reached right now (down, restarting, a dropped connection,
+    SQLite busy): worth retrying. Any other database error is a bug."""
+    return isinstance(exc, OperationalError | InterfaceError) or exc.connection_invalidated
 
 
 def make_session_factory(engine: Engine, *, read_only: bool = False) -> sessionmaker[Session]:

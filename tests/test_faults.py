@@ -29,6 +29,7 @@ from jobs.models import Job, JobEvent
 from lco_core.checkpoint import list_checkpoints
 from tests.fault_fixtures import FaultService, wait_stopped
 from tests.invariants import RESUMED, ROLLED_BACK, check_invariants, training_pids
+from tests.service_fixtures import free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -301,6 +302,22 @@ def test_cancel_of_a_running_job_is_final_within_10s_with_no_orphan(
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)  # gone, and reaped by its supervisor
     check_invariants(svc.settings)
+
+
+def test_api_answers_503_while_the_database_cannot_be_reached(tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+    from jobs.settings import Settings
+
+    nowhere = f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/lco"
+    app = create_app(Settings(data_dir=tmp_path, database_url=nowhere))
+    with TestClient(app, raise_server_exceptions=False) as client:
+        for path in ("/healthz", "/v1/fine_tuning/jobs"):
+            response = client.get(path, headers={"Authorization": f"Bearer lco-{'a' * 48}"})
+            assert response.status_code == 503, response.text
+            assert response.json()["error"]["code"] == "service_unavailable"
+            assert response.headers["retry-after"]
 
 
 @pytest.mark.slow

@@ -29,8 +29,9 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select, update
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError
 
+from jobs.db import db_unreachable
 from jobs.events import SAMPLES_EVENT, add_event
 from jobs.leases import (
     Lease,
@@ -53,12 +54,6 @@ log = logging.getLogger(__name__)
 
 _KILL_WAIT_S = 10.0
 _BATCH = 200
-
-
-def db_unreachable(exc: DBAPIError) -> bool:
-    """The database cannot be reached right now (down, restarting, connection dropped): retry
-    later. Any other database error is a bug and propagates."""
-    return isinstance(exc, OperationalError | InterfaceError) or exc.connection_invalidated
 
 
 def exit_reason(returncode: int | None) -> str:
