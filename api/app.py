@@ -30,20 +30,25 @@ from api.routers import (
     stream,
 )
 from api.routers.dashboard import install_dashboard
+from jobs.auth import AuthCache
 from jobs.db import make_engine, make_session_factory
 from jobs.dispatch import Dispatcher, make_producer
+from jobs.queue import QueueSlots
 from jobs.settings import Settings
 from jobs.storage import Storage
 
 
 def create_app(settings: Settings) -> FastAPI:
     engine = make_engine(settings)
+    read_sessions = make_session_factory(engine, read_only=True)
     services = Services(
         settings=settings,
         sessions=make_session_factory(engine),
-        read_sessions=make_session_factory(engine, read_only=True),
+        read_sessions=read_sessions,
         storage=Storage(settings),
         dispatcher=Dispatcher(make_producer(settings)),
+        auth=AuthCache(read_sessions, settings.auth_cache_s),
+        queue_slots=QueueSlots(settings),
     )
 
     @asynccontextmanager

@@ -19,19 +19,22 @@ import hmac
 
 from sqlalchemy.orm import Session
 
+from jobs.auth import AuthenticatedKey
 from jobs.models import ApiKey
 
 LINK_TTL_S = 300
 _DOMAIN = b"lco-checkpoint-download:"
 
 
-def _signature(key: ApiKey, checkpoint_id: str, expires_at: int) -> str:
+def _signature(key: ApiKey | AuthenticatedKey, checkpoint_id: str, expires_at: int) -> str:
     secret = hashlib.sha256(_DOMAIN + key.key_hash.encode()).digest()
     message = f"{key.id}|{checkpoint_id}|{expires_at}".encode()
     return hmac.new(secret, message, hashlib.sha256).hexdigest()
 
 
-def sign_download(key: ApiKey, checkpoint_id: str, *, now: float) -> tuple[str, int]:
+def sign_download(
+    key: ApiKey | AuthenticatedKey, checkpoint_id: str, *, now: float
+) -> tuple[str, int]:
     """A token for `checkpoint_id` (which the caller looked up in the key's team)."""
     expires_at = int(now) + LINK_TTL_S
     token = f"{key.id}.{checkpoint_id}.{expires_at}.{_signature(key, checkpoint_id, expires_at)}"

@@ -2,8 +2,10 @@
 `jobs.scheduling.schedule` picks, and show every queued job's place.
 
     sent = run_scheduler(sessions, dispatcher, settings)   # after submit/finish, and periodically
-    view = queue_view(session, settings)                   # plan + state, for the job objects
-                                                           # and the pool view (read-only)
+    view = queue_view(session, settings)                   # plan + state, for the pool view
+    places = QueueSlots(settings).slots(session, job_ids)  # queued jobs' places, for the job
+                                                           # objects (planned at most once a
+                                                           # `queue_cache_s` per process)
 
 Admission sets `admitted_at` and marks the job dispatched in one transaction; the worker
 message goes out after the commit. Only an admitted job can be claimed (`jobs.leases`), so
@@ -14,17 +16,21 @@ an advisory lock, on SQLite by the write lock every transaction takes.
 from __future__ import annotations
 
 import logging
+import threading
+import time
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session, sessionmaker
 
+from jobs.changes import track_writes, version
 from jobs.db import transaction
 from jobs.dispatch import Dispatcher
 from jobs.ids import utcnow
 from jobs.models import Job, Team
-from jobs.scheduling import Plan, Queued, QueueState, Running, TeamPolicy, schedule
+from jobs.scheduling import Plan, Queued, QueueState, Running, Slot, TeamPolicy, schedule
 from jobs.settings import Settings
 from jobs.states import JobStatus
 from jobs.usage import open_records, typical_duration_s, window_usage
@@ -135,6 +141,62 @@ def snapshot(session: Session, settings: Settings, now: datetime) -> QueueView:
 
 def queue_view(session: Session, settings: Settings) -> QueueView:
     return snapshot(session, settings, utcnow())
+
+
+class QueueSlots:
+    """Queued jobs' places (`Plan.slots`) for the job objects, so a status GET does not read
+    the whole queue and plan it every time. A plan is reused while all of these hold:
+    - it is younger than `ttl_s` (`Settings.queue_cache_s`; 0 plans every time): other
+      processes' changes (a worker claiming or finishing, another API process) and the
+      passing of time show within that;
+    - no commit in this process has written jobs, teams, workers or usage records since it
+      was read (`jobs.changes`): this process's submits, cancels and scheduler passes show at
+      once;
+    - every queued job asked about is in it (one submitted elsewhere is planned at once).
+    One thread plans at a time; the others wait for its plan rather than plan too."""
+
+    _TABLES = ("jobs", "teams", "workers", "usage_records")
+
+    def __init__(
+        self,
+        settings: Settings,
+        ttl_s: float | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.settings = settings
+        self.ttl_s = settings.queue_cache_s if ttl_s is None else ttl_s
+        self.clock = clock
+        track_writes()
+        self._lock = threading.Lock()
+        self._plan: tuple[dict[str, Slot], float, int] | None = None  # slots, read at, version
+
+    def _fresh(self, job_ids: Collection[str]) -> dict[str, Slot] | None:
+        if self._plan is None:
+            return None
+        slots, at, seen = self._plan
+        if self.clock() - at >= self.ttl_s or seen != version(*self._TABLES):
+            return None
+        return slots if all(j in slots for j in job_ids) else None
+
+    def slots(self, session: Session, job_ids: Collection[str]) -> dict[str, Slot]:
+        """The plan's slots, holding those of the queued jobs `job_ids` (read-only: the
+        caller's transaction)."""
+        if not job_ids:
+            return {}
+        found = self._fresh(job_ids)
+        if found is not None:
+            return found
+        with self._lock:
+            found = self._fresh(job_ids)  # another thread may have planned meanwhile
+            if found is not None:
+                return found
+            seen = version(*self._TABLES)  # before reading: a commit meanwhile makes it stale
+            at = self.clock()
+            slots = queue_view(session, self.settings).plan.slots
+            if self.ttl_s > 0:
+                self._plan = (slots, at, seen)
+            return slots
 
 
 def _lock(session: Session) -> None:

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import Select, select
+from sqlalchemy import Select, bindparam, select
 from sqlalchemy.orm import Session
 
 from jobs.errors import NotFound
@@ -40,6 +40,12 @@ def _page(
     order = model.pk.asc() if ascending else model.pk.desc()
     rows = list(session.scalars(stmt.order_by(order).limit(limit + 1)))
     return Page(items=rows[:limit], has_more=len(rows) > limit)
+
+
+# The job lookup serves every status GET (clients poll it), so its statement is built once:
+# SQLAlchemy then also reuses its cache key instead of recomputing it per query.
+_JOB = select(Job).where(Job.id == bindparam("job_id"), Job.team_id == bindparam("team_id"))
+_JOB_FOR_UPDATE = _JOB.with_for_update()
 
 
 class TeamScope:
@@ -83,10 +89,8 @@ class TeamScope:
 
     # Jobs
     def job(self, job_id: str, *, for_update: bool = False) -> Job:
-        stmt = select(Job).where(Job.id == job_id, Job.team_id == self.team_id)
-        if for_update:
-            stmt = stmt.with_for_update()
-        row = self.session.scalar(stmt)
+        stmt = _JOB_FOR_UPDATE if for_update else _JOB
+        row = self.session.scalar(stmt, {"job_id": job_id, "team_id": self.team_id})
         if row is None:
             raise NotFound(f"No such fine-tuning job: {job_id}", code="job_not_found")
         return row

@@ -69,6 +69,13 @@ class Settings(BaseSettings):
     rate_limit_burst: Annotated[int, Field(ge=1)] = 300
     idempotency_ttl_s: Annotated[float, Field(gt=0)] = 24 * 3600.0
 
+    # How long an API process may reuse what it read (0: never). An authenticated key: a key
+    # revoked by another process stops working within this (this process's own revocations
+    # at once). A queue plan (queued jobs' place and ETA): other processes' changes show
+    # within this. See jobs.auth.AuthCache and jobs.queue.QueueSlots.
+    auth_cache_s: Annotated[float, Field(ge=0, le=2)] = 1.0
+    queue_cache_s: Annotated[float, Field(ge=0, le=10)] = 1.0
+
     @model_validator(mode="after")
     def _safe_in_production(self) -> Settings:
         if self.environment == "production":

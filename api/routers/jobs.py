@@ -17,13 +17,12 @@ from fastapi import APIRouter, Body
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api.deps import ScopeDep, ServicesDep, SessionDep
+from api.deps import ScopeDep, ServicesDep, SessionDep, run_reads
 from api.schemas.common import After, Limit
 from api.schemas.jobs import JobCreate, JobPublic, JobsPublic
 from jobs.lifecycle import cancel_job, pause_job, resume_job, submit_job
 from jobs.models import Job
-from jobs.queue import queue_view, run_scheduler
-from jobs.settings import Settings
+from jobs.queue import QueueSlots, run_scheduler
 from jobs.states import JobStatus
 
 log = logging.getLogger(__name__)
@@ -31,11 +30,9 @@ log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
 
 
-def public_jobs(session: Session, settings: Settings, jobs: Sequence[Job]) -> list[JobPublic]:
+def public_jobs(session: Session, places: QueueSlots, jobs: Sequence[Job]) -> list[JobPublic]:
     """Job objects; queued ones with their place in the queue (one plan for all of them)."""
-    slots = {}
-    if any(j.status == JobStatus.QUEUED for j in jobs):
-        slots = queue_view(session, settings).plan.slots
+    slots = places.slots(session, [j.id for j in jobs if j.status == JobStatus.QUEUED])
     return [JobPublic.from_row(j, slots.get(j.id)) for j in jobs]
 
 
@@ -52,7 +49,7 @@ def _changed(session: Session, services: ServicesDep, job: Job) -> JobPublic:
     _schedule(services)
     with services.read_sessions() as read:
         fresh = read.scalars(select(Job).where(Job.id == job.id)).one()
-        return public_jobs(read, services.settings, [fresh])[0]
+        return public_jobs(read, services.queue_slots, [fresh])[0]
 
 
 @router.post(
@@ -86,15 +83,17 @@ def list_jobs(
 ) -> JobsPublic:
     page = scope.jobs(after=after, limit=limit)
     return JobsPublic(
-        data=public_jobs(session, services.settings, page.items), has_more=page.has_more
+        data=public_jobs(session, services.queue_slots, page.items), has_more=page.has_more
     )
 
 
 @router.get("/{job_id}", response_model=JobPublic)
-def retrieve_job(
-    session: SessionDep, scope: ScopeDep, services: ServicesDep, job_id: str
-) -> JobPublic:
-    return public_jobs(session, services.settings, [scope.job(job_id)])[0]
+async def retrieve_job(scope: ScopeDep, services: ServicesDep, job_id: str) -> JobPublic:
+    # Clients poll this one: see run_reads.
+    return await run_reads(
+        scope.session,
+        lambda: public_jobs(scope.session, services.queue_slots, [scope.job(job_id)])[0],
+    )
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic)

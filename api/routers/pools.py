@@ -16,9 +16,10 @@ from api.schemas.pools import (
     PoolTeam,
     UsedOfLimit,
 )
+from jobs.auth import AuthenticatedKey
 from jobs.errors import NotFound
 from jobs.ids import epoch
-from jobs.models import ApiKey, Job
+from jobs.models import Job
 from jobs.queue import QueueView, queue_view
 from jobs.scheduling import Slot
 from jobs.settings import Settings
@@ -28,7 +29,7 @@ from jobs.workers import live_workers
 router = APIRouter(prefix="/v1/pools", tags=["pools"])
 
 
-def _pool(view: QueueView, name: str, workers: int, viewer: ApiKey) -> PoolPublic:
+def _pool(view: QueueView, name: str, workers: int, viewer: AuthenticatedKey) -> PoolPublic:
     def shown(team_id: str, job_id: str) -> str | None:
         return job_id if viewer.is_admin or team_id == viewer.team_id else None
 

@@ -79,7 +79,7 @@ def _poll(
         # status, so the reads below see all of them.
         job = scope.job(job_id)
         out: list[str] = []
-        public = public_jobs(session, services.settings, [job])[0].model_dump_json()
+        public = public_jobs(session, services.queue_slots, [job])[0].model_dump_json()
         if public != cur.job:
             out.append(sse("job", public))
             cur.job = public
