@@ -345,7 +345,13 @@ def write_report(
     lines += [
         f"- Total training time of the runs shown: {run_wall / 60:.1f} min "
         f"({run_wall / max(len(runs), 1):.0f} s per run on average); this invocation trained "
-        f"{result.trained} run(s) in {result.wall_s / 60:.1f} min.",
+        f"{result.trained} run(s) in {result.wall_s / 60:.1f} min"
+        + (
+            f", the other {len(runs) - result.trained} were trained by earlier invocations of "
+            "the command (it resumes: finished runs are kept under the work dir and reused)."
+            if result.trained < len(runs)
+            else "."
+        ),
         "",
         "## Caveats",
         "",
@@ -355,7 +361,10 @@ def write_report(
         "- No algorithm was tuned; all use the model's default learning rate. A claim that "
         "depends on tuning would need a sweep per algorithm.",
         "- Verdicts follow fixed rules with a 2-standard-error noise band; with few seeds "
-        "a real difference smaller than the band reads as held or unclear, not as a win.",
+        "a real difference smaller than the band reads as held or unclear, not as a win. The "
+        "band is itself estimated from few seeds: with 3 seeds a t-interval would be about "
+        "twice as wide, and greedy rewards move in steps of 1/(held-out prompts), so seeds "
+        "that agree exactly give a band of 0.",
         "",
     ]
     report = out_dir / f"{name}.md"
