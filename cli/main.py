@@ -141,9 +141,12 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     stop = threading.Event()
+    # The reaper locks job rows: frozen inside a transaction, it must not hold them from the
+    # workers' heartbeats for longer than a lease lasts.
+    engine = make_engine(settings, idle_in_transaction_s=settings.lease_ttl_s / 2)
     try:
         run_forever(
-            make_session_factory(make_engine(settings)),
+            make_session_factory(engine),
             Dispatcher(make_producer(settings)),
             settings,
             stop,
