@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body
-from sqlalchemy import select
+from sqlalchemy import Row, select
 from sqlalchemy.orm import Session
 
 from api.deps import ScopeDep, ServicesDep, SessionDep, run_reads
@@ -30,7 +30,9 @@ log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
 
 
-def public_jobs(session: Session, places: QueueSlots, jobs: Sequence[Job]) -> list[JobPublic]:
+def public_jobs(
+    session: Session, places: QueueSlots, jobs: Sequence[Job | Row[Any]]
+) -> list[JobPublic]:
     """Job objects; queued ones with their place in the queue (one plan for all of them)."""
     slots = places.slots(session, [j.id for j in jobs if j.status == JobStatus.QUEUED])
     return [JobPublic.from_row(j, slots.get(j.id)) for j in jobs]
@@ -92,7 +94,7 @@ async def retrieve_job(scope: ScopeDep, services: ServicesDep, job_id: str) -> J
     # Clients poll this one: see run_reads.
     return await run_reads(
         scope.session,
-        lambda: public_jobs(scope.session, services.queue_slots, [scope.job(job_id)])[0],
+        lambda: public_jobs(scope.session, services.queue_slots, [scope.job_row(job_id)])[0],
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from pydantic import BaseModel
+from sqlalchemy import Row
 
 from jobs.ids import epoch
 from jobs.models import Checkpoint, Job, JobEvent, JobMetric
@@ -88,8 +89,9 @@ class JobPublic(BaseModel):
     queue: QueuePlace | None = None  # only while queued, when the caller passes the plan
 
     @classmethod
-    def from_row(cls, job: Job, slot: Slot | None = None) -> JobPublic:
-        """The job object; `slot` (from `jobs.queue.queue_view`) fills in a queued job's place."""
+    def from_row(cls, job: Job | Row[Any], slot: Slot | None = None) -> JobPublic:
+        """The job object, from the ORM object or a row of its columns (`TeamScope.job_row`);
+        `slot` (from `jobs.queue.QueueSlots`) fills in a queued job's place."""
         spec = job.spec
         method = dict(spec.get("method") or {"type": "supervised"})
         mtype = method.get("type", "supervised")
@@ -143,7 +145,7 @@ class JobPublic(BaseModel):
         )
 
 
-def _status_details(job: Job, slot: Slot | None) -> StatusDetails:
+def _status_details(job: Job | Row[Any], slot: Slot | None) -> StatusDetails:
     since = epoch(job.status_since)
     if job.status == "queued":
         phase = "requeued" if job.phase == "requeued" else "queued"
