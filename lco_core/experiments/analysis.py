@@ -64,6 +64,7 @@ class RunData:
     initial_eval: float
     final_eval: float
     wall_s: float = 0.0
+    finished_at: float = 0.0  # Unix time the run ended
 
     def series(self, key: str) -> list[float]:
         return [float(m[key]) for m in self.metrics if key in m]

@@ -256,6 +256,7 @@ def load_run(key: RunKey, run_dir: Path) -> RunData | None:
         initial_eval=float(record.get("initial_eval_reward", math.nan)),
         final_eval=float(record.get("final_eval_reward", math.nan)),
         wall_s=float(record["wall_s"]),
+        finished_at=result_file.stat().st_mtime,
     )
 
 
