@@ -18,6 +18,7 @@ from jobs.models import Job
 from jobs.queue import QueueSlots
 from jobs.settings import Settings
 from jobs.states import JobStatus
+from tests.job_rows import job_row
 from tests.service_fixtures import register_worker
 
 
@@ -82,28 +83,8 @@ def test_a_disabled_auth_cache_keeps_nothing(sqlite_settings: Settings) -> None:
 
 
 def _queued(sessions: sessionmaker[Session], team_id: str, n: int) -> list[str]:
-    jobs = [
-        Job(
-            id=new_id("ftjob"),
-            team_id=team_id,
-            spec={},
-            model="lco-tiny",
-            base_model="lco-tiny",
-            training_file="file-x",
-            method_type="supervised",
-            seed=1,
-            pool="default",
-            gpus=2,  # more than the worker has: they stay queued
-            priority="normal",
-            status=JobStatus.QUEUED,
-            max_attempts=3,
-            fencing_token=0,
-            attempt=0,
-            step=0,
-            dispatch_count=0,
-        )
-        for _ in range(n)
-    ]
+    # Two GPUs each, more than the worker has: they stay queued.
+    jobs = [job_row(team_id, gpus=2) for _ in range(n)]
     with transaction(sessions) as session:
         session.add_all(jobs)
     return [j.id for j in jobs]

@@ -20,6 +20,7 @@ from jobs.models import ApiKey, Job, JobMetric
 from jobs.settings import Settings
 from jobs.states import TRANSITIONS, JobStatus, check_transition, is_terminal
 from jobs.storage import Storage
+from tests.job_rows import job_row
 
 
 @pytest.fixture
@@ -30,26 +31,8 @@ def sessions(sqlite_settings: Settings) -> sessionmaker[Session]:
 def _job(sessions: sessionmaker[Session], **values: object) -> str:
     with transaction(sessions) as session:
         team = create_team(session, new_id("t"))
-        job = Job(
-            id=new_id("ftjob"),
-            team_id=team.id,
-            spec={},
-            model="lco-tiny",
-            base_model="lco-tiny",
-            training_file="file-x",
-            method_type="supervised",
-            seed=1,
-            pool="default",
-            status="queued",
-            max_attempts=3,
-            fencing_token=0,
-            attempt=0,
-            step=0,
-            dispatch_count=0,
-            admitted_at=utcnow(),  # as the scheduler leaves a job it has admitted
-        )
-        for key, value in values.items():
-            setattr(job, key, value)
+        # As the scheduler leaves a job it has admitted.
+        job = job_row(team.id, **({"admitted_at": utcnow()} | values))
         session.add(job)
     return job.id
 

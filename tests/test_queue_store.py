@@ -24,6 +24,7 @@ from jobs.settings import Settings
 from jobs.states import JobStatus
 from jobs.usage import window_usage
 from jobs.workers import beat, capacity
+from tests.job_rows import job_row
 from tests.service_fixtures import fast_settings
 
 
@@ -46,28 +47,7 @@ def sessions(settings: Settings) -> sessionmaker[Session]:
 def _jobs(sessions: sessionmaker[Session], n: int, team: str = "t") -> list[str]:
     with transaction(sessions) as session:
         row = create_team(session, f"{team}-{new_id('x', 6)}")
-        jobs = [
-            Job(
-                id=new_id("ftjob"),
-                team_id=row.id,
-                spec={},
-                model="lco-tiny",
-                base_model="lco-tiny",
-                training_file="file-x",
-                method_type="supervised",
-                seed=1,
-                pool="default",
-                gpus=1,
-                priority="normal",
-                status=JobStatus.QUEUED,
-                max_attempts=3,
-                fencing_token=0,
-                attempt=0,
-                step=0,
-                dispatch_count=0,
-            )
-            for _ in range(n)
-        ]
+        jobs = [job_row(row.id) for _ in range(n)]
         session.add_all(jobs)
     return [j.id for j in jobs]
 
