@@ -24,6 +24,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from openai import OpenAI
 
 from jobs.auth import create_api_key, create_team
 from jobs.db import make_engine, make_session_factory, transaction
@@ -348,3 +349,67 @@ class LiveService:
         return "\n".join(
             f"== {log.name}\n{log.read_text()[-4000:]}" for log in self.logs if log.exists()
         )
+
+
+def lco_cli(settings: Settings, *args: str) -> str:
+    """Run `lco ARGS` against `settings` in a subprocess; its stdout."""
+    result = subprocess.run(
+        [sys.executable, "-m", "cli.main", *args],
+        env=settings_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def cli_key(settings: Settings, team: str) -> str:
+    """A new team and its first key, made with the CLI as an operator would."""
+    lco_cli(settings, "team", "create", team)
+    return lco_cli(settings, "key", "create", "--team", team).strip().splitlines()[-1]
+
+
+@pytest.fixture
+def embedded(tmp_path: Path, tiny_model_path: Path) -> Iterator[tuple[LiveService, str]]:
+    """`lco serve` (SQLite, filesystem broker, one worker) on a free port, and a key."""
+    settings = fast_settings(tmp_path / "data")
+    port = free_port()
+    service = LiveService(f"http://127.0.0.1:{port}/v1", settings)
+    key = cli_key(settings, "live")
+    service.start(
+        [sys.executable, "-m", "cli.main", "serve", "--port", str(port)], tmp_path / "serve.log"
+    )
+    try:
+        service.wait_healthy()
+        yield service, key
+    finally:
+        service.stop()
+
+
+def jsonl(items: list[dict[str, Any]]) -> bytes:
+    """Items as an uploadable JSONL body."""
+    return "".join(json.dumps(item) + "\n" for item in items).encode()
+
+
+def wait_for_job(
+    client: OpenAI,
+    job_id: str,
+    statuses: set[str],
+    service: LiveService,
+    timeout: float = 300,
+    min_step: int = 0,
+) -> Any:
+    """Poll until the job reaches one of `statuses` (and `min_step`); fail on any other end."""
+    deadline = time.monotonic() + timeout
+    while True:
+        job = client.fine_tuning.jobs.retrieve(job_id)
+        step = (job.model_extra or {}).get("progress", {}).get("step", 0)
+        if job.status in statuses and step >= min_step:
+            return job
+        if job.status in {"failed", "cancelled", "succeeded"} - statuses:
+            pytest.fail(f"{job_id} ended {job.status}: {job.error}\n{service.dump_logs()}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"{job_id} still {job.status} after {timeout}s\n{service.dump_logs()}")
+        time.sleep(0.5)

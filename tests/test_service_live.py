@@ -8,62 +8,33 @@ on PostgreSQL + Redis with separate API, `celery worker` and scheduler processes
 from __future__ import annotations
 
 import io
-import json
 import signal
 import subprocess
 import sys
 import tarfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 from openai import OpenAI
 
-from jobs.settings import Settings
-from tests.service_fixtures import LiveService, fast_settings, free_port, settings_env
+from tests.service_fixtures import (
+    LiveService,
+    cli_key,
+    fast_settings,
+    free_port,
+    jsonl,
+    lco_cli,
+    settings_env,
+    wait_for_job,
+)
 
 pytestmark = pytest.mark.e2e
 
 # Tiny runs: the whole suite must stay well inside CI's time on 2 cores.
 SFT_HP = {"max_steps": 3, "batch_size": 4, "checkpoint_interval": 2}
 RL_HP = {"max_steps": 2, "batch_size": 2, "n_samples": 2, "max_completion_tokens": 6}
-
-
-def _cli(settings: Settings, *args: str) -> str:
-    result = subprocess.run(
-        [sys.executable, "-m", "cli.main", *args],
-        env=settings_env(settings),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout
-
-
-def _new_key(settings: Settings, team: str) -> str:
-    _cli(settings, "team", "create", team)
-    return _cli(settings, "key", "create", "--team", team).strip().splitlines()[-1]
-
-
-@pytest.fixture
-def embedded(tmp_path: Path, tiny_model_path: Path) -> Iterator[tuple[LiveService, str]]:
-    settings = fast_settings(tmp_path / "data")
-    port = free_port()
-    service = LiveService(f"http://127.0.0.1:{port}/v1", settings)
-    key = _new_key(settings, "live")
-    service.start(
-        [sys.executable, "-m", "cli.main", "serve", "--port", str(port)], tmp_path / "serve.log"
-    )
-    try:
-        service.wait_healthy()
-        yield service, key
-    finally:
-        service.stop()
 
 
 @pytest.fixture
@@ -73,8 +44,8 @@ def production(
     settings = fast_settings(tmp_path / "data", database_url=pg_url, broker_url=redis_url)
     port = free_port()
     service = LiveService(f"http://127.0.0.1:{port}/v1", settings)
-    _cli(settings, "migrate")
-    key = _new_key(settings, "live")
+    lco_cli(settings, "migrate")
+    key = cli_key(settings, "live")
     service.start(
         [
             sys.executable,
@@ -100,31 +71,6 @@ def production(
         service.stop()
 
 
-def _jsonl(items: list[dict[str, Any]]) -> bytes:
-    return "".join(json.dumps(item) + "\n" for item in items).encode()
-
-
-def _wait(
-    client: OpenAI,
-    job_id: str,
-    statuses: set[str],
-    service: LiveService,
-    timeout: float = 300,
-    min_step: int = 0,
-) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        job = client.fine_tuning.jobs.retrieve(job_id)
-        step = (job.model_extra or {}).get("progress", {}).get("step", 0)
-        if job.status in statuses and step >= min_step:
-            return job
-        if job.status in {"failed", "cancelled", "succeeded"} - statuses:
-            pytest.fail(f"{job_id} ended {job.status}: {job.error}\n{service.dump_logs()}")
-        if time.monotonic() > deadline:
-            pytest.fail(f"{job_id} still {job.status} after {timeout}s\n{service.dump_logs()}")
-        time.sleep(0.5)
-
-
 def _drive(service: LiveService, key: str, tmp_path: Path) -> tuple[OpenAI, str]:
     from lco_core.tasks import get_task, split_examples
 
@@ -133,8 +79,8 @@ def _drive(service: LiveService, key: str, tmp_path: Path) -> tuple[OpenAI, str]
     rl_items, _ = split_examples(task, 16, 4, seed=1)
     client = OpenAI(base_url=service.base_url, api_key=key, max_retries=0)
 
-    sft_file = client.files.create(file=("sft.jsonl", _jsonl(sft_items)), purpose="fine-tune")
-    rl_file = client.files.create(file=("rl.jsonl", _jsonl(rl_items)), purpose="fine-tune")
+    sft_file = client.files.create(file=("sft.jsonl", jsonl(sft_items)), purpose="fine-tune")
+    rl_file = client.files.create(file=("rl.jsonl", jsonl(rl_items)), purpose="fine-tune")
     assert sft_file.status == "processed" and rl_file.status == "processed", sft_file.status_details
     assert client.files.retrieve(sft_file.id).bytes == sft_file.bytes
 
@@ -146,7 +92,7 @@ def _drive(service: LiveService, key: str, tmp_path: Path) -> tuple[OpenAI, str]
         method={"type": "supervised", "supervised": {"hyperparameters": SFT_HP}},
     )
     assert sft.status == "queued" and sft.id.startswith("ftjob-")
-    sft = _wait(client, sft.id, {"succeeded"}, service)
+    sft = wait_for_job(client, sft.id, {"succeeded"}, service)
     assert sft.fine_tuned_model and sft.fine_tuned_model.startswith("ft:lco-tiny:live:sft:")
     assert sft.trained_tokens and sft.finished_at
     assert (sft.model_extra or {})["progress"] == {"step": 3, "total_steps": 3, "percent": 100.0}
@@ -187,9 +133,9 @@ def _drive(service: LiveService, key: str, tmp_path: Path) -> tuple[OpenAI, str]
             "supervised": {"hyperparameters": {**SFT_HP, "max_steps": 10_000}},
         },
     )
-    _wait(client, long.id, {"running"}, service, min_step=1)
+    wait_for_job(client, long.id, {"running"}, service, min_step=1)
     client.fine_tuning.jobs.cancel(long.id)
-    cancelled = _wait(client, long.id, {"cancelled"}, service, timeout=120)
+    cancelled = wait_for_job(client, long.id, {"cancelled"}, service, timeout=120)
     assert cancelled.finished_at and cancelled.fine_tuned_model is None
 
     # 4. LCO from the SFT result, graded by string_check against the item's answer.
@@ -204,7 +150,7 @@ def _drive(service: LiveService, key: str, tmp_path: Path) -> tuple[OpenAI, str]
             },
         },
     )
-    rl = _wait(client, rl.id, {"succeeded"}, service)
+    rl = wait_for_job(client, rl.id, {"succeeded"}, service)
     assert rl.method and rl.method.type == "reinforcement"
     assert rl.fine_tuned_model and rl.fine_tuned_model != sft.fine_tuned_model
 
@@ -248,7 +194,7 @@ def _preempt_on_worker_sigterm(service: LiveService, client: OpenAI, file_id: st
             "supervised": {"hyperparameters": {**SFT_HP, "max_steps": 10_000}},
         },
     )
-    _wait(client, job.id, {"running"}, service, min_step=1)
+    wait_for_job(client, job.id, {"running"}, service, min_step=1)
     worker = service.procs[1]
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(timeout=120) == 0, service.dump_logs()

@@ -20,10 +20,8 @@ import pytest
 from openai import OpenAI
 
 from lco_core.runner import engine_choice, start_rollout_engine
-from tests.test_service_live import _jsonl, _wait, embedded
+from tests.service_fixtures import jsonl, wait_for_job
 from tests.vllm_fixtures import build_qwen2, require_vllm
-
-__all__ = ["embedded"]  # the live-server fixture, shared with the SDK tests
 
 STEPS = 60
 
@@ -94,10 +92,10 @@ def addition_files(embedded: tuple[Any, str]) -> Iterator[tuple[OpenAI, str, str
     task = get_task("addition")
     client = OpenAI(base_url=service.base_url, api_key=key, max_retries=0)
     train = client.files.create(
-        file=("train.jsonl", _jsonl(task.examples(512, seed=1))), purpose="fine-tune"
+        file=("train.jsonl", jsonl(task.examples(512, seed=1))), purpose="fine-tune"
     )
     val = client.files.create(
-        file=("val.jsonl", _jsonl(task.examples(128, seed=99))), purpose="fine-tune"
+        file=("val.jsonl", jsonl(task.examples(128, seed=99))), purpose="fine-tune"
     )
     yield client, train.id, val.id
 
@@ -134,7 +132,7 @@ def test_lco_job_with_vllm_rollouts_raises_reward(
             },
         },
     )
-    done = _wait(client, job.id, {"succeeded"}, service, timeout=900)
+    done = wait_for_job(client, job.id, {"succeeded"}, service, timeout=900)
     assert done.fine_tuned_model
 
     events = list(client.fine_tuning.jobs.list_events(job.id, limit=100))
