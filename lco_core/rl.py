@@ -396,6 +396,7 @@ class RLTrainer(Trainer):
                 else None
             )
             adv, returns = self.advantages(ro, rewards, old.get("values"))
+            tis: Tensor | None = None
             if cfg.importance_cap is not None:
                 # The rollouts were sampled by the engine, not by the trainer's pi_old.
                 tis = (old["logp"] - ro.engine_logprobs).exp().clamp(max=cfg.importance_cap)
@@ -432,7 +433,7 @@ class RLTrainer(Trainer):
             "peak_mem_mb": peak_memory_mb(self.device),
             **timer.as_metrics(),
         }
-        if cfg.importance_cap is not None:
+        if tis is not None:
             metrics["importance_weight_mean"] = float(tis.mean())
             metrics["importance_weight_min"] = float(tis.min())
         if ref_logp is not None:
