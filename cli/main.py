@@ -435,8 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+def _run(argv: list[str]) -> int:
     if argv[:1] == ["train"]:
         return cmd_train(argv[1:])  # its own parser, in lco_core
     args = build_parser().parse_args(argv)
@@ -450,6 +449,22 @@ def main(argv: list[str] | None = None) -> int:
     except client.ClientError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        result = _run(argv)
+        # Flush here, not at exit, so a reader that went away surfaces below.
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # `lco jobs get ID | head`: the reader left. As Python's docs recommend (signal
+        # module, "Note on SIGPIPE"), point stdout at devnull so the flush at exit cannot
+        # fail again, and exit as a process killed by SIGPIPE would (128 + 13).
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     return result
 
 
