@@ -25,7 +25,7 @@ from jobs.models import Job, Team
 from jobs.quotas import check_submission
 from jobs.scope import TeamScope
 from jobs.settings import Settings
-from jobs.states import JobStatus, check_transition
+from jobs.states import Action, JobStatus, check_action, check_transition
 from jobs.storage import Storage
 from lco_spec.job import JobSpec, parse_job_spec
 
@@ -203,6 +203,9 @@ def _finish(session: Session, job: Job, status: JobStatus, message: str) -> None
 def cancel_job(session: Session, scope: TeamScope, job_id: str) -> Job:
     """Cancel now if nothing runs it; if running, ask the worker to stop it between steps."""
     job = scope.job(job_id, for_update=True)
+    if job.requested_action == Action.CANCEL:
+        return job  # asked already
+    check_action(job.status, job.requested_action, Action.CANCEL)
     if job.status == JobStatus.RUNNING:
         job.requested_action = "cancel"
         job.phase = "cancelling"
@@ -215,9 +218,10 @@ def cancel_job(session: Session, scope: TeamScope, job_id: str) -> Job:
 
 def pause_job(session: Session, scope: TeamScope, job_id: str) -> Job:
     job = scope.job(job_id, for_update=True)
+    if job.requested_action == Action.PAUSE:
+        return job  # asked already
+    check_action(job.status, job.requested_action, Action.PAUSE)
     if job.status == JobStatus.RUNNING:
-        if job.requested_action == "cancel":
-            check_transition(JobStatus.CANCELLED, JobStatus.PAUSED)
         job.requested_action = "pause"
         job.phase = "pausing"
         add_event(session, job.id, "Pause requested")
@@ -230,7 +234,8 @@ def pause_job(session: Session, scope: TeamScope, job_id: str) -> Job:
 def resume_job(session: Session, scope: TeamScope, job_id: str) -> Job:
     """A paused job is queued again (and resumes from its newest checkpoint)."""
     job = scope.job(job_id, for_update=True)
-    if job.status == JobStatus.RUNNING and job.requested_action == "pause":
+    check_action(job.status, job.requested_action, Action.RESUME)
+    if job.status == JobStatus.RUNNING:  # with a pause pending
         job.requested_action = None
         job.phase = "training"
         add_event(session, job.id, "Pause withdrawn")

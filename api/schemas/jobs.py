@@ -15,6 +15,7 @@ from sqlalchemy import Row
 from jobs.ids import epoch
 from jobs.models import Checkpoint, Job, JobEvent, JobMetric
 from jobs.scheduling import Slot
+from jobs.states import allowed_actions
 from lco_spec.job import JobSpec
 
 JobCreate = JobSpec
@@ -87,6 +88,8 @@ class JobPublic(BaseModel):
     pool: str | None = None
     resources: Resources | None = None
     queue: QueuePlace | None = None  # only while queued, when the caller passes the plan
+    # What the caller may POST now: cancel | pause | resume (`jobs.states.allowed_actions`).
+    actions: list[str] = []
 
     @classmethod
     def from_row(cls, job: Job | Row[Any], slot: Slot | None = None) -> JobPublic:
@@ -142,6 +145,7 @@ class JobPublic(BaseModel):
                 if slot is not None and job.status == "queued"
                 else None
             ),
+            actions=allowed_actions(job.status, job.requested_action),
         )
 
 
@@ -150,7 +154,11 @@ def _status_details(job: Job | Row[Any], slot: Slot | None) -> StatusDetails:
     if job.status == "queued":
         phase = "requeued" if job.phase == "requeued" else "queued"
         return StatusDetails(phase=phase, reason=slot.reason if slot else None, since=since)
-    return StatusDetails(phase=job.phase, reason=job.requested_action, since=since)
+    if job.status == "running":
+        return StatusDetails(phase=job.phase, reason=job.requested_action, since=since)
+    # Out of the queue and not running, the column may still hold the last attempt's phase
+    # (a job whose worker was lost keeps it): nothing is in progress, so there is none.
+    return StatusDetails(since=since)
 
 
 class JobsPublic(BaseModel):
