@@ -24,14 +24,25 @@ class ClientError(Exception):
     """The service answered with an error (its message is shown to the user)."""
 
 
+def base_url(args: argparse.Namespace) -> str:
+    return str(args.base_url or os.environ.get("LCO_BASE_URL", "http://127.0.0.1:8000/v1"))
+
+
 def _client(args: argparse.Namespace) -> httpx.Client:
-    base = args.base_url or os.environ.get("LCO_BASE_URL", "http://127.0.0.1:8000/v1")
     key = args.api_key or os.environ.get("LCO_API_KEY", "")
     if not key:
         raise ClientError("no API key: pass --api-key or set LCO_API_KEY")
     return httpx.Client(
-        base_url=base.rstrip("/"), headers={"Authorization": f"Bearer {key}"}, timeout=60
+        base_url=base_url(args).rstrip("/"), headers={"Authorization": f"Bearer {key}"}, timeout=60
     )
+
+
+def transport_error_message(args: argparse.Namespace, exc: httpx.TransportError) -> str:
+    """One line for a request that got no answer: refused, unresolvable, or timed out."""
+    reason = str(exc) or type(exc).__name__
+    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+        return f"cannot reach the service at {base_url(args)}: {reason}; is `lco serve` running?"
+    return f"no answer from the service at {base_url(args)}: {type(exc).__name__}: {reason}"
 
 
 def _check(response: httpx.Response) -> Any:

@@ -32,6 +32,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from cli import client
 
 
@@ -448,6 +450,9 @@ def _run(argv: list[str]) -> int:
         return 1
     except client.ClientError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except httpx.TransportError as exc:
+        print(f"error: {client.transport_error_message(args, exc)}", file=sys.stderr)
         return 1
     return result
 

@@ -1,5 +1,5 @@
-"""The `lco` command's behaviour at its edges: a reader that goes away. Each test runs `lco`
-in a subprocess, as a user's shell would.
+"""The `lco` command's behaviour at its edges: a reader that goes away, a service that is not
+running. Each test runs `lco` in a subprocess, as a user's shell would.
 
     .venv/bin/python -m pytest tests/test_cli.py -q
 """
@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.service_fixtures import ROOT
+from tests.service_fixtures import ROOT, free_port
 
 JOB = {"id": "ftjob-1", "object": "fine_tuning.job", "status": "running", "model": "lco-tiny"}
 
@@ -49,12 +49,16 @@ def stub_service() -> Iterator[str]:
         server.server_close()
 
 
-def lco(*args: str, cwd: Path = ROOT, **kw: Any) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+def lco(
+    *args: str, cwd: Path = ROOT, env: dict[str, str] | None = None, **kw: Any
+) -> subprocess.CompletedProcess[str]:
+    """`lco ARGS` in a subprocess (output captured unless `kw` says otherwise)."""
+    kw.setdefault("stdout", subprocess.PIPE)
+    kw.setdefault("stderr", subprocess.PIPE)
     return subprocess.run(
         [sys.executable, "-m", "cli.main", *args],
         cwd=cwd,
-        env=env,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
         text=True,
         timeout=60,
         check=False,
@@ -70,7 +74,7 @@ def test_output_into_a_closed_pipe_exits_quietly(stub_service: str) -> None:
     try:
         result = lco(
             "jobs", "get", "ftjob-1", "--base-url", stub_service, "--api-key", "k",
-            stdout=write, stderr=subprocess.PIPE,
+            stdout=write,
         )  # fmt: skip
     finally:
         os.close(write)
@@ -92,3 +96,13 @@ def test_output_into_head_is_complete_and_quiet(stub_service: str) -> None:
     )
     assert result.stdout == "{"
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("command", [["jobs", "get", "ftjob-1"], ["jobs", "list"], ["pools"]])
+def test_a_service_that_is_not_running_is_named_in_one_line(command: list[str]) -> None:
+    url = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
+    result = lco(*command, env={"LCO_BASE_URL": url, "LCO_API_KEY": "k"})
+    assert result.returncode == 1
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"error: cannot reach the service at {url}: ")
+    assert "Connection refused" in line and line.endswith("is `lco serve` running?")
