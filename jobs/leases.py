@@ -7,6 +7,14 @@
 Claim is one conditional UPDATE (queued and admitted by the scheduler -> running, new
 fencing token, attempt + 1), so two workers given the same message cannot both win, and a
 message for a job the scheduler has not admitted (a stale or duplicate one) does nothing.
+A claim that misses is explained by `refuse_claim`, which fails a job that can never be
+claimed (no attempts left) rather than leave it queued in silence.
+
+`attempt` counts the attempts that ran and were not given back: an attempt that ends in a
+pause or a preemption (not the job's fault) is returned by `finish(attempt_spent=False)`,
+so only crashes and failures count against `max_attempts`. The fencing token is not given
+back: every claim still takes a new, higher one.
+
 Every later write first re-checks
 `(id, fencing_token, status = running)` with an UPDATE in the same transaction, so a worker
 that lost its lease (paused past its expiry, say) has its writes rejected (invariant I7).
@@ -80,6 +88,56 @@ def claim(session: Session, job_id: str, *, owner: str, ttl_s: float) -> Lease |
         data={"status": JobStatus.RUNNING, "owner": owner, "fencing_token": token},
     )
     return Lease(job_id=job_id, owner=owner, token=token, attempt=attempt, ttl_s=ttl_s)
+
+
+# Why a claim missed (`refuse_claim`). Only ATTEMPTS_EXHAUSTED needs action: the others are
+# a duplicate or stale message, and the job's own status (or, queued, its place in the
+# scheduler's plan: `status_details.reason`) already says what it waits for.
+NOT_FOUND = "not_found"
+NOT_QUEUED = "not_queued"  # running under another lease, paused or finished
+NOT_ADMITTED = "not_admitted"  # queued but waiting for the scheduler
+ATTEMPTS_EXHAUSTED = "attempts_exhausted"  # can never be claimed: failed here
+CLAIMABLE = "claimable"  # changed since the claim looked (a concurrent admission)
+
+
+def refuse_claim(session: Session, job_id: str) -> str:
+    """Why `claim` just returned None for `job_id` (one of the reasons above), in the same
+    transaction. A queued job out of attempts would wait for a worker forever (the claim
+    refuses it every time), so it is failed here, with the reason in its error and events."""
+    job = session.scalar(select(Job).where(Job.id == job_id).with_for_update())
+    if job is None:
+        return NOT_FOUND
+    if job.status != JobStatus.QUEUED:
+        return NOT_QUEUED
+    if job.attempt >= job.max_attempts:
+        _fail_exhausted(session, job)
+        return ATTEMPTS_EXHAUSTED
+    if job.admitted_at is None:
+        return NOT_ADMITTED
+    return CLAIMABLE
+
+
+def _fail_exhausted(session: Session, job: Job) -> None:
+    check_transition(job.status, JobStatus.FAILED)
+    now = utcnow()
+    message = (
+        f"no attempts left ({job.attempt} of {job.max_attempts} used), so no worker may run "
+        "the job again"
+    )
+    job.status = JobStatus.FAILED
+    job.finished_at = job.updated_at = now
+    job.phase = None
+    job.requested_action = None
+    job.admitted_at = None  # gives back the GPUs the scheduler held for it
+    job.not_before = None
+    job.error = {"code": ATTEMPTS_EXHAUSTED, "message": message, "param": None}
+    add_event(
+        session,
+        job.id,
+        f"Fine-tuning job failed: {message}",
+        level="error",
+        data={"status": JobStatus.FAILED},
+    )
 
 
 def _guard(session: Session, lease: Lease, *, extend: bool = False) -> None:
@@ -216,8 +274,12 @@ def finish(
     level: str = "info",
     error: dict[str, Any] | None = None,
     values: dict[str, Any] | None = None,
+    attempt_spent: bool = True,
 ) -> None:
-    """Move the job out of `running` and release the lease (inside a fenced transaction)."""
+    """Move the job out of `running` and release the lease (inside a fenced transaction).
+
+    `attempt_spent=False` gives the attempt back: the run was stopped (paused, preempted)
+    through no fault of the job's, so it must not bring the job closer to `max_attempts`."""
     job = session.scalar(select(Job).where(Job.id == lease.job_id))
     if job is None:
         raise LeaseLost(lease.job_id)
@@ -236,14 +298,18 @@ def finish(
         job.finished_at = now
     if error is not None:
         job.error = error
+    if not attempt_spent:
+        job.attempt = max(job.attempt - 1, 0)
     for key, value in (values or {}).items():
         setattr(job, key, value)
     add_event(session, lease.job_id, message, level=level, data={"status": status})
 
 
 def reap_expired(session: Session, *, retry_backoff_s: float) -> list[Job]:
-    """Jobs whose worker vanished (lease expired): finish a pending cancel/pause, fail those out
-    of attempts, requeue the rest with back-off. Returns the requeued jobs (to dispatch)."""
+    """Jobs whose worker vanished (lease expired): finish a pending cancel, fail those out of
+    attempts, finish a pending pause, requeue the rest with back-off. Returns the requeued
+    jobs (to dispatch). A lost worker is a crash, so its attempt stays spent, pause or not:
+    a job paused with none left could never be claimed after its resume."""
     now = utcnow()
     rows = list(
         session.scalars(
@@ -264,9 +330,6 @@ def reap_expired(session: Session, *, retry_backoff_s: float) -> list[Job]:
         if job.requested_action == "cancel":
             job.status, job.finished_at = JobStatus.CANCELLED, now
             message, level = "Fine-tuning job cancelled (worker lost)", "info"
-        elif job.requested_action == "pause":
-            job.status = JobStatus.PAUSED
-            message, level = "Fine-tuning job paused (worker lost)", "info"
         elif job.attempt >= job.max_attempts:
             job.status, job.finished_at = JobStatus.FAILED, now
             job.error = {
@@ -275,6 +338,9 @@ def reap_expired(session: Session, *, retry_backoff_s: float) -> list[Job]:
                 "param": None,
             }
             message, level = "Fine-tuning job failed: worker lost", "error"
+        elif job.requested_action == "pause":
+            job.status = JobStatus.PAUSED
+            message, level = "Fine-tuning job paused (worker lost)", "info"
         else:
             job.status = JobStatus.QUEUED
             job.phase = "requeued"

@@ -15,8 +15,20 @@ from jobs.db import make_engine, make_session_factory, transaction
 from jobs.dispatch import stale_queued_jobs
 from jobs.errors import IllegalTransition
 from jobs.ids import new_id, utcnow
-from jobs.leases import LeaseLost, claim, fenced, heartbeat, reap_expired, record_metrics
-from jobs.models import ApiKey, Job, JobMetric
+from jobs.leases import (
+    ATTEMPTS_EXHAUSTED,
+    NOT_ADMITTED,
+    NOT_FOUND,
+    NOT_QUEUED,
+    LeaseLost,
+    claim,
+    fenced,
+    heartbeat,
+    reap_expired,
+    record_metrics,
+    refuse_claim,
+)
+from jobs.models import ApiKey, Job, JobEvent, JobMetric
 from jobs.settings import Settings
 from jobs.states import TRANSITIONS, JobStatus, check_transition, is_terminal
 from jobs.storage import Storage
@@ -57,10 +69,48 @@ def test_only_one_claim_wins(sessions: sessionmaker[Session]) -> None:
     assert second is None
 
 
-def test_no_claim_without_attempts_left(sessions: sessionmaker[Session]) -> None:
+def test_a_job_without_attempts_left_is_failed_with_the_reason_not_left_queued(
+    sessions: sessionmaker[Session],
+) -> None:
     job_id = _job(sessions, attempt=3)
     with transaction(sessions) as session:
         assert claim(session, job_id, owner="w", ttl_s=60) is None
+        assert refuse_claim(session, job_id) == ATTEMPTS_EXHAUSTED
+    with sessions() as session:
+        job = session.scalar(select(Job).where(Job.id == job_id))
+        assert job is not None and job.status == "failed" and job.finished_at is not None
+        assert job.admitted_at is None  # its GPUs go back to the pool
+        assert job.error == {
+            "code": "attempts_exhausted",
+            "message": "no attempts left (3 of 3 used), so no worker may run the job again",
+            "param": None,
+        }
+        (event,) = session.scalars(
+            select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.level == "error")
+        )
+        assert event.message == f"Fine-tuning job failed: {job.error['message']}"
+        assert event.data == {"status": "failed"}
+
+
+def test_other_refused_claims_leave_the_job_as_it_is(sessions: sessionmaker[Session]) -> None:
+    running = _job(sessions, status="running", attempt=1)
+    paused = _job(sessions, status="paused", attempt=3)  # fails only once resumed and sent
+    waiting = _job(sessions, admitted_at=None)
+    with transaction(sessions) as session:
+        reasons = {
+            job_id: (claim(session, job_id, owner="w", ttl_s=60), refuse_claim(session, job_id))
+            for job_id in (running, paused, waiting, "ftjob-missing")
+        }
+    assert reasons == {
+        running: (None, NOT_QUEUED),
+        paused: (None, NOT_QUEUED),
+        waiting: (None, NOT_ADMITTED),
+        "ftjob-missing": (None, NOT_FOUND),
+    }
+    with sessions() as session:
+        status = dict(session.execute(select(Job.id, Job.status)).all())
+        assert session.scalars(select(JobEvent).where(JobEvent.level == "error")).all() == []
+    assert (status[running], status[paused], status[waiting]) == ("running", "paused", "queued")
 
 
 def test_stale_token_writes_are_rejected(sessions: sessionmaker[Session]) -> None:
@@ -96,18 +146,24 @@ def test_reaper_finishes_cancel_and_fails_exhausted_jobs(sessions: sessionmaker[
         sessions, status="running", lease_expires_at=past, requested_action="cancel", attempt=1
     )
     exhausted = _job(sessions, status="running", lease_expires_at=past, attempt=3)
+    # A lost worker is a crash even while pausing: the attempt stays spent, and a job with
+    # none left fails now rather than pause into a state no claim could take it from.
+    pause = _job(
+        sessions, status="running", lease_expires_at=past, requested_action="pause", attempt=1
+    )
+    pause_exhausted = _job(
+        sessions, status="running", lease_expires_at=past, requested_action="pause", attempt=3
+    )
     live = _job(
         sessions, status="running", lease_expires_at=utcnow() + timedelta(seconds=60), attempt=1
     )
     with transaction(sessions) as session:
         assert reap_expired(session, retry_backoff_s=0) == []
     with sessions() as session:
-        status = dict(session.execute(select(Job.id, Job.status)).all())
-    assert (
-        status[cancel] == "cancelled"
-        and status[exhausted] == "failed"
-        and status[live] == "running"
-    )
+        rows = {j.id: (j.status, j.attempt) for j in session.scalars(select(Job))}
+    assert rows[cancel][0] == "cancelled" and rows[live][0] == "running"
+    assert rows[exhausted][0] == "failed" and rows[pause_exhausted][0] == "failed"
+    assert rows[pause] == ("paused", 1)
 
 
 def test_stale_queued_jobs_are_redispatched(

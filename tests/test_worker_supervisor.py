@@ -7,7 +7,7 @@ import threading
 import time
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from jobs.db import make_engine, make_session_factory
 from jobs.models import Job, JobMetric
@@ -94,9 +94,70 @@ def test_pause_then_resume_continues_from_checkpoint(api: ApiClient) -> None:
     assert api.post(f"/v1/fine_tuning/jobs/{job_id}/resume").json()["status"] == "queued"
     assert run_job(_ctx(api), job_id) is True
     job = _job(api, job_id)
-    assert job["status"] == "succeeded" and job["attempts"] == 2
+    assert job["status"] == "succeeded" and job["attempts"] == 1  # a pause spends none
     steps = [m["step"] for m in api.get(f"/v1/fine_tuning/jobs/{job_id}/metrics").json()["data"]]
     assert steps == sorted(set(steps)) and steps[-1] == 6  # strictly increasing (I4)
+
+
+def _claim_tokens(api: ApiClient, job_id: str) -> list[int]:
+    events = api.get(f"/v1/fine_tuning/jobs/{job_id}/events?limit=100").json()["data"]
+    return [
+        e["data"]["fencing_token"]
+        for e in reversed(events)  # the API lists newest first
+        if (e["data"] or {}).get("status") == "running"
+    ]
+
+
+def test_pauses_never_spend_attempts_and_every_claim_takes_a_new_token(api: ApiClient) -> None:
+    """Five pause/resume cycles (more than max_attempts) and the job still succeeds, as
+    attempt 1; the fencing token still moves on at every claim (I2, I7)."""
+    # Slow enough steps that each pause lands well before the run could finish.
+    job_id = _submit(api, steps="30", delay="0.3")
+    ctx = _ctx(api)
+    assert api.settings.max_attempts < 5
+    for cycle in range(1, 6):
+        thread = threading.Thread(target=run_job, args=(ctx, job_id))
+        thread.start()
+        _wait_step(api, job_id, 2 * cycle)  # past the checkpoint the last run left
+        assert api.post(f"/v1/fine_tuning/jobs/{job_id}/pause").status_code == 200
+        thread.join(timeout=30)
+        assert not thread.is_alive()
+        job = _job(api, job_id)
+        assert job["status"] == "paused" and job["attempts"] == 0, job
+        resumed = api.post(f"/v1/fine_tuning/jobs/{job_id}/resume").json()
+        assert resumed["status"] == "queued" and resumed["status_details"]["reason"] == (
+            "waiting_for_worker"
+        )
+    assert run_job(ctx, job_id) is True
+    job = _job(api, job_id)
+    assert job["status"] == "succeeded" and job["attempts"] == 1, job
+    assert job["progress"]["step"] == 30
+    tokens = _claim_tokens(api, job_id)
+    assert len(tokens) == 6 and tokens == sorted(set(tokens)), tokens
+
+
+def test_a_job_out_of_attempts_is_failed_with_the_reason_when_a_worker_gets_it(
+    api: ApiClient,
+) -> None:
+    """A queued, admitted job no claim can take (here: attempts used up by an older version
+    that counted pauses) fails with the reason instead of waiting for a worker forever."""
+    job_id = _submit(api)
+    with make_session_factory(make_engine(api.settings))() as session:
+        session.execute(update(Job).where(Job.id == job_id).values(attempt=3))
+        session.commit()
+    job = _job(api, job_id)
+    assert job["status"] == "queued" and job["status_details"]["reason"] == "waiting_for_worker"
+    assert run_job(_ctx(api), job_id) is False
+    job = _job(api, job_id)
+    assert job["status"] == "failed" and job["finished_at"] is not None
+    assert job["error"]["code"] == "attempts_exhausted"
+    assert "3 of 3" in job["error"]["message"]
+    events = api.get(f"/v1/fine_tuning/jobs/{job_id}/events?limit=5").json()["data"]
+    assert events[0]["level"] == "error"
+    assert events[0]["message"] == "Fine-tuning job failed: " + job["error"]["message"]
+    # A redelivered message finds it finished and changes nothing.
+    assert run_job(_ctx(api), job_id) is False
+    assert _job(api, job_id)["error"] == job["error"]
 
 
 def test_child_that_ignores_stop_is_killed(api: ApiClient) -> None:

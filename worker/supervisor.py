@@ -5,7 +5,8 @@ It relays the child's metrics, events and checkpoints to the DB (each write fenc
 lease token), heartbeats the lease, passes the user's cancel/pause to the child (which
 stops between steps), kills the child if it does not stop within `stop_grace_s`, and
 writes the one final state. If the lease is lost, it kills the child and writes nothing
-(the refused write is recorded on the job, I7).
+(the refused write is recorded on the job, I7). A run stopped by a pause or a preemption
+gives its attempt back: only crashes and failures count against `max_attempts`.
 
 A database blip is ridden out: unwritten messages are kept and retried, and the child keeps
 training while the lease can still be ours. Once the lease has gone a whole TTL without a
@@ -427,42 +428,15 @@ class Supervisor:
                     message="Fine-tuning job cancelled",
                 )
                 return
-            if status == "paused":
-                finish(
-                    session,
-                    lease,
-                    JobStatus.PAUSED,
-                    values=values,
-                    message="Fine-tuning job paused",
-                )
-                return
-            # Preempted: requeue without spending an attempt.
-            values["attempt"] = max(lease.attempt - 1, 0)
-            finish(
-                session,
-                lease,
-                JobStatus.QUEUED,
-                values=values,
-                message="Fine-tuning job preempted; requeued",
-            )
-            self._requeue(session, 0.0)
+            # Paused, or preempted (the run stopped for the worker's shutdown).
+            self._stopped(session, "pause" if status == "paused" else "preempt", values)
             return
         # No result: the user stopped it (and it had to be killed), a user error, or a crash.
         if self.stop_sent == "cancel":
             finish(session, lease, JobStatus.CANCELLED, message="Fine-tuning job cancelled")
             return
-        if self.stop_sent == "pause":
-            finish(session, lease, JobStatus.PAUSED, message="Fine-tuning job paused")
-            return
-        if self.stop_sent == "preempt":
-            finish(
-                session,
-                lease,
-                JobStatus.QUEUED,
-                values={"attempt": max(lease.attempt - 1, 0)},
-                message="Fine-tuning job preempted; requeued",
-            )
-            self._requeue(session, 0.0)
+        if self.stop_sent in ("pause", "preempt"):
+            self._stopped(session, self.stop_sent, {})
             return
         error = self.error or {}
         message = str(error.get("message") or exit_reason(returncode))
@@ -502,6 +476,29 @@ class Supervisor:
             message=f"Fine-tuning job failed: {message}",
             error={"code": "training_failed", "message": message, "param": None},
         )
+
+    def _stopped(self, session: Any, word: str, values: dict[str, Any]) -> None:
+        """Paused by the user, or preempted (worker shutdown): the attempt is given back, so
+        any number of pauses and preemptions never exhaust `max_attempts`."""
+        if word == "pause":
+            finish(
+                session,
+                self.lease,
+                JobStatus.PAUSED,
+                values=values,
+                message="Fine-tuning job paused",
+                attempt_spent=False,
+            )
+            return
+        finish(
+            session,
+            self.lease,
+            JobStatus.QUEUED,
+            values=values,
+            message="Fine-tuning job preempted; requeued",
+            attempt_spent=False,
+        )
+        self._requeue(session, 0.0)
 
     def _requeue(self, session: Any, delay: float) -> None:
         from jobs.queue import hold_for_retry

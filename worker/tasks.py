@@ -1,7 +1,8 @@
 """The task body, kept free of Celery so tests can call it directly.
 
 `run_job(ctx, job_id)`: claim the job (a no-op if it is not queued: a duplicate or stale
-message) and supervise one attempt.
+message) and supervise one attempt. A refused claim is logged with its reason
+(`jobs.leases.refuse_claim`); a job that can never be claimed is failed there.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import logging
 
 from jobs.db import transaction
-from jobs.leases import claim
+from jobs.leases import ATTEMPTS_EXHAUSTED, claim, refuse_claim
 from worker.context import WorkerContext
 from worker.supervisor import Supervisor, load_job_info
 
@@ -20,8 +21,11 @@ def run_job(ctx: WorkerContext, job_id: str) -> bool:
     """Returns True if this call ran (an attempt of) the job, False for a no-op message."""
     with transaction(ctx.sessions) as session:
         lease = claim(session, job_id, owner=ctx.owner, ttl_s=ctx.settings.lease_ttl_s)
+        refused = refuse_claim(session, job_id) if lease is None else None
     if lease is None:
-        log.info("job.claim_skipped", extra={"job_id": job_id})
+        log.info("job.claim_skipped", extra={"job_id": job_id, "reason": refused})
+        if refused == ATTEMPTS_EXHAUSTED:
+            ctx.schedule_now()  # it gave back the GPUs it was admitted with
         return False
     log.info(
         "job.claimed", extra={"job_id": job_id, "attempt": lease.attempt, "token": lease.token}
