@@ -3,7 +3,7 @@
     lco serve [--host H] [--port P] [--data-dir D]   API + one worker + scheduler (embedded)
     lco worker [--pools default] [--gpus 1]           a Celery worker (production)
     lco scheduler                                     reaper, reconciler, admissions (production)
-    lco migrate                                       alembic upgrade head
+    lco migrate [--data-dir D]                        create or upgrade the database
     lco team create NAME [--share S --max-gpus N --max-queued-jobs N --max-priority P
                           --quota-policy queue|reject]
     lco team set NAME [same options; `none` removes a limit] | list
@@ -16,8 +16,9 @@
     lco tasks export NAME --out DIR                   write a built-in task's datasets
     lco experiment stability [--preset quick]         LCO vs baselines: report and plots
 
-Each subcommand imports what it needs when it runs, so `lco serve` never loads torch into
-the API process.
+Commands that open the database name it on stderr (`database: URL`). Only `serve` and
+`migrate` create it; the others refuse a database that is not there. Each subcommand
+imports what it needs when it runs, so `lco serve` never loads torch into the API process.
 """
 
 from __future__ import annotations
@@ -45,12 +46,19 @@ def _settings(args: argparse.Namespace) -> Any:
     return Settings()
 
 
-def _migrate_if_embedded(settings: Any) -> None:
-    # The embedded SQLite database is created on first use; production runs `lco migrate`.
-    if settings.effective_database_url.startswith("sqlite"):
-        from jobs.migrate import upgrade
+def _database(args: argparse.Namespace, *, create: bool = False) -> Any:
+    """The settings of a command that opens the database, which it names on stderr. Only
+    `lco serve` and `lco migrate` create (and upgrade) it; the others refuse a database that
+    is not there, rather than start an empty one wherever they happen to run."""
+    from jobs.migrate import require_schema, shown_url, upgrade
 
+    settings = _settings(args)
+    print(f"database: {shown_url(settings)}", file=sys.stderr, flush=True)
+    if create:
         upgrade(settings)
+    else:
+        require_schema(settings)
+    return settings
 
 
 # -- service ---------------------------------------------------------------------------------
@@ -70,12 +78,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from api.app import create_app
     from jobs.db import make_engine, make_session_factory
     from jobs.dispatch import Dispatcher, make_producer
-    from jobs.migrate import upgrade
     from jobs.reconcile import run_forever
 
-    settings = _settings(args)
+    settings = _database(args, create=True)
     settings.ensure_dirs()
-    upgrade(settings)
     worker: subprocess.Popen[bytes] | None = None
     if not args.no_worker:
         # Same code path as production: a real Celery worker process on the same broker.
@@ -112,7 +118,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     from worker.app import create_worker_app
 
-    settings = _settings(args)
+    settings = _database(args)
     pools = args.pools or settings.default_pool
     # Its heartbeats give the pools their capacity: `gpus` for one job at a time.
     app = create_worker_app(
@@ -141,7 +147,7 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
     from jobs.dispatch import Dispatcher, make_producer
     from jobs.reconcile import run_forever
 
-    settings = _settings(args)
+    settings = _database(args)
     stop = threading.Event()
     # The reaper locks job rows: frozen inside a transaction, it must not hold them from the
     # workers' heartbeats for longer than a lease lasts.
@@ -159,9 +165,7 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    from jobs.migrate import upgrade
-
-    upgrade(_settings(args))
+    _database(args, create=True)
     print("database is at the latest migration")
     return 0
 
@@ -195,8 +199,7 @@ def cmd_team_create(args: argparse.Namespace) -> int:
     from jobs.db import make_engine, make_session_factory, transaction
     from jobs.quotas import set_policy
 
-    settings = _settings(args)
-    _migrate_if_embedded(settings)
+    settings = _database(args)
     with transaction(make_session_factory(make_engine(settings))) as session:
         team = create_team(session, args.name)
         set_policy(team, **_policy_args(args))
@@ -209,8 +212,7 @@ def cmd_team_set(args: argparse.Namespace) -> int:
     from jobs.db import make_engine, make_session_factory, transaction
     from jobs.quotas import set_policy
 
-    settings = _settings(args)
-    _migrate_if_embedded(settings)
+    settings = _database(args)
     with transaction(make_session_factory(make_engine(settings))) as session:
         team = set_policy(get_team_by_name(session, args.name), **_policy_args(args))
         _show_team(team)
@@ -221,8 +223,7 @@ def cmd_team_list(args: argparse.Namespace) -> int:
     from jobs.auth import list_teams
     from jobs.db import make_engine, make_session_factory, transaction
 
-    settings = _settings(args)
-    _migrate_if_embedded(settings)
+    settings = _database(args)
     with transaction(make_session_factory(make_engine(settings))) as session:
         for team in list_teams(session):
             _show_team(team)
@@ -233,8 +234,7 @@ def cmd_key_list(args: argparse.Namespace) -> int:
     from jobs.auth import get_team_by_name, list_api_keys
     from jobs.db import make_engine, make_session_factory, transaction
 
-    settings = _settings(args)
-    _migrate_if_embedded(settings)
+    settings = _database(args)
     with transaction(make_session_factory(make_engine(settings))) as session:
         team_id = get_team_by_name(session, args.team).id if args.team else None
         for key in list_api_keys(session, team_id):
@@ -250,8 +250,7 @@ def cmd_key_revoke(args: argparse.Namespace) -> int:
     from jobs.auth import revoke_api_key
     from jobs.db import make_engine, make_session_factory, transaction
 
-    settings = _settings(args)
-    _migrate_if_embedded(settings)
+    settings = _database(args)
     with transaction(make_session_factory(make_engine(settings))) as session:
         revoke_api_key(session, args.key_id)
     print(f"revoked API key {args.key_id}")
@@ -262,8 +261,7 @@ def cmd_key_create(args: argparse.Namespace) -> int:
     from jobs.auth import create_api_key, get_team_by_name
     from jobs.db import make_engine, make_session_factory, transaction
 
-    settings = _settings(args)
-    _migrate_if_embedded(settings)
+    settings = _database(args)
     with transaction(make_session_factory(make_engine(settings))) as session:
         team = get_team_by_name(session, args.team)
         row, key = create_api_key(session, team, name=args.name, is_admin=args.admin)

@@ -177,6 +177,7 @@ def main() -> None:
     # default): lift it for this service.
     os.environ["LCO_RATE_LIMIT_PER_MINUTE"] = os.environ["LCO_RATE_LIMIT_BURST"] = "1000000000"
     data_dir = Path(tempfile.mkdtemp(prefix="lco-bench-api-"))
+    lco("migrate", data_dir=data_dir)
     lco("team", "create", "bench", data_dir=data_dir)
     key = lco("key", "create", "--team", "bench", data_dir=data_dir)
     port, bare_port = free_port(), free_port()

@@ -377,6 +377,7 @@ def embedded(tmp_path: Path, tiny_model_path: Path) -> Iterator[tuple[LiveServic
     settings = fast_settings(tmp_path / "data")
     port = free_port()
     service = LiveService(f"http://127.0.0.1:{port}/v1", settings)
+    lco_cli(settings, "migrate")  # as an operator would before making teams and keys
     key = cli_key(settings, "live")
     service.start(
         [sys.executable, "-m", "cli.main", "serve", "--port", str(port)], tmp_path / "serve.log"

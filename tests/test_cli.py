@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from jobs.settings import Settings
 from tests.service_fixtures import ROOT, free_port
 
 JOB = {"id": "ftjob-1", "object": "fine_tuning.job", "status": "running", "model": "lco-tiny"}
@@ -52,13 +53,16 @@ def stub_service() -> Iterator[str]:
 def lco(
     *args: str, cwd: Path = ROOT, env: dict[str, str] | None = None, **kw: Any
 ) -> subprocess.CompletedProcess[str]:
-    """`lco ARGS` in a subprocess (output captured unless `kw` says otherwise)."""
+    """`lco ARGS` in a subprocess, without the caller's service settings (LCO_DATA_DIR, ...)
+    unless `env` gives them; output captured unless `kw` says otherwise."""
     kw.setdefault("stdout", subprocess.PIPE)
     kw.setdefault("stderr", subprocess.PIPE)
+    service = {f"LCO_{name.upper()}" for name in Settings.model_fields}
+    base = {k: v for k, v in os.environ.items() if k not in service}
     return subprocess.run(
         [sys.executable, "-m", "cli.main", *args],
         cwd=cwd,
-        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+        env={**base, "PYTHONPATH": str(ROOT), **(env or {})},
         text=True,
         timeout=60,
         check=False,
@@ -106,3 +110,54 @@ def test_a_service_that_is_not_running_is_named_in_one_line(command: list[str]) 
     [line] = result.stderr.splitlines()
     assert line.startswith(f"error: cannot reach the service at {url}: ")
     assert "Connection refused" in line and line.endswith("is `lco serve` running?")
+
+
+# -- the database: named, and made only by `lco serve` and `lco migrate` ----------------------
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["team", "list"],
+        ["team", "create", "nlp"],
+        ["team", "set", "nlp", "--share", "2"],
+        ["key", "create", "--team", "nlp"],
+        ["key", "list"],
+        ["key", "revoke", "key-1"],
+        ["scheduler"],
+        ["worker"],
+    ],
+)
+def test_commands_refuse_to_create_the_database(tmp_path: Path, command: list[str]) -> None:
+    """Run from a directory without one, a server-side command says which database it
+    would use, makes nothing, and tells how to create one or point at another."""
+    result = lco(*command, cwd=tmp_path)
+    db = tmp_path / "data" / "lco.db"
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.splitlines() == [
+        f"database: sqlite:///{db}",
+        f"error: no database at {db}: create it with `lco migrate --data-dir {db.parent}`, "
+        "or point at an existing one with --data-dir DIR (or LCO_DATA_DIR)",
+    ]
+    assert not (tmp_path / "data").exists()
+
+
+def test_migrate_creates_the_database_the_other_commands_then_use(tmp_path: Path) -> None:
+    data = tmp_path / "elsewhere"
+    db_line = f"database: sqlite:///{data / 'lco.db'}"
+    migrated = lco("migrate", "--data-dir", str(data), cwd=tmp_path)
+    assert migrated.returncode == 0 and migrated.stderr.splitlines() == [db_line]
+    created = lco("team", "create", "nlp", "--data-dir", str(data), cwd=tmp_path)
+    assert created.returncode == 0 and created.stderr.splitlines() == [db_line]
+    assert created.stdout.startswith("created team nlp")
+    listed = lco("team", "list", cwd=tmp_path, env={"LCO_DATA_DIR": str(data)})
+    assert listed.stdout.startswith("nlp (") and listed.stderr.splitlines() == [db_line]
+
+
+def test_an_empty_database_file_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "lco.db").touch()
+    result = lco("team", "list", "--data-dir", str(tmp_path))
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1] == (
+        f"error: the database sqlite:///{tmp_path / 'lco.db'} has no tables: create it with "
+        f"`lco migrate --data-dir {tmp_path}`, or point at an existing one with --data-dir DIR "
+        "(or LCO_DATA_DIR)"
+    )
