@@ -67,6 +67,7 @@ def claim(session: Session, job_id: str, *, owner: str, ttl_s: float) -> Lease |
             status=JobStatus.RUNNING,
             status_since=now,
             phase="starting",
+            phase_message=None,
             lease_owner=owner,
             lease_expires_at=now + timedelta(seconds=ttl_s),
             fencing_token=Job.fencing_token + 1,
@@ -202,6 +203,15 @@ def requested_action(sessions: sessionmaker[Session], job_id: str) -> str | None
         return session.scalar(select(Job.requested_action).where(Job.id == job_id))
 
 
+def record_phase(session: Session, lease: Lease, phase: str, message: str) -> None:
+    """The run entered `phase` (preparing_model, starting_engine, evaluating, training):
+    shown in the job's status_details with `message`, and kept as an event."""
+    session.execute(
+        update(Job).where(Job.id == lease.job_id).values(phase=phase, phase_message=message)
+    )
+    add_event(session, lease.job_id, message, data={"phase": phase})
+
+
 def record_metrics(session: Session, lease: Lease, step: int, metrics: dict[str, Any]) -> None:
     """One metric point per step; a step at or below the last one means the run resumed from
     an earlier checkpoint, so the later points are dropped and the rollback recorded (I4)."""
@@ -218,7 +228,7 @@ def record_metrics(session: Session, lease: Lease, step: int, metrics: dict[str,
             data={"from_step": last, "to_step": step - 1},
         )
     session.add(JobMetric(job_id=lease.job_id, step=step, metrics=metrics))
-    values: dict[str, Any] = {"step": step, "phase": "training"}
+    values: dict[str, Any] = {"step": step, "phase": "training", "phase_message": None}
     total = metrics.get("total_steps")
     if isinstance(total, int | float):
         values["total_steps"] = int(total)

@@ -147,6 +147,8 @@ class Job(Base):
     status: Mapped[str] = mapped_column(String(32))
     status_since: Mapped[datetime | None]
     phase: Mapped[str | None] = mapped_column(String(32))
+    # What the run says it is doing in `phase` (its slow one-time phases), for people.
+    phase_message: Mapped[str | None] = mapped_column(Text)
     fine_tuned_model: Mapped[str | None] = mapped_column(String(512), unique=True)
     final_checkpoint_id: Mapped[str | None] = mapped_column(String(40))
     error: Mapped[dict[str, Any] | None]
@@ -169,6 +171,14 @@ class Job(Base):
     admitted_at: Mapped[datetime | None]
     dispatched_at: Mapped[datetime | None]
     dispatch_count: Mapped[int] = mapped_column(Integer, default=0)
+
+
+@sa_event.listens_for(Job.phase, "set")
+def _phase_changed(target: Job, value: str | None, oldvalue: object, _initiator: object) -> None:
+    # A message belongs to the phase the run reported it with (`leases.record_phase` writes
+    # both); any other phase change (pausing, requeued, finished) drops it.
+    if value != oldvalue:
+        target.phase_message = None
 
 
 @sa_event.listens_for(Job.status, "set")

@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 StopReason = Literal["cancel", "pause", "preempt"]
 Level = Literal["info", "warn", "error"]
+# What a run is doing, in order; the slow one-time phases come before the first step.
+Phase = Literal["preparing_model", "starting_engine", "evaluating", "training"]
 
 
 class Callbacks:
@@ -20,7 +22,11 @@ class Callbacks:
         """Called once per completed optimiser step with that step's metrics."""
 
     def on_event(self, level: Level, message: str, data: dict[str, Any] | None = None) -> None:
-        """A human-readable event (phase changes, warnings, evaluation results)."""
+        """A human-readable event (warnings, evaluation results, the run's config)."""
+
+    def on_phase(self, phase: Phase, message: str) -> None:
+        """The run entered `phase`; `message` says what it is doing, for people
+        (`"loading lco-tiny from /path"`, `"starting the vLLM engine"`)."""
 
     def on_samples(self, step: int, samples: list[dict[str, Any]]) -> None:
         """A few of the step's rollouts, each `{"prompt", "completion", "reward"}`, so people

@@ -12,13 +12,14 @@ import argparse
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import yaml
 from tqdm import tqdm
 
-from lco_core.callbacks import Callbacks, Level
+from lco_core.callbacks import Callbacks, Level, Phase
 from lco_spec.errors import SpecError
 from lco_spec.job import parse_job_spec
 
@@ -26,10 +27,22 @@ SHOWN = ("reward_mean", "loss", "grad_norm", "entropy", "eval_reward", "eval_los
 
 
 class ProgressCallbacks(Callbacks):
-    """A tqdm bar with the headline metrics; events go to stderr."""
+    """A line per phase (with the time the previous one took), then a tqdm bar with the
+    headline metrics; events go to stderr."""
 
     def __init__(self) -> None:
         self.bar: tqdm[Any] | None = None
+        self.phase_started = time.monotonic()
+
+    def on_phase(self, phase: Phase, message: str) -> None:
+        now = time.monotonic()
+        took = (
+            f" (previous phase {now - self.phase_started:.1f} s)"
+            if now > self.phase_started + 1
+            else ""
+        )
+        self.phase_started = now
+        (self.bar.write if self.bar else print)(f"[{phase}] {message}{took}", file=sys.stderr)
 
     def on_event(self, level: Level, message: str, data: dict[str, Any] | None = None) -> None:
         if data and "config" in data and self.bar is None:

@@ -71,6 +71,8 @@ def start_rollout_engine(
     name, may_fall_back = engine_choice(requested)
     if name == "hf":
         return HFEngine(model, tokenizer)
+    if callbacks is not None:
+        callbacks.on_phase("starting_engine", "starting the vLLM rollout engine")
     from lco_core.vllm_engine import VLLMEngine, VLLMUnavailableError
 
     try:
@@ -137,6 +139,7 @@ def build_trainer(
             spec.method.rl.grader, items[0], param_prefix="method.reinforcement.grader"
         )
     output_dir.mkdir(parents=True, exist_ok=True)
+    callbacks.on_phase("preparing_model", f"preparing the model {spec.model}")
     torch_device = pick_device(device)
     if torch_device.type != "cuda" and cfg.dtype == "bfloat16":
         cfg = replace(cfg, dtype="float32")
@@ -150,6 +153,11 @@ def build_trainer(
     prune_temp_dirs(output_dir / "checkpoints")
     resume_from = latest_checkpoint(output_dir / "checkpoints")
     # Master weights stay float32; bfloat16 runs under autocast.
+    callbacks.on_phase(
+        "preparing_model",
+        f"loading {'the checkpoint ' + resume_from.name if resume_from else spec.model} "
+        f"onto {torch_device}",
+    )
     model, tokenizer = load_model_and_tokenizer(str(resume_from or base_path), device=torch_device)
     trainer: Trainer
     if cfg.kind == "sft":

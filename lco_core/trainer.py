@@ -165,9 +165,12 @@ class Trainer:
         log.info("config %s", cfg.describe())
         if self.step == 0:
             initial: dict[str, float] = {}
+            if cfg.eval_samples > 0:
+                self.callbacks.on_phase("evaluating", "evaluating the model before training")
             self._eval_into(initial, "before training")
             self.summary.update({f"initial_{k}": v for k, v in initial.items()})
         last_saved = self.step
+        self.callbacks.on_phase("training", f"training from step {self.step} of {cfg.total_steps}")
         try:
             while self.step < cfg.total_steps:
                 reason = self.callbacks.should_stop()

@@ -255,6 +255,10 @@ def fake_run_job(spec: Any, *, output_dir: Path, callbacks: Any, **_: Any) -> Fa
         start = done[-1] if done else 0
     if mode == "user_error":
         raise SpecError("the dataset has no field 'answer'", param="training_file")
+    # Like the real core: a model-preparation phase first (`prepare_s` long), then training.
+    callbacks.on_phase("preparing_model", f"loading the fake model {spec.model}")
+    time.sleep(float((spec.metadata or {}).get("prepare_s", "0")))
+    callbacks.on_phase("training", f"training from step {start} of {steps}")
     callbacks.on_event(
         "info", "fake run starting", {"start": start, "config": {"total_steps": steps}}
     )

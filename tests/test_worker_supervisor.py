@@ -65,6 +65,25 @@ def test_success_relays_metrics_checkpoints_and_model_name(api: ApiClient) -> No
     assert run_job(_ctx(api), job_id) is False
 
 
+def test_status_shows_the_model_preparation_phase_while_it_lasts(api: ApiClient) -> None:
+    job_id = _submit(api, steps="2", delay="0.05", prepare_s="3")
+    thread = threading.Thread(target=run_job, args=(_ctx(api), job_id))
+    thread.start()
+    deadline = time.monotonic() + 30
+    while (details := _job(api, job_id)["status_details"])["phase"] != "preparing_model":
+        assert time.monotonic() < deadline, details
+        time.sleep(0.05)
+    assert details["message"] == "loading the fake model lco-tiny", details
+    thread.join(timeout=30)
+    job = _job(api, job_id)
+    # Finished: no phase and no message left over from the run.
+    assert job["status"] == "succeeded" and job["status_details"]["phase"] is None
+    assert job["status_details"]["message"] is None
+    events = api.get(f"/v1/fine_tuning/jobs/{job_id}/events?limit=100").json()["data"]
+    phases = [e["data"]["phase"] for e in reversed(events) if (e["data"] or {}).get("phase")]
+    assert phases == ["preparing_model", "training"]
+
+
 def test_cancel_while_running_stops_between_steps(api: ApiClient) -> None:
     job_id = _submit(api, steps="50", delay="0.2")
     thread = threading.Thread(target=run_job, args=(_ctx(api), job_id))

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-from lco_core.callbacks import Callbacks, Level, StopReason
+from lco_core.callbacks import Callbacks, Level, Phase, StopReason
 from lco_spec.errors import SpecError
 from worker.protocol import encode
 
@@ -55,6 +55,9 @@ class RelayCallbacks(Callbacks):
 
     def on_event(self, level: Level, message: str, data: dict[str, Any] | None = None) -> None:
         self.send({"t": "event", "level": level, "message": message, "data": data})
+
+    def on_phase(self, phase: Phase, message: str) -> None:
+        self.send({"t": "phase", "phase": phase, "message": message})
 
     def on_samples(self, step: int, samples: list[dict[str, Any]]) -> None:
         self.send({"t": "samples", "step": step, "samples": samples})

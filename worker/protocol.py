@@ -3,6 +3,7 @@
 child -> supervisor (events fd):
     {"t": "metrics", "step": 3, "metrics": {...}}
     {"t": "event", "level": "info", "message": "...", "data": {...}}
+    {"t": "phase", "phase": "preparing_model", "message": "loading lco-tiny onto cpu"}
     {"t": "samples", "step": 3, "samples": [{"prompt": "...", "completion": "...", "reward": 1.0}]}
     {"t": "checkpoint", "path": "/abs/dir", "step": 3, "metrics": {...}}
     {"t": "result", "status": "succeeded", "step": 4, "total_steps": 4,

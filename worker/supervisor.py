@@ -42,6 +42,7 @@ from jobs.leases import (
     heartbeat,
     record_checkpoint,
     record_metrics,
+    record_phase,
     record_refused_write,
     requested_action,
 )
@@ -218,6 +219,13 @@ class Supervisor:
                         str(message.get("message", ""))[:4000],
                         level=str(message.get("level", "info")),
                         data=message.get("data"),
+                    )
+                elif kind == "phase":
+                    record_phase(
+                        session,
+                        self.lease,
+                        str(message.get("phase", ""))[:32],
+                        str(message.get("message", ""))[:500],
                     )
                 elif kind == "samples":
                     step = int(message["step"])

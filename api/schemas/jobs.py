@@ -39,6 +39,8 @@ class StatusDetails(BaseModel):
     # waiting_for_worker (admitted); running: the pending user request (cancel | pause).
     reason: str | None = None
     since: int | None = None  # when the job entered its current status
+    # Running: what the run is doing in its phase ("loading lco-tiny onto cpu").
+    message: str | None = None
 
 
 class QueuePlace(BaseModel):
@@ -155,7 +157,9 @@ def _status_details(job: Job | Row[Any], slot: Slot | None) -> StatusDetails:
         phase = "requeued" if job.phase == "requeued" else "queued"
         return StatusDetails(phase=phase, reason=slot.reason if slot else None, since=since)
     if job.status == "running":
-        return StatusDetails(phase=job.phase, reason=job.requested_action, since=since)
+        return StatusDetails(
+            phase=job.phase, reason=job.requested_action, since=since, message=job.phase_message
+        )
     # Out of the queue and not running, the column may still hold the last attempt's phase
     # (a job whose worker was lost keeps it): nothing is in progress, so there is none.
     return StatusDetails(since=since)
