@@ -1,31 +1,39 @@
-"""The bundled model `lco-tiny`: a small Qwen2 built and briefly trained on first use.
+"""The bundled model `lco-tiny`: a small Qwen2, shipped built and checked by sha256.
 
 Nothing can be downloaded here, so the project makes its own model: Qwen2 architecture
 (untied embeddings, so vLLM weight sync stays exact), the byte-level ChatML tokenizer of
 `lco_core.tokenizer`, trained with plain AdamW on the built-in tasks' supervised examples
 until it is *partly* competent (about a third of `addition` right when greedy), which leaves
-reinforcement learning room to raise the reward. The build is deterministic (fixed seeds),
-takes a minute or two on 2 CPU cores, and is cached:
+reinforcement learning room to raise the reward.
 
-    path = ensure_tiny_model()        # $LCO_HOME/models/lco-tiny-v2 (default ~/.cache/lco)
+The trained model ships with the package (`lco_core/assets/lco-tiny-v3/`, 2.2 MB) and every
+load checks its files against the sha256 digests pinned below, so every machine trains the
+same model and the first use takes milliseconds. The recipe cannot give that: training in
+float32 rounds differently on each set of CPU kernels (AVX-512, AVX2, NEON), and a few
+thousand steps turn those last bits into a different model, with different accuracies and a
+different build time. The recipe stays as the documented way to regenerate the asset:
+
+    path = ensure_tiny_model()        # the shipped dir, verified
     AutoModelForCausalLM.from_pretrained(path); AutoTokenizer.from_pretrained(path)
 
-Concurrent processes build it once (an fcntl lock), into a temp dir renamed into place.
-`lco_build.json` in the model dir records the build's steps, time and accuracies.
+    python -m lco_core.tiny_model --out DIR   # rebuild from the recipe, print the digests
+
+`lco_build.json` in the model dir records the build's steps, time, accuracies and machine.
 """
 
 from __future__ import annotations
 
-import fcntl
+import argparse
+import hashlib
 import json
 import logging
 import math
 import os
+import platform
 import random
-import shutil
-import tempfile
+import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,7 +41,6 @@ from typing import TYPE_CHECKING, Any
 import torch
 from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
-from lco_core.checkpoint import fsync_dir, fsync_tree
 from lco_core.hf_engine import HFEngine
 from lco_core.rollout import SamplingParams
 from lco_core.tasks import Item, get_task
@@ -50,10 +57,65 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TINY_MODEL_NAME = "lco-tiny"
-# Bump when the recipe changes: a new version builds into a new cache dir.
-TINY_MODEL_VERSION = "v2"
+# Bump when the recipe or the tokenizer changes, and ship the rebuilt dir under the new name.
+TINY_MODEL_VERSION = "v3"
 BUILD_INFO_FILE = "lco_build.json"
-_DIR_NAME = f"{TINY_MODEL_NAME}-{TINY_MODEL_VERSION}"
+TINY_MODEL_DIR = (
+    Path(__file__).resolve().parent / "assets" / f"{TINY_MODEL_NAME}-{TINY_MODEL_VERSION}"
+)
+# The shipped files and their digests: `python -m lco_core.tiny_model --out DIR` prints them.
+TINY_MODEL_SHA256: dict[str, str] = {
+    "chat_template.jinja": "66edfb854931c933d3ac94f507626dd4fa2d5ca0a9b1036b11729d296a7392ac",
+    "config.json": "f251c4ea0a592f7aa527f8cd8ad01df1d4442ea9aa323ed64de5b3df2f95dadf",
+    "generation_config.json": "cc80a4a13f6cadd8374f55db43a38578b01bbd8b24c562edbc5c5ebcc100d6c0",
+    "lco_build.json": "17de8d10f0e0507670b8f7688f1f5104e596ba212745b121caba9228f594113a",
+    "model.safetensors": "a689a279abcc6d2160fac08714a8b54042ccc0f91ac1d2865772a55ebf24a743",
+    "tokenizer.json": "b0349d87fe8df21e5d7fdb58653a8a0353abdca0eb0f9d3aaf28bd0c835341dd",
+    "tokenizer_config.json": "301f502020f0aa063f90eb55041f3a781d1f0d57537e4c5afcad53b0b527fcc3",
+}
+
+
+class TinyModelError(RuntimeError):
+    """The shipped lco-tiny is missing or does not match its pinned digests."""
+
+
+def lco_home() -> Path:
+    """`$LCO_HOME`, default `~/.cache/lco`: where built and imported models are cached."""
+    return Path(os.environ.get("LCO_HOME") or Path.home() / ".cache" / "lco").expanduser()
+
+
+def file_digests(model_dir: Path) -> dict[str, str]:
+    """sha256 (hex) of every file in `model_dir`, by file name."""
+    return {
+        f.name: hashlib.sha256(f.read_bytes()).hexdigest()
+        for f in sorted(model_dir.iterdir())
+        if f.is_file()
+    }
+
+
+def verify_tiny_model(model_dir: Path = TINY_MODEL_DIR) -> Path:
+    """`model_dir` if it holds exactly the pinned lco-tiny files; `TinyModelError` if not."""
+    if not model_dir.is_dir():
+        raise TinyModelError(
+            f"lco-tiny is missing: {model_dir} does not exist (reinstall the package)"
+        )
+    found = file_digests(model_dir)
+    if found != TINY_MODEL_SHA256:
+        wrong = sorted(
+            name
+            for name in TINY_MODEL_SHA256.keys() | found.keys()
+            if found.get(name) != TINY_MODEL_SHA256.get(name)
+        )
+        raise TinyModelError(
+            f"lco-tiny at {model_dir} does not match its pinned sha256 digests "
+            f"({', '.join(wrong)} differ or are missing/extra); reinstall the package"
+        )
+    return model_dir
+
+
+def ensure_tiny_model() -> Path:
+    """The directory of lco-tiny (the shipped one), after checking its digests."""
+    return verify_tiny_model(TINY_MODEL_DIR)
 
 
 @dataclass(frozen=True)
@@ -71,7 +133,7 @@ class TinyBuildConfig:
     batch_size: int = 32
     lr: float = 3e-3
     warmup_steps: int = 30
-    max_steps: int = 2000
+    max_steps: int = 4000
     # Relative share of each training batch per task while the task is below its target.
     mix: dict[str, float] = field(default_factory=lambda: {"addition": 0.7, "reverse": 0.3})
     # A task that reaches this greedy accuracy on held-out items drops to `done_weight` of
@@ -85,52 +147,6 @@ class TinyBuildConfig:
     eval_items: int = 64
     eval_seed: int = 10_001
     data_seed: int = 1_000
-
-
-def lco_home() -> Path:
-    """`$LCO_HOME`, default `~/.cache/lco`: where built models are cached."""
-    return Path(os.environ.get("LCO_HOME") or Path.home() / ".cache" / "lco").expanduser()
-
-
-def ensure_tiny_model(home: Path | None = None) -> Path:
-    """The directory of lco-tiny, building it first if it is not cached yet."""
-    models = (home or lco_home()) / "models"
-    final = models / _DIR_NAME
-    if _is_complete(final):
-        return final
-    models.mkdir(parents=True, exist_ok=True)
-    with (models / f".{_DIR_NAME}.lock").open("w") as lock:
-        # Blocks while another process builds; it then finds the finished model below.
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            if _is_complete(final):
-                return final
-            # Leftovers of a build that died: safe to remove, as builders hold this lock.
-            for stale in models.glob(f".{_DIR_NAME}.tmp-*"):
-                shutil.rmtree(stale, ignore_errors=True)
-            if final.exists():  # incomplete (no build record): never ours to trust
-                shutil.rmtree(final)
-            tmp = Path(tempfile.mkdtemp(prefix=f".{_DIR_NAME}.tmp-", dir=models))
-            log.info("tiny_model.building", extra={"path": str(final)})
-            try:
-                build_tiny_model(tmp)
-                # mkdtemp makes it private (0700); the cache is shared by whoever runs jobs.
-                os.chmod(tmp, 0o755)
-                for file in tmp.iterdir():
-                    os.chmod(file, 0o644)
-                fsync_tree(tmp)
-                os.rename(tmp, final)
-                fsync_dir(models)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-    return final
-
-
-def _is_complete(path: Path) -> bool:
-    return (path / BUILD_INFO_FILE).is_file()
 
 
 def tiny_config(cfg: TinyBuildConfig | None = None) -> Qwen2Config:
@@ -152,12 +168,22 @@ def tiny_config(cfg: TinyBuildConfig | None = None) -> Qwen2Config:
     )
 
 
-def build_tiny_model(out_dir: Path, cfg: TinyBuildConfig | None = None) -> dict[str, Any]:
-    """Create, train and save lco-tiny into `out_dir`; returns the build record."""
+def build_tiny_model(
+    out_dir: Path,
+    cfg: TinyBuildConfig | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Create, train and save lco-tiny into `out_dir`; returns the build record.
+
+    `progress(step, max_steps)` is called after every training step (the build stops early,
+    before `max_steps`, once every task reaches its target accuracy)."""
     cfg = cfg or TinyBuildConfig()
     started = time.monotonic()
     threads_before = torch.get_num_threads()
-    torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
+    # One thread: the same kernels give the same bits on every run (a multi-threaded
+    # reduction may split differently), and on a shared machine two threads spent most of
+    # their time waiting on each other (a build took over an hour; one thread: 7 minutes).
+    torch.set_num_threads(1)
     try:
         # Fork the RNG: a build inside a test or a trainer must not move the caller's stream.
         with torch.random.fork_rng(devices=[]):
@@ -167,12 +193,18 @@ def build_tiny_model(out_dir: Path, cfg: TinyBuildConfig | None = None) -> dict[
             model.generation_config = GenerationConfig(
                 eos_token_id=IM_END_ID, pad_token_id=PAD_TOKEN_ID
             )
-            info = _train(model, tokenizer, cfg)
+            info = _train(model, tokenizer, cfg, progress)
     finally:
         torch.set_num_threads(threads_before)
     info["build_seconds"] = round(time.monotonic() - started, 1)
     info["recipe"] = asdict(cfg)
     info["version"] = TINY_MODEL_VERSION
+    info["machine"] = {
+        "torch": torch.__version__,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "processor": platform.machine(),
+        "threads": 1,
+    }
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     # Written last: its presence marks a complete model dir.
@@ -223,7 +255,10 @@ def _encode_sft(tokenizer: PreTrainedTokenizerBase, item: Item) -> tuple[list[in
 
 
 def _train(
-    model: Qwen2ForCausalLM, tokenizer: PreTrainedTokenizerBase, cfg: TinyBuildConfig
+    model: Qwen2ForCausalLM,
+    tokenizer: PreTrainedTokenizerBase,
+    cfg: TinyBuildConfig,
+    progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     names = list(cfg.mix)
     n_max = cfg.max_steps * cfg.batch_size
@@ -255,6 +290,8 @@ def _train(
         opt.step()
         opt.zero_grad(set_to_none=True)
         step += 1
+        if progress is not None:
+            progress(step, cfg.max_steps)
         if step % cfg.eval_every == 0:
             scores = {n: task_accuracy(model, tokenizer, evals[n]).accuracy for n in live}
             model.train()
@@ -290,3 +327,36 @@ def _sft_loss(model: Qwen2ForCausalLM, batch: list[tuple[list[int], list[int]]])
         labels[i, len(prompt) : len(seq)] = torch.tensor(target)
     loss: torch.Tensor = model(input_ids=ids, labels=labels).loss
     return loss
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Rebuild lco-tiny from the recipe into `--out` and print the digests to pin."""
+    parser = argparse.ArgumentParser(
+        prog="python -m lco_core.tiny_model",
+        description="Rebuild lco-tiny from its recipe (a few minutes on 2 CPU cores).",
+    )
+    parser.add_argument("--out", type=Path, required=True, help="an empty or new directory")
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    if any(args.out.iterdir()):
+        parser.error(f"{args.out} is not empty")
+    from tqdm import tqdm
+
+    cfg = TinyBuildConfig()
+    print(
+        f"building lco-tiny {TINY_MODEL_VERSION} from its recipe into {args.out}", file=sys.stderr
+    )
+    with tqdm(total=cfg.max_steps, unit="step", file=sys.stderr) as bar:
+
+        def show(step: int, total: int) -> None:
+            bar.update(step - bar.n)
+
+        info = build_tiny_model(args.out, cfg, progress=show)
+    print(json.dumps(info["final"], indent=2))
+    print(f"steps: {info['steps']}, {info['build_seconds']} s; sha256 to pin:")
+    print(json.dumps(file_digests(args.out), indent=4))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

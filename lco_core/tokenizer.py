@@ -1,22 +1,26 @@
 """A byte-level tokenizer with ChatML special tokens, for the bundled tiny model.
 
-One token per UTF-8 byte (ids 0-255, in byte order) plus three special tokens, so any text
-round-trips exactly and no training data is needed to build it. It is a standard
-`tokenizer.json` + `tokenizer_config.json` pair, so transformers and vLLM load it as they
-would any hub tokenizer:
+One token per UTF-8 byte (ids 0-255, in byte order) plus three special tokens, so no
+training data is needed to build it. It is transformers' own `Qwen2Tokenizer` with a byte
+vocabulary and no merges, because transformers loads *every* `qwen2` model dir with that
+class (whatever `tokenizer_config.json` names) and that class normalizes text to Unicode
+NFC. Building it as the same class means the saved files load back as exactly the
+tokenizer that was saved, in transformers and in vLLM alike:
 
     tok = build_byte_tokenizer()
     ids = tok.apply_chat_template([{"role": "user", "content": "hi"}],
                                   add_generation_prompt=True, tokenize=True)
     tok.save_pretrained(path)          # later: AutoTokenizer.from_pretrained(path)
+
+Round trip: `decode(encode(text)) == unicodedata.normalize("NFC", text)` for any text, as
+with Qwen2's own tokenizer; text already in NFC (nearly all text) comes back unchanged.
 """
 
 from __future__ import annotations
 
 from functools import cache
 
-from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast
+from transformers.models.qwen2.tokenization_qwen2 import Qwen2Tokenizer
 
 PAD_TOKEN = "<|endoftext|>"
 IM_START = "<|im_start|>"
@@ -57,32 +61,25 @@ def _bytes_to_unicode() -> dict[int, str]:
     return {b: chr(c) for b, c in zip(printable, chars, strict=True)}
 
 
-def build_raw_tokenizer() -> Tokenizer:
-    """The `tokenizers` object: BPE over the 256 byte symbols with no merges."""
+def build_byte_tokenizer() -> Qwen2Tokenizer:
+    """The tokenizer: pad `<|endoftext|>`, eos `<|im_end|>`, ChatML template, left padding."""
     byte_chars = _bytes_to_unicode()
     vocab = {byte_chars[b]: b for b in range(BYTE_VOCAB_SIZE)}
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=None))
-    # No regex pre-split: with no merges it changes nothing but would cost time, and
-    # add_prefix_space=False keeps the text exactly as given (no leading space added).
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
-    return tok
-
-
-def build_byte_tokenizer() -> PreTrainedTokenizerFast:
-    """The transformers tokenizer: pad `<|endoftext|>`, eos `<|im_end|>`, ChatML template."""
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=build_raw_tokenizer(),
+    # Fixed ids for the specials (they must line up with the model config's eos/pad ids).
+    vocab.update({token: BYTE_VOCAB_SIZE + i for i, token in enumerate(SPECIAL_TOKENS)})
+    tok = Qwen2Tokenizer(
+        vocab=vocab,
+        merges=[],
+        unk_token=None,  # type: ignore[arg-type]  # a byte vocabulary has no unknowns
         pad_token=PAD_TOKEN,
         eos_token=IM_END,
-        additional_special_tokens=[IM_START],
+        extra_special_tokens=[IM_START],
         chat_template=CHAT_TEMPLATE,
         # The default "clean up" rewrites " ." to "." and the like: it would break round trips.
         clean_up_tokenization_spaces=False,
         model_max_length=2048,
         padding_side="left",
     )
-    # These must line up with the model config (eos/pad ids) of the tiny model.
     assert tok.convert_tokens_to_ids(list(SPECIAL_TOKENS)) == [PAD_TOKEN_ID, IM_START_ID, IM_END_ID]
+    assert len(tok) == VOCAB_SIZE
     return tok
