@@ -1,6 +1,7 @@
 """The main job, end to end on the embedded default: SFT, then LCO from its result.
 
-    bash scripts/demo.sh        # installs, then runs this
+    bash scripts/demo.sh            # installs, then runs this
+    bash scripts/demo.sh --keep     # ... and keeps the service running until Ctrl-C
 
 Starts `lco serve` (SQLite + a broker that needs no server + one Celery worker) on a free
 port with a fresh data dir, creates a team and an API key, uploads the built-in `addition`
@@ -11,6 +12,8 @@ before and after, the final checkpoint and where everything lives.
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import os
 import signal
 import socket
@@ -18,6 +21,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 from openai import OpenAI
@@ -34,8 +38,8 @@ def lco(*args: str, data_dir: Path) -> str:
         check=True,
         capture_output=True,
         text=True,
-    ).stdout
-    return out.strip().splitlines()[-1]
+    ).stdout.strip()
+    return out.splitlines()[-1] if out else ""
 
 
 def free_port() -> int:
@@ -44,33 +48,42 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for(client: OpenAI, job_id: str, label: str) -> object:
-    """Poll the job, printing one line per new step, until it ends."""
-    last = -1
+def describe(job: Any) -> str:
+    """`running step 5/32`, or the phase while there is no step yet: never `step 0/None`."""
+    progress = (job.model_extra or {}).get("progress") or {}
+    details = (job.model_extra or {}).get("status_details") or {}
+    step, total = progress.get("step") or 0, progress.get("total_steps")
+    if step and total:
+        return f"{job.status:<9} step {step}/{total}"
+    phase = details.get("phase") or ""
+    said = details.get("message") or details.get("reason") or ""
+    return f"{job.status:<9} {phase}" + (f" ({said})" if said else "")
+
+
+def wait_for(client: OpenAI, job_id: str, label: str) -> Any:
+    """Poll the job, printing a line whenever its step or phase changes, until it ends."""
+    last = ""
     while True:
         job = client.fine_tuning.jobs.retrieve(job_id)
-        progress = (job.model_extra or {}).get("progress") or {}
-        step = progress.get("step") or 0
-        if step != last or job.status in ("succeeded", "failed", "cancelled"):
+        line = describe(job)
+        if line != last or job.status in ("succeeded", "failed", "cancelled"):
+            step = ((job.model_extra or {}).get("progress") or {}).get("step") or 0
             metrics = client.get(
                 f"/fine_tuning/jobs/{job_id}/metrics",
                 cast_to=object,
                 options={"params": {"from_step": step, "to_step": step}},
             )
-            points = metrics.get("data", []) if isinstance(metrics, dict) else []
+            points = metrics.get("data", []) if isinstance(metrics, dict) and step else []
             shown = points[-1]["metrics"] if points else {}
             keys = ("loss", "reward_mean", "eval_reward", "eval_loss", "entropy", "grad_norm")
             numbers = "  ".join(f"{k}={shown[k]:.3f}" for k in keys if k in shown)
-            print(
-                f"  [{label}] {job.status:<9} step {step}/{progress.get('total_steps', '?')}  {numbers}",
-                flush=True,
-            )
-            last = step
+            print(f"  [{label}] {line}  {numbers}".rstrip(), flush=True)
+            last = line
         if job.status in ("succeeded", "failed", "cancelled"):
             if job.status != "succeeded":
                 sys.exit(f"{label} job ended {job.status}: {job.error}")
             return job
-        time.sleep(2)
+        time.sleep(1)
 
 
 def evaluations(client: OpenAI, job_id: str) -> list[float]:
@@ -85,39 +98,38 @@ def evaluations(client: OpenAI, job_id: str) -> list[float]:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description="SFT then LCO on lco-tiny through the service")
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the service running at the end (Ctrl-C stops it)"
+    )
+    args = parser.parse_args()
+    started = time.monotonic()
     data_dir = ROOT / "data" / "demo"
     if data_dir.exists():
         subprocess.run(["rm", "-rf", str(data_dir)], check=True)
     data_dir.mkdir(parents=True)
+    lco("migrate", data_dir=data_dir)  # creates the database; the other commands never do
     lco("team", "create", "demo", data_dir=data_dir)
     key = lco("key", "create", "--team", "demo", data_dir=data_dir)
     port = free_port()
+    serve = [sys.executable, "-m", "cli.main", "serve", "--port", str(port)]
     server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "cli.main",
-            "serve",
-            "--port",
-            str(port),
-            "--data-dir",
-            str(data_dir),
-        ],
+        [*serve, "--data-dir", str(data_dir)],
         cwd=ROOT,
         # The API's and the worker's logs go to a file, so the terminal shows progress only.
         stdout=(data_dir / "serve.log").open("wb"),
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
+    base = f"http://127.0.0.1:{port}"
     try:
-        base = f"http://127.0.0.1:{port}"
         for _ in range(120):
             try:
                 if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
                     break
             except httpx.HTTPError:
                 time.sleep(0.5)
-        print(f"service: {base}/v1 (lco serve, data in {data_dir})")
+        print(f"service: {base}/v1 (lco serve, data in {data_dir.relative_to(ROOT)})")
         client = OpenAI(base_url=f"{base}/v1", api_key=key)
         task = get_task("addition")
         files = data_dir / "datasets"
@@ -150,7 +162,7 @@ def main() -> None:
         )
         sft_job = wait_for(client, job.id, "sft")
 
-        print(f"2/2 LCO from {sft_job.fine_tuned_model}")  # type: ignore[attr-defined]
+        print(f"2/2 LCO from {sft_job.fine_tuned_model}")
         job = client.fine_tuning.jobs.create(
             model=sft_job.fine_tuned_model,
             training_file=ids[rl.name],  # type: ignore[attr-defined]
@@ -181,18 +193,35 @@ def main() -> None:
         print(
             f"greedy reward on 128 held-out prompts: before {rewards[0]:.3f} -> after {rewards[-1]:.3f}"
         )
-        print(f"fine-tuned model: {lco_job.fine_tuned_model}")  # type: ignore[attr-defined]
+        print(f"fine-tuned model: {lco_job.fine_tuned_model}")
         if checkpoints:
             newest = checkpoints[0]
             print(
-                f"final checkpoint: {newest.id} (step {newest.step_number}); download: "
-                f"{base}/v1/fine_tuning/jobs/{job.id}/checkpoints/{newest.id}/download"
+                f"final checkpoint: {newest.id} (step {newest.step_number}); download it with "
+                f"`lco jobs download` or GET /v1/fine_tuning/jobs/{job.id}/checkpoints/"
+                f"{newest.id}/download while the service runs"
             )
-        print(f"data dir (database, uploads, checkpoints, metrics): {data_dir}")
-        print(f"service log (API and worker): {data_dir / 'serve.log'}")
+        print(f"took {time.monotonic() - started:.0f} s")
+        print()
+        print(f"dashboard: {base}/dashboard  (sign in with the API key below)")
+        print(f"API key (team demo): {key}")
+        print(f"  export LCO_BASE_URL={base}/v1 LCO_API_KEY={key}")
+        print(f"data dir (database, uploads, checkpoints, metrics): {data_dir.relative_to(ROOT)}")
+        print(f"service log (API and worker): {(data_dir / 'serve.log').relative_to(ROOT)}")
+        if args.keep:
+            print("the service keeps running; Ctrl-C stops it")
+            with contextlib.suppress(KeyboardInterrupt):
+                server.wait()
+        else:
+            rel = data_dir.relative_to(ROOT)
+            print(
+                "the service stops now; to start it again on the same data (same key, jobs "
+                f"and checkpoints): .venv/bin/lco serve --data-dir {rel} --port {port}"
+            )
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=60)
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=60)
 
 
 if __name__ == "__main__":

