@@ -4,12 +4,16 @@
 One test walks the whole story on a small LCO job on lco-tiny: submit through the API,
 sign in with the keyboard, open the job from the jobs table by keyboard, see it move to
 running, see the curves gain points while the page stays loaded (the live stream), read
-rollout samples, pause and resume it, cancel from the button and see `cancelled`,
-download a checkpoint, then compare its curves with a GRPO job's that ran meanwhile (the
-jobs and pool views show it queued first). Any browser console error or page error fails
-it; on each view every text must have WCAG AA contrast and every control a name and a
-place in the tab order. Screenshots go to `test-artifacts/` (gitignored); with
-LCO_DOCS_SCREENSHOT=1 the job view is also written to docs/dashboard-job.png.
+rollout samples, pause and resume it, cancel from the button and see `cancelled` (each
+time with only the buttons the job's state allows), download a checkpoint, then compare
+its curves with a GRPO job's that ran meanwhile (the jobs and pool views show it queued
+first). Another opens a finished SFT job and a finished GRPO job: each shows the charts of
+what it reports (validation loss, eval reward), its files, suffix, metadata and
+hyperparameters, no actions, no leftover phase, and warnings marked. Any browser console
+error or page error fails them; on each view every text must have WCAG AA contrast and
+every control a name and a place in the tab order. Screenshots go to `test-artifacts/`
+(gitignored); with LCO_DOCS_SCREENSHOT=1 the job view is also written to
+docs/dashboard-job.png.
 
     LCO_HOME=.cache/lco .venv/bin/pytest tests/test_dashboard_browser.py
 """
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sys
 import tarfile
@@ -27,10 +32,23 @@ from typing import Any
 
 import httpx
 import pytest
+from openai import OpenAI
+from sqlalchemy import update
 
+from jobs.db import make_engine, make_session_factory, transaction
+from jobs.events import add_event
 from jobs.migrate import upgrade
+from jobs.models import Job
 from lco_core.tasks import get_task
-from tests.service_fixtures import ROOT, LiveService, fast_settings, free_port, new_key
+from tests.service_fixtures import (
+    ROOT,
+    LiveService,
+    fast_settings,
+    free_port,
+    new_key,
+    sft_lines,
+    wait_for_job,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -107,24 +125,61 @@ def served(tmp_path: Path, tiny_model_path: Path) -> Iterator[tuple[LiveService,
         service.stop()
 
 
-def _submit(service: LiveService, key: str, algorithm: str, max_steps: int) -> dict[str, Any]:
+def _upload(client: httpx.Client, name: str, data: bytes) -> str:
+    upload = client.post("/files", files={"file": (name, data)}, data={"purpose": "fine-tune"})
+    assert upload.status_code == 200, upload.text
+    return str(upload.json()["id"])
+
+
+def _submit(
+    service: LiveService, key: str, algorithm: str, max_steps: int, **hp: Any
+) -> dict[str, Any]:
     task = get_task("addition")  # lco-tiny gets some right: the reward curve moves
     data = "".join(json.dumps(item) + "\n" for item in task.examples(64, seed=1)).encode()
     headers = {"Authorization": f"Bearer {key}"}
     with httpx.Client(base_url=service.base_url, headers=headers, timeout=30) as client:
-        upload = client.post(
-            "/files", files={"file": ("addition.jsonl", data)}, data={"purpose": "fine-tune"}
-        )
-        assert upload.status_code == 200, upload.text
         body = {
             "model": "lco-tiny",
-            "training_file": upload.json()["id"],
+            "training_file": _upload(client, "addition.jsonl", data),
             "suffix": algorithm,
             "method": {
                 "type": "reinforcement",
                 "reinforcement": {
                     "grader": task.grader(),
-                    "hyperparameters": {**RL_HP, "algorithm": algorithm, "max_steps": max_steps},
+                    "hyperparameters": {
+                        **RL_HP,
+                        "algorithm": algorithm,
+                        "max_steps": max_steps,
+                        **hp,
+                    },
+                },
+            },
+        }
+        job = client.post("/fine_tuning/jobs", json=body)
+        assert job.status_code == 200, job.text
+        return dict(job.json())
+
+
+def _submit_sft(service: LiveService, key: str) -> dict[str, Any]:
+    """A short SFT job with a validation file, a suffix and metadata (so, every field the
+    job view's configuration shows), evaluated every other step."""
+    headers = {"Authorization": f"Bearer {key}"}
+    with httpx.Client(base_url=service.base_url, headers=headers, timeout=30) as client:
+        body = {
+            "model": "lco-tiny",
+            "training_file": _upload(client, "sft-train.jsonl", sft_lines(16)),
+            "validation_file": _upload(client, "sft-valid.jsonl", sft_lines(8)),
+            "suffix": "sft-view",
+            "metadata": {"project": "dashboard", "owner": "tests"},
+            "method": {
+                "type": "supervised",
+                "supervised": {
+                    "hyperparameters": {
+                        "max_steps": 4,
+                        "batch_size": 4,
+                        "eval_interval": 2,
+                        "checkpoint_interval": 2,
+                    }
                 },
             },
         }
@@ -154,6 +209,22 @@ CONTROLS_JS = """
       : !(el.getAttribute("aria-label") || el.textContent.trim())))
   .map((el) => el.outerHTML.slice(0, 80))
 """
+
+
+ACTIONS = ("Cancel", "Pause", "Resume")
+
+
+def _actions(page: Any, shown: list[str]) -> None:
+    """Exactly these job controls are offered (the others are not on the page at all)."""
+    from playwright.sync_api import expect
+
+    for name in ACTIONS:
+        expect(page.get_by_role("button", name=name, exact=True)).to_have_count(int(name in shown))
+    group = page.get_by_role("group", name="Job controls")
+    if shown:
+        expect(group).to_be_visible()
+    else:
+        expect(group).to_be_hidden()
 
 
 def _accessible(page: Any, view: str) -> None:
@@ -250,23 +321,29 @@ def test_dashboard_follows_a_live_job_and_cancels_it(served: tuple[LiveService, 
                 expect(page.locator(f'figure[data-chart="{chart}"] canvas')).to_be_visible()
             expect(page.locator("#samples tbody tr").first).to_contain_text("user:")
             expect(page.locator("#events li").first).to_be_visible()
-            expect(page.get_by_role("button", name="Pause")).to_be_enabled()
+            _actions(page, ["Cancel", "Pause"])
             _accessible(page, "job")
             page.screenshot(path=str(ARTIFACTS / "dashboard-job.png"))
             if os.environ.get("LCO_DOCS_SCREENSHOT"):
-                # The README's picture: let the curves grow a little longer first.
+                # The README's picture: let the curves grow to step 15 first (16 points with
+                # the evaluation before training, at step 0).
                 page.wait_for_function(
-                    "() => +document.querySelector('figure[data-chart=reward]').dataset.points >= 15",
+                    "() => +document.querySelector('figure[data-chart=reward]').dataset.points >= 16",
                     timeout=STEP_TIMEOUT_MS,
                 )
                 _docs_png(page.screenshot(full_page=True), ROOT / "docs" / "dashboard-job.png")
 
             # Pause (the GRPO job takes the worker meanwhile), resume: the curves go on.
             page.get_by_role("button", name="Pause").click()
+            # Until the worker stops it the pause can be withdrawn (Resume), not repeated.
+            _actions(page, ["Cancel", "Resume"])
+            expect(page.get_by_role("button", name="Resume")).to_be_focused()
             expect(status).to_have_text("paused", timeout=STEP_TIMEOUT_MS)
+            _actions(page, ["Cancel", "Resume"])
             paused_at = int(reward.get_attribute("data-points") or 0)
             page.get_by_role("button", name="Resume").click()
             expect(status).to_have_text("running", timeout=RUNNING_TIMEOUT_MS)
+            _actions(page, ["Cancel", "Pause"])
             page.wait_for_function(
                 "n => +document.querySelector('figure[data-chart=reward]').dataset.points > n",
                 arg=paused_at,
@@ -275,7 +352,8 @@ def test_dashboard_follows_a_live_job_and_cancels_it(served: tuple[LiveService, 
 
             page.get_by_role("button", name="Cancel").click()
             expect(status).to_have_text("cancelled", timeout=STEP_TIMEOUT_MS)
-            expect(page.get_by_role("button", name="Cancel")).to_be_disabled()
+            _actions(page, [])
+            expect(page.locator("#job-phase")).to_have_text("–")
             assert page.evaluate("window.__sameDocument === true")
 
             # Checkpoints download with the key (fetch, then the browser saves the tar).
@@ -312,4 +390,116 @@ def test_dashboard_follows_a_live_job_and_cancels_it(served: tuple[LiveService, 
         base_url=service.base_url, headers={"Authorization": f"Bearer {key}"}
     ) as client:
         assert client.get(f"/fine_tuning/jobs/{job['id']}").json()["status"] == "cancelled"
+    assert not problems, "\n".join(problems) + "\n" + service.dump_logs()
+
+
+def _chart(page: Any, chart: str) -> Any:
+    return page.locator(f'#charts figure[data-chart="{chart}"]')
+
+
+def _definition(dl: Any, term: str) -> Any:
+    """The <dd> for a <dt> of a definition list."""
+    return dl.locator(f"xpath=.//dt[normalize-space(.)='{term}']/following-sibling::dd[1]")
+
+
+WARNING = "A warning the test wrote"
+
+
+def test_finished_jobs_show_their_method_configuration_and_no_actions(
+    served: tuple[LiveService, str],
+) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    executable = _browser_or_skip()
+    service, key = served
+    sft = _submit_sft(service, key)
+    # Evaluated at every step: eval_reward at steps 0 (an event only), 1 and 2.
+    rl = _submit(service, key, "grpo", 2, eval_interval=1, eval_samples=8)
+    client = OpenAI(base_url=service.base_url, api_key=key)
+    for job in (sft, rl):
+        wait_for_job(client, job["id"], {"succeeded"}, service)
+    # What the job view must not repeat: a phase left over from the last attempt (as a lost
+    # worker's job keeps it), and a warning that has to stand out.
+    with transaction(make_session_factory(make_engine(service.settings))) as session:
+        session.execute(update(Job).where(Job.id == sft["id"]).values(phase="training"))
+        session.execute(update(Job).where(Job.id == rl["id"]).values(phase="requeued"))
+        add_event(session, rl["id"], WARNING, level="warn")
+    origin = service.base_url.removesuffix("/v1")
+    ARTIFACTS.mkdir(exist_ok=True)
+    problems: list[str] = []
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=executable, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.on(
+                "console",
+                lambda m: (
+                    problems.append(f"console.{m.type}: {m.text}") if m.type == "error" else None
+                ),
+            )
+            page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+            expect.set_options(timeout=15_000)
+            page.goto(f"{origin}/dashboard")
+            page.get_by_label("API key").fill(key)
+            page.get_by_role("button", name="Sign in").click()
+            expect(page.locator(f'tr[data-job="{sft["id"]}"]')).to_be_visible()
+
+            # The SFT job: its curves, with validation loss; none of RL's.
+            page.goto(f"{origin}/dashboard#/jobs/{sft['id']}")
+            expect(page.locator("#job-status .badge")).to_have_text("succeeded")
+            loss = _chart(page, "loss")
+            expect(loss).to_have_attribute("data-metrics", "loss eval_loss")
+            expect(loss).to_have_attribute("data-points", "5")  # steps 1-4, and 0 (eval only)
+            expect(loss.locator(".u-legend")).to_contain_text("validation")
+            for chart in ("loss", "grad_norm", "entropy", "lr", "tokens_per_sec", "trained_tokens"):
+                expect(_chart(page, chart).locator("canvas")).to_be_visible()
+            for chart in ("reward", "kl", "response_len"):
+                expect(_chart(page, chart)).to_be_hidden()
+            expect(page.get_by_role("heading", name="Sample rollouts")).to_be_hidden()
+            _actions(page, [])
+            expect(page.locator("#job-phase")).to_have_text("–")
+            config = page.locator("#job-config")
+            training = _definition(config, "Training file")
+            expect(training).to_contain_text(sft["training_file"])
+            expect(training).to_contain_text("sft-train.jsonl")
+            expect(_definition(config, "Validation file")).to_contain_text("sft-valid.jsonl")
+            expect(_definition(config, "Result files")).to_have_text("–")
+            expect(_definition(config, "Suffix")).to_have_text("sft-view")
+            expect(_definition(config, "Metadata")).to_have_text(
+                re.compile(r"project: dashboard\s*owner: tests")
+            )
+            hp = page.locator("#hyperparameters")
+            expect(_definition(hp, "max_steps")).to_have_text("4")
+            expect(_definition(hp, "eval_interval")).to_have_text("2")
+            expect(_definition(hp, "lr_schedule")).to_have_text("constant")
+            _accessible(page, "SFT job")
+            page.screenshot(path=str(ARTIFACTS / "dashboard-sft-job.png"), full_page=True)
+
+            # The GRPO job: RL's curves, with the evaluations' reward; the warning marked.
+            page.goto(f"{origin}/dashboard#/jobs/{rl['id']}")
+            expect(page.locator("#job-status .badge")).to_have_text("succeeded")
+            reward = _chart(page, "reward")
+            expect(reward).to_have_attribute("data-metrics", "reward_mean reward_std eval_reward")
+            expect(reward).to_have_attribute("data-points", "3")  # steps 1-2, and 0 (eval only)
+            expect(reward.locator(".u-legend")).to_contain_text("eval (greedy)")
+            for chart in ("reward", "loss", "kl", "grad_norm", "response_len", "lr"):
+                expect(_chart(page, chart).locator("canvas")).to_be_visible()
+            expect(loss).to_have_attribute("data-metrics", "loss")  # no validation loss in RL
+            expect(page.locator("#samples tbody tr").first).to_contain_text("user:")
+            _actions(page, [])
+            expect(page.locator("#job-phase")).to_have_text("–")
+            expect(_definition(page.locator("#job-config"), "Grader")).to_contain_text(
+                rl["method"]["reinforcement"]["grader"]["type"]
+            )
+            expect(_definition(hp, "algorithm")).to_have_text("grpo")
+            # (The run may warn of its own, of steps without reward variance.)
+            warning = page.locator("#events li.warn", has_text=WARNING)
+            expect(warning).to_contain_text(f"Warning: {WARNING}")
+            assert warning.evaluate("el => getComputedStyle(el).borderLeftStyle") == "solid"
+            expect(page.locator("#events-marked")).to_have_text(re.compile(r"^\d+ warnings?$"))
+            _accessible(page, "RL job")
+            page.screenshot(path=str(ARTIFACTS / "dashboard-rl-job.png"), full_page=True)
+        finally:
+            browser.close()
     assert not problems, "\n".join(problems) + "\n" + service.dump_logs()

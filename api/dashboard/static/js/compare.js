@@ -2,7 +2,7 @@
 // axes (each chart's main metric per job), or side by side (every metric, one column each).
 
 import { api, watchJob } from "./api.js";
-import { ChartGrid, Series } from "./charts.js";
+import { ChartGrid, Series, evaluation } from "./charts.js";
 import { algorithm, h } from "./format.js";
 
 export function compareView(root, signal, params) {
@@ -80,6 +80,9 @@ export function compareView(root, signal, params) {
         } else if (type === "metrics") {
           runs[i].add(data.step, data.metrics);
           grids.forEach((g) => g.update());
+        } else if (type === "event") {
+          const values = evaluation(data);
+          if (values && runs[i].merge(data.data.step, values)) grids.forEach((g) => g.update());
         }
       },
       onError: (err) => (error.textContent = `${id}: ${err.message}`),

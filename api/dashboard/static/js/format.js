@@ -38,6 +38,19 @@ export function num(value, digits = 4) {
   return Math.abs(value) >= 1000 ? value.toFixed(0) : Number(value.toPrecision(digits)).toString();
 }
 
+// 812 B, 12.3 KB, 4.1 MB
+export function fileSize(n) {
+  if (typeof n !== "number") return "–";
+  if (n < 1024) return `${n} B`;
+  const units = ["KB", "MB", "GB", "TB"];
+  let i = -1;
+  do {
+    n /= 1024;
+    i += 1;
+  } while (n >= 1024 && i < units.length - 1);
+  return `${n.toFixed(1)} ${units[i]}`;
+}
+
 export function badge(status) {
   return h("span", { class: `badge ${status}`, text: status, "data-status": status });
 }
