@@ -10,7 +10,7 @@ const PAGE = 100;
 
 function phase(job) {
   const d = job.status_details || {};
-  return [d.phase, d.reason].filter(Boolean).join(" · ") || "–";
+  return [d.phase, d.reason, d.message].filter(Boolean).join(" · ") || "–";
 }
 
 function select(id, label, options) {
