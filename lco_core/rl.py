@@ -367,6 +367,28 @@ class RLTrainer(Trainer):
             metrics.pop("clip_frac", None)
         return metrics
 
+    def check_signal(self, step: int, no_signal: bool, rewards: Tensor) -> None:
+        """Warn when a step's advantages are all zero (every group's samples scored the same):
+        its policy-gradient term is zero, so only the KL terms move the policy. Said once, at
+        the first such step, then counted in the summary and totalled after the last step.
+        The count lives in `summary`, so a resumed run neither forgets nor repeats it."""
+        count = self.summary.get("no_signal_steps", 0.0) + no_signal
+        self.summary["no_signal_steps"] = count
+        if no_signal and count == 1:
+            self.callbacks.on_event(
+                "warn",
+                f"step {step} had no learning signal: every sample of each prompt got the "
+                f"same reward ({float(rewards.mean()):.4g} on average), so all advantages are "
+                "zero; check the grader against the data (a total follows at the end)",
+                {"step": step, "reward_mean": float(rewards.mean())},
+            )
+        if step == self.cfg.total_steps and count:
+            self.callbacks.on_event(
+                "warn",
+                f"{count:.0f} of {step} steps had no reward variance: no learning signal",
+                {"step": step, "no_signal_steps": count, "steps": step},
+            )
+
     # -- the step -----------------------------------------------------------------------
     def train_step(self, step: int) -> dict[str, float]:
         cfg, timer = self.cfg, PhaseTimer()
@@ -396,6 +418,7 @@ class RLTrainer(Trainer):
                 else None
             )
             adv, returns = self.advantages(ro, rewards, old.get("values"))
+            self.check_signal(step, not bool(adv.any()), rewards)
             tis: Tensor | None = None
             if cfg.importance_cap is not None:
                 # The rollouts were sampled by the engine, not by the trainer's pi_old.

@@ -11,7 +11,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from lco_core.callbacks import Callbacks, StopReason
+from lco_core.callbacks import Callbacks, Level, StopReason
 from lco_core.cli_train import main as train_main
 from lco_core.runner import run_job
 from lco_core.tasks import get_task, write_jsonl
@@ -283,3 +283,46 @@ def test_importance_cap_only_for_ratio_losses(addition_file: Path) -> None:
     with pytest.raises(SpecError) as err:
         resolve_config(spec, n_train=64)
     assert err.value.param == "method.reinforcement.hyperparameters.importance_cap"
+
+
+class Recorder(Callbacks):
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str, dict[str, Any]]] = []
+        self.metrics: list[dict[str, float]] = []
+
+    def on_event(self, level: Level, message: str, data: dict[str, Any] | None = None) -> None:
+        self.events.append((level, message, data or {}))
+
+    def on_metrics(self, step: int, metrics: dict[str, float]) -> None:
+        self.metrics.append(metrics)
+
+
+def test_steps_without_reward_variance_are_warned_once_and_totalled(
+    tiny_model_path: Path, addition_file: Path, tmp_path: Path
+) -> None:
+    """A grader that gives every sample the same score leaves no learning signal: one warning
+    at the first such step and a total at the end, not one per step."""
+    job = rl_job(str(addition_file), max_steps=3)
+    job["method"]["reinforcement"]["grader"] = {
+        "type": "string_check",
+        "name": "never",
+        "input": "{{sample.output_text}}",
+        "reference": "no completion is this",
+        "operation": "eq",
+    }
+    recorder = Recorder()
+    result = run_job(
+        parse_job_spec(job),
+        training_file=addition_file,
+        validation_file=None,
+        output_dir=tmp_path,
+        callbacks=recorder,
+    )
+    assert result.status == "succeeded"
+    warnings = [(message, data) for level, message, data in recorder.events if level == "warn"]
+    assert len(warnings) == 2, recorder.events
+    assert warnings[0][0].startswith("step 1 had no learning signal")
+    assert warnings[1][0] == "3 of 3 steps had no reward variance: no learning signal"
+    assert [m["zero_std_group_frac"] for m in recorder.metrics] == [1.0, 1.0, 1.0]
+    assert [m["advantage_abs_mean"] for m in recorder.metrics] == [0.0, 0.0, 0.0]
+    assert result.summary["no_signal_steps"] == 3
