@@ -3,6 +3,8 @@ service.
 
 Settings: `--base-url` (or LCO_BASE_URL, default http://127.0.0.1:8000/v1) and `--api-key`
 (or LCO_API_KEY). Responses are printed as JSON; `jobs watch` prints progress lines.
+`jobs submit --config job.yaml` takes the same file as `lco train`: local paths in
+`training_file`/`validation_file` are uploaded first and replaced by their file ids.
 """
 
 from __future__ import annotations
@@ -63,12 +65,17 @@ def _show(obj: Any) -> None:
     print(json.dumps(obj, indent=2))
 
 
-def files_upload(args: argparse.Namespace) -> int:
-    path = Path(args.path)
-    with _client(args) as http, path.open("rb") as f:
-        body = _check(
-            http.post("/files", files={"file": (path.name, f)}, data={"purpose": args.purpose})
+def _upload(http: httpx.Client, path: Path, purpose: str = "fine-tune") -> Any:
+    """POST /files; the file object (`status` is `error` for a dataset that failed checks)."""
+    with path.open("rb") as f:
+        return _check(
+            http.post("/files", files={"file": (path.name, f)}, data={"purpose": purpose})
         )
+
+
+def files_upload(args: argparse.Namespace) -> int:
+    with _client(args) as http:
+        body = _upload(http, Path(args.path), args.purpose)
     _show(body)
     return 0 if body.get("status") == "processed" else 1
 
@@ -79,15 +86,46 @@ def files_list(args: argparse.Namespace) -> int:
     return 0
 
 
+# Job fields that name a dataset: a file id, or in a spec file a local path to upload.
+FILE_FIELDS = ("training_file", "validation_file")
+
+
+def _upload_local_files(http: httpx.Client, spec: dict[str, Any], spec_path: Path) -> None:
+    """Upload the local files a job spec names (paths relative to the spec file, as
+    `lco train` reads them) and put their file ids in their place; `file-...` ids stay."""
+    local: dict[str, Path] = {}
+    for field in FILE_FIELDS:
+        value = spec.get(field)
+        if isinstance(value, str) and not value.startswith("file-"):
+            local[field] = (spec_path.parent / value).resolve()
+            if not local[field].is_file():
+                raise ClientError(
+                    f"{field}: no such file {local[field]} (nor a file id `file-...`)"
+                )
+    uploaded: dict[Path, str] = {}  # one upload for a file named twice
+    for field, path in local.items():
+        if path not in uploaded:
+            body = _upload(http, path)
+            if body.get("status") != "processed":
+                raise ClientError(f"{field}: {path} was refused: {body.get('status_details')}")
+            uploaded[path] = body["id"]
+            print(f"uploaded {path} as {body['id']} ({field})", file=sys.stderr)
+        spec[field] = uploaded[path]
+
+
 def jobs_submit(args: argparse.Namespace) -> int:
-    text = Path(args.spec).read_text()
-    if args.spec.endswith((".yaml", ".yml")):
+    spec_path = Path(args.config or args.spec)
+    text = spec_path.read_text()
+    if spec_path.suffix in (".yaml", ".yml"):
         import yaml
 
         spec = yaml.safe_load(text)
     else:
         spec = json.loads(text)
+    if not isinstance(spec, dict):
+        raise ClientError(f"{spec_path}: a job spec is a mapping (model, training_file, ...)")
     with _client(args) as http:
+        _upload_local_files(http, spec, spec_path)
         job = _check(http.post("/fine_tuning/jobs", json=spec))
     _show(job)
     if args.watch:
@@ -193,8 +231,15 @@ def add_commands(sub: Any) -> None:
     jobs = sub.add_parser("jobs", help="submit and follow fine-tuning jobs").add_subparsers(
         dest="action", required=True
     )
-    p = common(jobs.add_parser("submit", help="POST a job body from a JSON or YAML file"))
-    p.add_argument("spec")
+    p = common(
+        jobs.add_parser(
+            "submit",
+            help="POST a job body from a JSON or YAML file, uploading the local files it names",
+        )
+    )
+    given = p.add_mutually_exclusive_group(required=True)
+    given.add_argument("spec", nargs="?", help="the job file (JSON or YAML)")
+    given.add_argument("--config", help="the job file, as `lco train --config` takes it")
     p.add_argument("--watch", action="store_true")
     p.add_argument("--interval", type=float, default=2.0)
     p.set_defaults(func=jobs_submit)

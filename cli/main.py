@@ -10,7 +10,7 @@
     lco key create --team NAME [--admin]              prints the new key as the last line
     lco key list [--team NAME] | revoke KEY_ID
     lco files upload PATH                             client commands (LCO_BASE_URL, LCO_API_KEY)
-    lco jobs submit JOB.json|yaml | list | get ID | watch ID | cancel ID
+    lco jobs submit [--config] JOB.json|yaml | list | get ID | watch ID | cancel ID
     lco pools [NAME]                                  capacity, running and queued jobs
     lco train --config job.yaml --output DIR          train locally, no service
     lco tasks export NAME --out DIR                   write a built-in task's datasets
