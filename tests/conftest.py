@@ -1,9 +1,9 @@
-"""Suite-wide fixtures: the bundled model, built once per session.
+"""Suite-wide fixtures: the bundled model, checked once per session.
 
-`tiny_model_path` builds lco-tiny on first use (a minute or two on CPU) into
-`$LCO_HOME/models/` and every later run finds it cached; the CI script points LCO_HOME at a
-cache dir. torch is imported inside the fixtures, so tests that check the API starts
-without torch are not affected by this file.
+`tiny_model_path` is the lco-tiny that ships in the package (`lco_core/assets/`), verified
+against its pinned digests; nothing is built or cached, so LCO_HOME plays no part. torch is
+imported inside the fixtures, so tests that check the API starts without torch are not
+affected by this file.
 
 Jobs that leave `rollout_engine` at `auto` use HF generate in this suite
 (`LCO_ROLLOUT_ENGINE=hf`, inherited by every server and worker the tests start): a vLLM

@@ -53,7 +53,7 @@ def fast_settings(data_dir: Path, **overrides: Any) -> Settings:
 
 def settings_env(settings: Settings) -> dict[str, str]:
     """The LCO_* environment that reproduces `settings` in a subprocess."""
-    # Drop the caller's service settings (keep others, e.g. LCO_HOME, the model cache).
+    # Drop the caller's service settings (keep others, e.g. LCO_ROLLOUT_ENGINE).
     fields = {f"LCO_{name.upper()}" for name in Settings.model_fields}
     env = {k: v for k, v in os.environ.items() if k not in fields}
     env["LCO_DATA_DIR"] = str(settings.data_dir.resolve())

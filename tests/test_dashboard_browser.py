@@ -15,7 +15,7 @@ every control a name and a place in the tab order. Screenshots go to `test-artif
 (gitignored); with LCO_DOCS_SCREENSHOT=1 the job view is also written to
 docs/dashboard-job.png.
 
-    LCO_HOME=.cache/lco .venv/bin/pytest tests/test_dashboard_browser.py
+    .venv/bin/pytest tests/test_dashboard_browser.py
 """
 
 from __future__ import annotations

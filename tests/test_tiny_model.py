@@ -214,6 +214,17 @@ def test_env_var_sets_the_cache_home(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert tiny.lco_home() == tmp_path
 
 
+def test_lco_tiny_is_the_same_wherever_lco_runs(
+    tiny_model_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`lco serve`, `lco train`, the workers and the scripts all get the shipped model:
+    neither the working directory nor LCO_HOME moves it, and nothing is written to a cache."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LCO_HOME", str(tmp_path / "home"))
+    assert resolve_model(TINY_MODEL_NAME) == str(tiny.TINY_MODEL_DIR) == str(tiny_model_path)
+    assert list(tmp_path.iterdir()) == []
+
+
 # -- model resolution --------------------------------------------------------------------------
 def test_resolve_builtin_local_and_unknown(tiny_model_path: Path, tmp_path: Path) -> None:
     assert resolve_model(TINY_MODEL_NAME) == str(tiny_model_path)
