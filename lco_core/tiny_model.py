@@ -28,7 +28,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import platform
 import random
 import sys
@@ -77,11 +76,6 @@ TINY_MODEL_SHA256: dict[str, str] = {
 
 class TinyModelError(RuntimeError):
     """The shipped lco-tiny is missing or does not match its pinned digests."""
-
-
-def lco_home() -> Path:
-    """`$LCO_HOME`, default `~/.cache/lco`: where built and imported models are cached."""
-    return Path(os.environ.get("LCO_HOME") or Path.home() / ".cache" / "lco").expanduser()
 
 
 def file_digests(model_dir: Path) -> dict[str, str]:

@@ -6,8 +6,6 @@ cd "$(dirname "$0")/.."
 bash scripts/install.sh
 bash scripts/install_browser.sh
 bash scripts/services.sh
-# One lco-tiny build shared by every test and every run of the suite.
-export LCO_HOME=${LCO_HOME:-$PWD/.cache/lco}
 # install_browser.sh installed Debian's chromium: the browser test must run, never skip.
 export LCO_REQUIRE_BROWSER=1
 # vLLM was installed (unless LCO_EXTRAS left it out): its tests must run, never skip.

@@ -209,11 +209,6 @@ def test_the_recipe_rebuilds_a_partly_competent_model(tmp_path: Path) -> None:
     assert tiny.file_digests(tmp_path).keys() == tiny.TINY_MODEL_SHA256.keys()
 
 
-def test_env_var_sets_the_cache_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("LCO_HOME", str(tmp_path))
-    assert tiny.lco_home() == tmp_path
-
-
 def test_lco_tiny_is_the_same_wherever_lco_runs(
     tiny_model_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
