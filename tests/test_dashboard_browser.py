@@ -27,6 +27,7 @@ import shutil
 import sys
 import tarfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -236,17 +237,10 @@ def _accessible(page: Any, view: str) -> None:
     assert not unusable, f"{view}: controls without a name or out of the tab order: {unusable}"
 
 
-def test_dashboard_follows_a_live_job_and_cancels_it(served: tuple[LiveService, str]) -> None:
+@contextmanager
+def _page(executable: str, problems: list[str]) -> Iterator[Any]:
+    """A Chromium page whose console errors and page errors land in `problems`."""
     from playwright.sync_api import expect, sync_playwright
-
-    executable = _browser_or_skip()
-    service, key = served
-    job = _submit(service, key, "lco", 2000)
-    # Queued behind the first (one worker), it runs while that one is paused.
-    other = _submit(service, key, "grpo", 3)
-    origin = service.base_url.removesuffix("/v1")
-    ARTIFACTS.mkdir(exist_ok=True)
-    problems: list[str] = []
 
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=executable, headless=True)
@@ -260,133 +254,148 @@ def test_dashboard_follows_a_live_job_and_cancels_it(served: tuple[LiveService, 
             )
             page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
             expect.set_options(timeout=15_000)
-
-            # Sign in with the keyboard: the key field has focus on a fresh page.
-            page.goto(f"{origin}/dashboard")
-            expect(page.get_by_label("API key")).to_be_focused()
-            page.keyboard.type(key)
-            page.keyboard.press("Enter")
-            row = page.locator(f'tr[data-job="{job["id"]}"]')
-            expect(row).to_be_visible()
-            assert page.evaluate("sessionStorage.getItem('lco.apiKey')") == key
-            assert page.evaluate("localStorage.length") == 0  # never kept beyond the tab
-            _accessible(page, "jobs")
-            page.get_by_label("Search").fill("grpo")
-            expect(page.locator("#jobs-table tbody tr")).to_have_count(1)
-            expect(page.locator(f'tr[data-job="{other["id"]}"]')).to_be_visible()
-            page.get_by_label("Search").fill("")
-            expect(page.locator("#jobs-table tbody tr")).to_have_count(2)
-            # The GRPO job waits behind the LCO one: it shows its place in the queue.
-            expect(page.locator(f'tr[data-job="{other["id"]}"] td.queue')).to_contain_text("#")
-
-            # The pool view: this team's jobs in the default pool, usage against quota.
-            page.get_by_role("link", name="Pools").click()
-            pool = page.locator('section[data-pool="default"]')
-            expect(pool).to_contain_text(other["id"])
-            teams = pool.get_by_role("table", name="Teams: jobs and usage against quota")
-            expect(teams.get_by_role("cell", name="dash", exact=True)).to_be_visible()
-            _accessible(page, "pools")
-            page.screenshot(path=str(ARTIFACTS / "dashboard-pools.png"), full_page=True)
-            page.get_by_role("link", name="Jobs").click()
-            expect(row).to_be_visible()
-
-            # Reach the job's link with Tab alone; focus is visible; Enter opens it.
-            link = row.get_by_role("link", name=job["id"])
-            for _ in range(40):
-                page.keyboard.press("Tab")
-                if link.evaluate("el => el === document.activeElement"):
-                    break
-            expect(link).to_be_focused()
-            assert link.evaluate("el => getComputedStyle(el).outlineStyle") != "none"
-            page.keyboard.press("Enter")
-            expect(page.get_by_role("heading", level=1, name=job["id"])).to_be_visible()
-
-            status = page.locator("#job-status .badge")
-            expect(status).to_have_text("running", timeout=RUNNING_TIMEOUT_MS)
-            # The page is never reloaded: a marker set now survives until the end.
-            page.evaluate("window.__sameDocument = true")
-
-            # Curves gain points live.
-            reward = page.locator('figure[data-chart="reward"]')
-            page.wait_for_function(
-                "() => +document.querySelector('figure[data-chart=reward]').dataset.points >= 1",
-                timeout=STEP_TIMEOUT_MS,
-            )
-            seen = int(reward.get_attribute("data-points") or 0)
-            page.wait_for_function(
-                "n => +document.querySelector('figure[data-chart=reward]').dataset.points > n",
-                arg=seen,
-                timeout=STEP_TIMEOUT_MS,
-            )
-            expect(reward.locator("canvas")).to_be_visible()
-            for chart in ("loss", "kl", "entropy", "grad_norm", "response_len", "tokens_per_sec"):
-                expect(page.locator(f'figure[data-chart="{chart}"] canvas')).to_be_visible()
-            expect(page.locator("#samples tbody tr").first).to_contain_text("user:")
-            expect(page.locator("#events li").first).to_be_visible()
-            _actions(page, ["Cancel", "Pause"])
-            _accessible(page, "job")
-            page.screenshot(path=str(ARTIFACTS / "dashboard-job.png"))
-            if os.environ.get("LCO_DOCS_SCREENSHOT"):
-                # The README's picture: let the curves grow to step 15 first (16 points with
-                # the evaluation before training, at step 0).
-                page.wait_for_function(
-                    "() => +document.querySelector('figure[data-chart=reward]').dataset.points >= 16",
-                    timeout=STEP_TIMEOUT_MS,
-                )
-                _docs_png(page.screenshot(full_page=True), ROOT / "docs" / "dashboard-job.png")
-
-            # Pause (the GRPO job takes the worker meanwhile), resume: the curves go on.
-            page.get_by_role("button", name="Pause").click()
-            # Until the worker stops it the pause can be withdrawn (Resume), not repeated.
-            _actions(page, ["Cancel", "Resume"])
-            expect(page.get_by_role("button", name="Resume")).to_be_focused()
-            expect(status).to_have_text("paused", timeout=STEP_TIMEOUT_MS)
-            _actions(page, ["Cancel", "Resume"])
-            paused_at = int(reward.get_attribute("data-points") or 0)
-            page.get_by_role("button", name="Resume").click()
-            expect(status).to_have_text("running", timeout=RUNNING_TIMEOUT_MS)
-            _actions(page, ["Cancel", "Pause"])
-            page.wait_for_function(
-                "n => +document.querySelector('figure[data-chart=reward]').dataset.points > n",
-                arg=paused_at,
-                timeout=STEP_TIMEOUT_MS,
-            )
-
-            page.get_by_role("button", name="Cancel").click()
-            expect(status).to_have_text("cancelled", timeout=STEP_TIMEOUT_MS)
-            _actions(page, [])
-            expect(page.locator("#job-phase")).to_have_text("–")
-            assert page.evaluate("window.__sameDocument === true")
-
-            # Checkpoints download with the key (fetch, then the browser saves the tar).
-            with page.expect_download() as download:
-                page.locator("#checkpoints").get_by_role("button").first.click()
-            assert download.value.suggested_filename.endswith(".tar")
-            with tarfile.open(download.value.path()) as tar:
-                assert any(name.endswith("/config.json") for name in tar.getnames())
-            page.screenshot(path=str(ARTIFACTS / "dashboard-cancelled.png"), full_page=True)
-
-            # LCO against GRPO, each curve from its own live stream.
-            page.goto(f"{origin}/dashboard#/compare?a={job['id']}&b={other['id']}")
-            expect(page.locator("#compare-a")).to_have_value(job["id"])
-            expect(page.locator("#compare-b")).to_have_value(other["id"])
-            page.wait_for_function(
-                "() => document.querySelector('#compare-charts figure[data-chart=reward]')"
-                ".dataset.runsWithPoints === '2'",
-                timeout=RUNNING_TIMEOUT_MS,
-            )
-            _accessible(page, "compare")
-            page.screenshot(path=str(ARTIFACTS / "dashboard-compare.png"))
-            # Side by side: every metric, one column per job.
-            page.get_by_label("Layout").select_option("side")
-            page.get_by_role("button", name="Compare", exact=True).click()
-            for run in "AB":
-                column = page.locator(f'#compare-charts [data-run="{run}"]')
-                expect(column.locator('figure[data-chart="reward"] canvas')).to_be_visible()
-            _accessible(page, "compare side by side")
-            page.screenshot(path=str(ARTIFACTS / "dashboard-compare-side.png"), full_page=True)
+            yield page
         finally:
             browser.close()
+
+
+def test_dashboard_follows_a_live_job_and_cancels_it(served: tuple[LiveService, str]) -> None:
+    from playwright.sync_api import expect
+
+    executable = _browser_or_skip()
+    service, key = served
+    job = _submit(service, key, "lco", 2000)
+    # Queued behind the first (one worker), it runs while that one is paused.
+    other = _submit(service, key, "grpo", 3)
+    origin = service.base_url.removesuffix("/v1")
+    ARTIFACTS.mkdir(exist_ok=True)
+    problems: list[str] = []
+
+    with _page(executable, problems) as page:
+        # Sign in with the keyboard: the key field has focus on a fresh page.
+        page.goto(f"{origin}/dashboard")
+        expect(page.get_by_label("API key")).to_be_focused()
+        page.keyboard.type(key)
+        page.keyboard.press("Enter")
+        row = page.locator(f'tr[data-job="{job["id"]}"]')
+        expect(row).to_be_visible()
+        assert page.evaluate("sessionStorage.getItem('lco.apiKey')") == key
+        assert page.evaluate("localStorage.length") == 0  # never kept beyond the tab
+        _accessible(page, "jobs")
+        page.get_by_label("Search").fill("grpo")
+        expect(page.locator("#jobs-table tbody tr")).to_have_count(1)
+        expect(page.locator(f'tr[data-job="{other["id"]}"]')).to_be_visible()
+        page.get_by_label("Search").fill("")
+        expect(page.locator("#jobs-table tbody tr")).to_have_count(2)
+        # The GRPO job waits behind the LCO one: it shows its place in the queue.
+        expect(page.locator(f'tr[data-job="{other["id"]}"] td.queue')).to_contain_text("#")
+
+        # The pool view: this team's jobs in the default pool, usage against quota.
+        page.get_by_role("link", name="Pools").click()
+        pool = page.locator('section[data-pool="default"]')
+        expect(pool).to_contain_text(other["id"])
+        teams = pool.get_by_role("table", name="Teams: jobs and usage against quota")
+        expect(teams.get_by_role("cell", name="dash", exact=True)).to_be_visible()
+        _accessible(page, "pools")
+        page.screenshot(path=str(ARTIFACTS / "dashboard-pools.png"), full_page=True)
+        page.get_by_role("link", name="Jobs").click()
+        expect(row).to_be_visible()
+
+        # Reach the job's link with Tab alone; focus is visible; Enter opens it.
+        link = row.get_by_role("link", name=job["id"])
+        for _ in range(40):
+            page.keyboard.press("Tab")
+            if link.evaluate("el => el === document.activeElement"):
+                break
+        expect(link).to_be_focused()
+        assert link.evaluate("el => getComputedStyle(el).outlineStyle") != "none"
+        page.keyboard.press("Enter")
+        expect(page.get_by_role("heading", level=1, name=job["id"])).to_be_visible()
+
+        status = page.locator("#job-status .badge")
+        expect(status).to_have_text("running", timeout=RUNNING_TIMEOUT_MS)
+        # The page is never reloaded: a marker set now survives until the end.
+        page.evaluate("window.__sameDocument = true")
+
+        # Curves gain points live.
+        reward = page.locator('figure[data-chart="reward"]')
+        page.wait_for_function(
+            "() => +document.querySelector('figure[data-chart=reward]').dataset.points >= 1",
+            timeout=STEP_TIMEOUT_MS,
+        )
+        seen = int(reward.get_attribute("data-points") or 0)
+        page.wait_for_function(
+            "n => +document.querySelector('figure[data-chart=reward]').dataset.points > n",
+            arg=seen,
+            timeout=STEP_TIMEOUT_MS,
+        )
+        expect(reward.locator("canvas")).to_be_visible()
+        for chart in ("loss", "kl", "entropy", "grad_norm", "response_len", "tokens_per_sec"):
+            expect(page.locator(f'figure[data-chart="{chart}"] canvas')).to_be_visible()
+        expect(page.locator("#samples tbody tr").first).to_contain_text("user:")
+        expect(page.locator("#events li").first).to_be_visible()
+        _actions(page, ["Cancel", "Pause"])
+        _accessible(page, "job")
+        page.screenshot(path=str(ARTIFACTS / "dashboard-job.png"))
+        if os.environ.get("LCO_DOCS_SCREENSHOT"):
+            # The README's picture: let the curves grow to step 15 first (16 points with
+            # the evaluation before training, at step 0).
+            page.wait_for_function(
+                "() => +document.querySelector('figure[data-chart=reward]').dataset.points >= 16",
+                timeout=STEP_TIMEOUT_MS,
+            )
+            _docs_png(page.screenshot(full_page=True), ROOT / "docs" / "dashboard-job.png")
+
+        # Pause (the GRPO job takes the worker meanwhile), resume: the curves go on.
+        page.get_by_role("button", name="Pause").click()
+        # Until the worker stops it the pause can be withdrawn (Resume), not repeated.
+        _actions(page, ["Cancel", "Resume"])
+        expect(page.get_by_role("button", name="Resume")).to_be_focused()
+        expect(status).to_have_text("paused", timeout=STEP_TIMEOUT_MS)
+        _actions(page, ["Cancel", "Resume"])
+        paused_at = int(reward.get_attribute("data-points") or 0)
+        page.get_by_role("button", name="Resume").click()
+        expect(status).to_have_text("running", timeout=RUNNING_TIMEOUT_MS)
+        _actions(page, ["Cancel", "Pause"])
+        page.wait_for_function(
+            "n => +document.querySelector('figure[data-chart=reward]').dataset.points > n",
+            arg=paused_at,
+            timeout=STEP_TIMEOUT_MS,
+        )
+
+        page.get_by_role("button", name="Cancel").click()
+        expect(status).to_have_text("cancelled", timeout=STEP_TIMEOUT_MS)
+        _actions(page, [])
+        expect(page.locator("#job-phase")).to_have_text("–")
+        assert page.evaluate("window.__sameDocument === true")
+
+        # Checkpoints download with the key (fetch, then the browser saves the tar).
+        with page.expect_download() as download:
+            page.locator("#checkpoints").get_by_role("button").first.click()
+        assert download.value.suggested_filename.endswith(".tar")
+        with tarfile.open(download.value.path()) as tar:
+            assert any(name.endswith("/config.json") for name in tar.getnames())
+        page.screenshot(path=str(ARTIFACTS / "dashboard-cancelled.png"), full_page=True)
+
+        # LCO against GRPO, each curve from its own live stream.
+        page.goto(f"{origin}/dashboard#/compare?a={job['id']}&b={other['id']}")
+        expect(page.locator("#compare-a")).to_have_value(job["id"])
+        expect(page.locator("#compare-b")).to_have_value(other["id"])
+        page.wait_for_function(
+            "() => document.querySelector('#compare-charts figure[data-chart=reward]')"
+            ".dataset.runsWithPoints === '2'",
+            timeout=RUNNING_TIMEOUT_MS,
+        )
+        _accessible(page, "compare")
+        page.screenshot(path=str(ARTIFACTS / "dashboard-compare.png"))
+        # Side by side: every metric, one column per job.
+        page.get_by_label("Layout").select_option("side")
+        page.get_by_role("button", name="Compare", exact=True).click()
+        for run in "AB":
+            column = page.locator(f'#compare-charts [data-run="{run}"]')
+            expect(column.locator('figure[data-chart="reward"] canvas')).to_be_visible()
+        _accessible(page, "compare side by side")
+        page.screenshot(path=str(ARTIFACTS / "dashboard-compare-side.png"), full_page=True)
 
     with httpx.Client(
         base_url=service.base_url, headers={"Authorization": f"Bearer {key}"}
@@ -410,7 +419,7 @@ WARNING = "A warning the test wrote"
 def test_finished_jobs_show_their_method_configuration_and_no_actions(
     served: tuple[LiveService, str],
 ) -> None:
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     executable = _browser_or_skip()
     service, key = served
@@ -430,78 +439,65 @@ def test_finished_jobs_show_their_method_configuration_and_no_actions(
     ARTIFACTS.mkdir(exist_ok=True)
     problems: list[str] = []
 
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=executable, headless=True)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.on(
-                "console",
-                lambda m: (
-                    problems.append(f"console.{m.type}: {m.text}") if m.type == "error" else None
-                ),
-            )
-            page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
-            expect.set_options(timeout=15_000)
-            page.goto(f"{origin}/dashboard")
-            page.get_by_label("API key").fill(key)
-            page.get_by_role("button", name="Sign in").click()
-            expect(page.locator(f'tr[data-job="{sft["id"]}"]')).to_be_visible()
+    with _page(executable, problems) as page:
+        page.goto(f"{origin}/dashboard")
+        page.get_by_label("API key").fill(key)
+        page.get_by_role("button", name="Sign in").click()
+        expect(page.locator(f'tr[data-job="{sft["id"]}"]')).to_be_visible()
 
-            # The SFT job: its curves, with validation loss; none of RL's.
-            page.goto(f"{origin}/dashboard#/jobs/{sft['id']}")
-            expect(page.locator("#job-status .badge")).to_have_text("succeeded")
-            loss = _chart(page, "loss")
-            expect(loss).to_have_attribute("data-metrics", "loss eval_loss")
-            expect(loss).to_have_attribute("data-points", "5")  # steps 1-4, and 0 (eval only)
-            expect(loss.locator(".u-legend")).to_contain_text("validation")
-            for chart in ("loss", "grad_norm", "entropy", "lr", "tokens_per_sec", "trained_tokens"):
-                expect(_chart(page, chart).locator("canvas")).to_be_visible()
-            for chart in ("reward", "kl", "response_len"):
-                expect(_chart(page, chart)).to_be_hidden()
-            expect(page.get_by_role("heading", name="Sample rollouts")).to_be_hidden()
-            _actions(page, [])
-            expect(page.locator("#job-phase")).to_have_text("–")
-            config = page.locator("#job-config")
-            training = _definition(config, "Training file")
-            expect(training).to_contain_text(sft["training_file"])
-            expect(training).to_contain_text("sft-train.jsonl")
-            expect(_definition(config, "Validation file")).to_contain_text("sft-valid.jsonl")
-            expect(_definition(config, "Result files")).to_have_text("–")
-            expect(_definition(config, "Suffix")).to_have_text("sft-view")
-            expect(_definition(config, "Metadata")).to_have_text(
-                re.compile(r"project: dashboard\s*owner: tests")
-            )
-            hp = page.locator("#hyperparameters")
-            expect(_definition(hp, "max_steps")).to_have_text("4")
-            expect(_definition(hp, "eval_interval")).to_have_text("2")
-            expect(_definition(hp, "lr_schedule")).to_have_text("constant")
-            _accessible(page, "SFT job")
-            page.screenshot(path=str(ARTIFACTS / "dashboard-sft-job.png"), full_page=True)
+        # The SFT job: its curves, with validation loss; none of RL's.
+        page.goto(f"{origin}/dashboard#/jobs/{sft['id']}")
+        expect(page.locator("#job-status .badge")).to_have_text("succeeded")
+        loss = _chart(page, "loss")
+        expect(loss).to_have_attribute("data-metrics", "loss eval_loss")
+        expect(loss).to_have_attribute("data-points", "5")  # steps 1-4, and 0 (eval only)
+        expect(loss.locator(".u-legend")).to_contain_text("validation")
+        for chart in ("loss", "grad_norm", "entropy", "lr", "tokens_per_sec", "trained_tokens"):
+            expect(_chart(page, chart).locator("canvas")).to_be_visible()
+        for chart in ("reward", "kl", "response_len"):
+            expect(_chart(page, chart)).to_be_hidden()
+        expect(page.get_by_role("heading", name="Sample rollouts")).to_be_hidden()
+        _actions(page, [])
+        expect(page.locator("#job-phase")).to_have_text("–")
+        config = page.locator("#job-config")
+        training = _definition(config, "Training file")
+        expect(training).to_contain_text(sft["training_file"])
+        expect(training).to_contain_text("sft-train.jsonl")
+        expect(_definition(config, "Validation file")).to_contain_text("sft-valid.jsonl")
+        expect(_definition(config, "Result files")).to_have_text("–")
+        expect(_definition(config, "Suffix")).to_have_text("sft-view")
+        expect(_definition(config, "Metadata")).to_have_text(
+            re.compile(r"project: dashboard\s*owner: tests")
+        )
+        hp = page.locator("#hyperparameters")
+        expect(_definition(hp, "max_steps")).to_have_text("4")
+        expect(_definition(hp, "eval_interval")).to_have_text("2")
+        expect(_definition(hp, "lr_schedule")).to_have_text("constant")
+        _accessible(page, "SFT job")
+        page.screenshot(path=str(ARTIFACTS / "dashboard-sft-job.png"), full_page=True)
 
-            # The GRPO job: RL's curves, with the evaluations' reward; the warning marked.
-            page.goto(f"{origin}/dashboard#/jobs/{rl['id']}")
-            expect(page.locator("#job-status .badge")).to_have_text("succeeded")
-            reward = _chart(page, "reward")
-            expect(reward).to_have_attribute("data-metrics", "reward_mean reward_std eval_reward")
-            expect(reward).to_have_attribute("data-points", "3")  # steps 1-2, and 0 (eval only)
-            expect(reward.locator(".u-legend")).to_contain_text("eval (greedy)")
-            for chart in ("reward", "loss", "kl", "grad_norm", "response_len", "lr"):
-                expect(_chart(page, chart).locator("canvas")).to_be_visible()
-            expect(loss).to_have_attribute("data-metrics", "loss")  # no validation loss in RL
-            expect(page.locator("#samples tbody tr").first).to_contain_text("user:")
-            _actions(page, [])
-            expect(page.locator("#job-phase")).to_have_text("–")
-            expect(_definition(page.locator("#job-config"), "Grader")).to_contain_text(
-                rl["method"]["reinforcement"]["grader"]["type"]
-            )
-            expect(_definition(hp, "algorithm")).to_have_text("grpo")
-            # (The run may warn of its own, of steps without reward variance.)
-            warning = page.locator("#events li.warn", has_text=WARNING)
-            expect(warning).to_contain_text(f"Warning: {WARNING}")
-            assert warning.evaluate("el => getComputedStyle(el).borderLeftStyle") == "solid"
-            expect(page.locator("#events-marked")).to_have_text(re.compile(r"^\d+ warnings?$"))
-            _accessible(page, "RL job")
-            page.screenshot(path=str(ARTIFACTS / "dashboard-rl-job.png"), full_page=True)
-        finally:
-            browser.close()
+        # The GRPO job: RL's curves, with the evaluations' reward; the warning marked.
+        page.goto(f"{origin}/dashboard#/jobs/{rl['id']}")
+        expect(page.locator("#job-status .badge")).to_have_text("succeeded")
+        reward = _chart(page, "reward")
+        expect(reward).to_have_attribute("data-metrics", "reward_mean reward_std eval_reward")
+        expect(reward).to_have_attribute("data-points", "3")  # steps 1-2, and 0 (eval only)
+        expect(reward.locator(".u-legend")).to_contain_text("eval (greedy)")
+        for chart in ("reward", "loss", "kl", "grad_norm", "response_len", "lr"):
+            expect(_chart(page, chart).locator("canvas")).to_be_visible()
+        expect(loss).to_have_attribute("data-metrics", "loss")  # no validation loss in RL
+        expect(page.locator("#samples tbody tr").first).to_contain_text("user:")
+        _actions(page, [])
+        expect(page.locator("#job-phase")).to_have_text("–")
+        expect(_definition(page.locator("#job-config"), "Grader")).to_contain_text(
+            rl["method"]["reinforcement"]["grader"]["type"]
+        )
+        expect(_definition(hp, "algorithm")).to_have_text("grpo")
+        # (The run may warn of its own, of steps without reward variance.)
+        warning = page.locator("#events li.warn", has_text=WARNING)
+        expect(warning).to_contain_text(f"Warning: {WARNING}")
+        assert warning.evaluate("el => getComputedStyle(el).borderLeftStyle") == "solid"
+        expect(page.locator("#events-marked")).to_have_text(re.compile(r"^\d+ warnings?$"))
+        _accessible(page, "RL job")
+        page.screenshot(path=str(ARTIFACTS / "dashboard-rl-job.png"), full_page=True)
     assert not problems, "\n".join(problems) + "\n" + service.dump_logs()
