@@ -100,6 +100,19 @@ def _drive(service: LiveService, key: str, tmp_path: Path) -> tuple[OpenAI, str]
     events = list(client.fine_tuning.jobs.list_events(sft.id, limit=5))
     assert events and all(e.object == "fine_tuning.job.event" for e in events)
     assert any(e.message == "The job has successfully completed" for e in events)
+    # The real core reports its phases, in order, before the first step.
+    phases = [
+        (e.data["phase"], e.message)
+        for e in reversed(list(client.fine_tuning.jobs.list_events(sft.id, limit=100)))
+        if isinstance(e.data, dict) and "phase" in e.data
+    ]
+    assert [p for p, _ in phases] == [
+        "preparing_model",
+        "preparing_model",
+        "evaluating",
+        "training",
+    ], phases
+    assert phases[1][1] == "loading lco-tiny onto cpu", phases
     checkpoints = client.fine_tuning.jobs.checkpoints.list(sft.id).data
     assert checkpoints and checkpoints[0].id.startswith("ftckpt-")
     assert checkpoints[0].step_number == 3 and checkpoints[0].fine_tuning_job_id == sft.id
