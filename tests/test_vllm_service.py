@@ -19,6 +19,7 @@ import httpx
 import pytest
 from openai import OpenAI
 
+from lco_core.callbacks import Callbacks, Level, Phase
 from lco_core.runner import engine_choice, start_rollout_engine
 from tests.service_fixtures import jsonl, wait_for_job
 from tests.vllm_fixtures import build_qwen2, require_vllm
@@ -59,12 +60,15 @@ def test_engine_choice_refuses_unknown_names(monkeypatch: pytest.MonkeyPatch) ->
         engine_choice("auto")
 
 
-class _Events:
+class _Events(Callbacks):
     def __init__(self) -> None:
         self.seen: list[tuple[str, str]] = []
 
-    def on_event(self, level: str, message: str, data: dict[str, Any] | None = None) -> None:
+    def on_event(self, level: Level, message: str, data: dict[str, Any] | None = None) -> None:
         self.seen.append((level, message))
+
+    def on_phase(self, phase: Phase, message: str) -> None:
+        self.seen.append((phase, message))
 
 
 def test_vllm_that_cannot_start_fails_unless_auto(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -79,9 +83,11 @@ def test_vllm_that_cannot_start_fails_unless_auto(monkeypatch: pytest.MonkeyPatc
     with pytest.raises(VLLMUnavailableError, match="head size"):
         start_rollout_engine("vllm", model, tokenizer)
     events = _Events()
-    engine = start_rollout_engine("auto", model, tokenizer, callbacks=events)  # type: ignore[arg-type]
+    engine = start_rollout_engine("auto", model, tokenizer, callbacks=events)
     assert isinstance(engine, HFEngine)
-    assert events.seen and events.seen[0][0] == "warn" and "head size" in events.seen[0][1]
+    # It said it was starting vLLM, then why it could not.
+    assert events.seen[0] == ("starting_engine", "starting the vLLM rollout engine"), events.seen
+    assert events.seen[1][0] == "warn" and "head size" in events.seen[1][1], events.seen
 
 
 @pytest.fixture
