@@ -19,6 +19,8 @@ from typing import Any
 
 import httpx
 
+from lco_core.callbacks import HEADLINE_METRICS
+
 TERMINAL = ("succeeded", "failed", "cancelled")
 
 
@@ -127,9 +129,10 @@ def jobs_submit(args: argparse.Namespace) -> int:
     with _client(args) as http:
         _upload_local_files(http, spec, spec_path)
         job = _check(http.post("/fine_tuning/jobs", json=spec))
-    _show(job)
-    if args.watch:
+    if args.watch:  # the job's id, then its progress (not the whole job object)
+        print(f"{job['id']}: {job['status']}", flush=True)
         return _watch(args, job["id"])
+    _show(job)
     return 0
 
 
@@ -173,31 +176,44 @@ def jobs_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
+def progress_line(job: dict[str, Any], metrics: dict[str, Any] | None = None) -> str:
+    """One line for a job's progress: `running   step 5/32  reward_mean=0.5  loss=0.1`, or,
+    before its first step, its phase and what it is doing (never `step 0/?`)."""
+    progress = job.get("progress") or {}
+    details = job.get("status_details") or {}
+    step, total = progress.get("step") or 0, progress.get("total_steps")
+    if step:
+        line = f"{job['status']:<9} step {step}/{total or '?'}"
+    else:
+        said = details.get("message") or details.get("reason")
+        line = f"{job['status']:<9} {details.get('phase') or ''}" + (f" ({said})" if said else "")
+    shown = [
+        f"{key}={metrics[key]:.4g}"
+        for key in HEADLINE_METRICS
+        if metrics and isinstance(metrics.get(key), int | float)
+    ]
+    return "  ".join([line, *shown]).rstrip()
+
+
 def _watch(args: argparse.Namespace, job_id: str) -> int:
-    last_step = -1
+    last = ""
     with _client(args) as http:
         while True:
             job = _check(http.get(f"/fine_tuning/jobs/{job_id}"))
-            progress = job.get("progress") or {}
-            step = progress.get("step", 0)
-            if step != last_step:
-                metrics = _check(
+            step = (job.get("progress") or {}).get("step") or 0
+            values = None
+            if step:
+                points = _check(
                     http.get(
                         f"/fine_tuning/jobs/{job_id}/metrics",
                         params={"from_step": step, "to_step": step},
                     )
-                )
-                shown = ""
-                if metrics["data"]:
-                    values = metrics["data"][-1]["metrics"]
-                    shown = "  ".join(
-                        f"{k}={v:.4g}"
-                        for k, v in sorted(values.items())
-                        if isinstance(v, int | float)
-                    )[:200]
-                total = progress.get("total_steps") or "?"
-                print(f"{job['status']:<10} step {step}/{total}  {shown}", flush=True)
-                last_step = step
+                )["data"]
+                values = points[-1]["metrics"] if points else None
+            line = progress_line(job, values)
+            if line.split("  ")[0] != last:  # a new step or phase
+                print(line, flush=True)
+                last = line.split("  ")[0]
             if job["status"] in TERMINAL:
                 print(
                     f"{job_id}: {job['status']}"

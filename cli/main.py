@@ -461,6 +461,10 @@ def main(argv: list[str] | None = None) -> int:
         result = _run(argv)
         # Flush here, not at exit, so a reader that went away surfaces below.
         sys.stdout.flush()
+    except KeyboardInterrupt:
+        # Ctrl-C: the user knows; a traceback through httpx or torch would say nothing more.
+        print("interrupted", file=sys.stderr)
+        return 128 + signal.SIGINT
     except BrokenPipeError:
         # `lco jobs get ID | head`: the reader left. As Python's docs recommend (signal
         # module, "Note on SIGPIPE"), point stdout at devnull so the flush at exit cannot

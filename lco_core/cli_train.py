@@ -19,11 +19,9 @@ from typing import Any
 import yaml
 from tqdm import tqdm
 
-from lco_core.callbacks import Callbacks, Level, Phase
+from lco_core.callbacks import HEADLINE_METRICS, Callbacks, Level, Phase
 from lco_spec.errors import SpecError
 from lco_spec.job import parse_job_spec
-
-SHOWN = ("reward_mean", "loss", "grad_norm", "entropy", "eval_reward", "eval_loss")
 
 
 class ProgressCallbacks(Callbacks):
@@ -52,7 +50,7 @@ class ProgressCallbacks(Callbacks):
     def on_metrics(self, step: int, metrics: dict[str, float]) -> None:
         if self.bar is not None:
             self.bar.n = step
-            self.bar.set_postfix({k: f"{metrics[k]:.3f}" for k in SHOWN if k in metrics})
+            self.bar.set_postfix({k: f"{metrics[k]:.3f}" for k in HEADLINE_METRICS if k in metrics})
 
     def close(self) -> None:
         if self.bar is not None:
@@ -83,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # one progress bar: ours
+    # vLLM logs its config (one line of kilobytes) and a few lines per weight sync; the phase
+    # lines say what it is doing. VLLM_LOGGING_LEVEL=INFO brings them back.
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
 
     from transformers.utils import logging as hf_logging
 

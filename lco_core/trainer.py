@@ -164,6 +164,16 @@ class Trainer:
         )
         log.info("config %s", cfg.describe())
         if self.step == 0:
+            # A run that stopped before its first checkpoint left steps but nothing to resume
+            # from: they are redone, and must not stand twice in metrics.jsonl.
+            dropped = self.metrics_log.truncate_after(0)
+            if dropped:
+                self.callbacks.on_event(
+                    "warn",
+                    f"no checkpoint to resume from: starting at step 0; the {dropped} step(s) "
+                    "an earlier run logged are dropped from metrics.jsonl",
+                    {"step": 0, "redone_steps": dropped},
+                )
             initial: dict[str, float] = {}
             if cfg.eval_samples > 0:
                 self.callbacks.on_phase("evaluating", "evaluating the model before training")

@@ -26,6 +26,7 @@ from typing import Any
 import httpx
 from openai import OpenAI
 
+from cli.client import progress_line
 from lco_core.tasks import get_task, write_jsonl
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,37 +49,27 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def describe(job: Any) -> str:
-    """`running step 5/32`, or the phase while there is no step yet: never `step 0/None`."""
-    progress = (job.model_extra or {}).get("progress") or {}
-    details = (job.model_extra or {}).get("status_details") or {}
-    step, total = progress.get("step") or 0, progress.get("total_steps")
-    if step and total:
-        return f"{job.status:<9} step {step}/{total}"
-    phase = details.get("phase") or ""
-    said = details.get("message") or details.get("reason") or ""
-    return f"{job.status:<9} {phase}" + (f" ({said})" if said else "")
-
-
 def wait_for(client: OpenAI, job_id: str, label: str) -> Any:
-    """Poll the job, printing a line whenever its step or phase changes, until it ends."""
+    """Poll the job every second, printing a line when its step or phase has changed, until
+    it ends (steps faster than that are reported by the next line's step number)."""
     last = ""
     while True:
         job = client.fine_tuning.jobs.retrieve(job_id)
-        line = describe(job)
-        if line != last or job.status in ("succeeded", "failed", "cancelled"):
-            step = ((job.model_extra or {}).get("progress") or {}).get("step") or 0
+        fields = job.to_dict()
+        step = (fields.get("progress") or {}).get("step") or 0
+        values = None
+        if step:
             metrics = client.get(
                 f"/fine_tuning/jobs/{job_id}/metrics",
                 cast_to=object,
                 options={"params": {"from_step": step, "to_step": step}},
             )
-            points = metrics.get("data", []) if isinstance(metrics, dict) and step else []
-            shown = points[-1]["metrics"] if points else {}
-            keys = ("loss", "reward_mean", "eval_reward", "eval_loss", "entropy", "grad_norm")
-            numbers = "  ".join(f"{k}={shown[k]:.3f}" for k in keys if k in shown)
-            print(f"  [{label}] {line}  {numbers}".rstrip(), flush=True)
-            last = line
+            points = metrics.get("data", []) if isinstance(metrics, dict) else []
+            values = points[-1]["metrics"] if points else None
+        line = progress_line(fields, values)
+        if line.split("  ")[0] != last:
+            print(f"  [{label}] {line}", flush=True)
+            last = line.split("  ")[0]
         if job.status in ("succeeded", "failed", "cancelled"):
             if job.status != "succeeded":
                 sys.exit(f"{label} job ended {job.status}: {job.error}")
@@ -191,16 +182,18 @@ def main() -> None:
         checkpoints = client.fine_tuning.jobs.checkpoints.list(job.id).data
         print()
         print(
-            f"greedy reward on 128 held-out prompts: before {rewards[0]:.3f} -> after {rewards[-1]:.3f}"
+            f"greedy reward on 128 held-out prompts: after SFT {rewards[0]:.3f} -> after LCO "
+            f"{rewards[-1]:.3f}"
         )
         print(f"fine-tuned model: {lco_job.fine_tuned_model}")
         if checkpoints:
             newest = checkpoints[0]
+            url = f"{base}/v1/fine_tuning/jobs/{job.id}/checkpoints/{newest.id}/download"
             print(
-                f"final checkpoint: {newest.id} (step {newest.step_number}); download it with "
-                f"`lco jobs download` or GET /v1/fine_tuning/jobs/{job.id}/checkpoints/"
-                f"{newest.id}/download while the service runs"
+                f"final checkpoint: {newest.id} (step {newest.step_number}), a Hugging Face "
+                "model dir; download it while the service runs:"
             )
+            print(f'  curl -H "Authorization: Bearer {key}" -o {newest.id}.tar {url}')
         print(f"took {time.monotonic() - started:.0f} s")
         print()
         print(f"dashboard: {base}/dashboard  (sign in with the API key below)")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -18,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from cli.client import progress_line
 from jobs.settings import Settings
 from tests.service_fixtures import ROOT, free_port
 
@@ -161,3 +163,36 @@ def test_an_empty_database_file_is_refused(tmp_path: Path) -> None:
         f"`lco migrate --data-dir {tmp_path}`, or point at an existing one with --data-dir DIR "
         "(or LCO_DATA_DIR)"
     )
+
+
+def test_ctrl_c_while_watching_ends_in_one_line(stub_service: str) -> None:
+    service = {f"LCO_{name.upper()}" for name in Settings.model_fields}
+    env = {k: v for k, v in os.environ.items() if k not in service}
+    watch = subprocess.Popen(
+        [sys.executable, "-m", "cli.main", "jobs", "watch", "ftjob-1", "--base-url",
+         stub_service, "--api-key", "k"],
+        cwd=ROOT, env={**env, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert watch.stdout is not None
+        assert watch.stdout.readline().startswith("running")  # it is watching
+        watch.send_signal(signal.SIGINT)
+        _, err = watch.communicate(timeout=30)
+    finally:
+        watch.kill()
+    assert watch.returncode == 130, err
+    assert err.strip() == "interrupted", err
+
+
+def test_progress_lines_show_the_phase_then_steps_with_the_headline_metrics() -> None:
+    queued = {"status": "queued", "progress": {"step": 0, "total_steps": None},
+              "status_details": {"phase": "queued", "reason": "waiting_for_worker"}}  # fmt: skip
+    assert progress_line(queued) == "queued    queued (waiting_for_worker)"
+    preparing = {"status": "running", "progress": {"step": 0},
+                 "status_details": {"phase": "preparing_model",
+                                    "message": "loading lco-tiny onto cpu"}}  # fmt: skip
+    assert progress_line(preparing) == "running   preparing_model (loading lco-tiny onto cpu)"
+    running = {"status": "running", "progress": {"step": 5, "total_steps": 32}}
+    metrics = {"advantage_abs_mean": 0.7, "loss": 0.25, "reward_mean": 0.5, "note": "x"}
+    assert progress_line(running, metrics) == "running   step 5/32  reward_mean=0.5  loss=0.25"

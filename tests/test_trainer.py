@@ -129,6 +129,45 @@ def test_sft_resume_matches_uninterrupted_run(tiny_model_path: Path, tmp_path: P
     assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
 
 
+class CancelAt(StopAt):
+    """Stops by cancel, which saves no checkpoint; records warnings."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__(step)
+        self.warnings: list[str] = []
+
+    def on_event(self, level: Level, message: str, data: dict[str, Any] | None = None) -> None:
+        if level == "warn":
+            self.warnings.append(message)
+
+    def should_stop(self) -> StopReason | None:
+        return "cancel" if self.seen >= self.step else None
+
+
+def test_a_rerun_with_no_checkpoint_starts_over_without_duplicate_steps(
+    tiny_model_path: Path, tmp_path: Path
+) -> None:
+    data = tmp_path / "sft.jsonl"
+    write_jsonl(get_task("reverse").sft_examples(32, seed=2), data)
+    hp = {"batch_size": 4, "max_steps": 4, "checkpoint_interval": 100}
+    spec = parse_job_spec(
+        {
+            "model": "lco-tiny",
+            "training_file": str(data),
+            "method": {"type": "supervised", "supervised": {"hyperparameters": hp}},
+        }
+    )
+    out = tmp_path / "run"
+    run_job(spec, training_file=data, validation_file=None, output_dir=out, callbacks=CancelAt(2))
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2] and not (out / "checkpoints" / "step-2").exists()
+    again = CancelAt(10)
+    run_job(spec, training_file=data, validation_file=None, output_dir=out, callbacks=again)
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
+    assert any("no checkpoint to resume from" in w and "2 step(s)" in w for w in again.warnings)
+
+
 def test_cli_writes_metrics_and_checkpoints(
     tiny_model_path: Path, addition_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
