@@ -1,5 +1,5 @@
 """The dashboard in a real browser: Playwright drives headless Chromium (Debian's
-`chromium`, installed by scripts/install.sh) against a live `lco serve` with its worker.
+`chromium`, installed by scripts/install_browser.sh) against a live `lco serve` with its worker.
 
 One test walks the whole story on a small LCO job on lco-tiny: submit through the API,
 sign in with the keyboard, open the job from the jobs table by keyboard, see it move to
@@ -102,7 +102,7 @@ CONTRAST_JS = """
 
 def _browser_or_skip() -> str:
     if shutil.which(CHROMIUM) is None:
-        message = f"{CHROMIUM} is missing (scripts/install.sh installs Debian's chromium)"
+        message = f"{CHROMIUM} is missing (scripts/install_browser.sh installs Debian's chromium)"
         if os.environ.get("LCO_REQUIRE_BROWSER") == "1":  # set by scripts/test.sh
             pytest.fail(message)
         pytest.skip(message)
