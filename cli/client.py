@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 
-from lco_core.callbacks import HEADLINE_METRICS
+from lco_spec.metrics import HEADLINE_METRICS
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 

@@ -11,8 +11,6 @@ from typing import Any, Literal
 
 StopReason = Literal["cancel", "pause", "preempt"]
 Level = Literal["info", "warn", "error"]
-# The metrics a progress line shows (lco train's bar, lco jobs watch, the demo), in order.
-HEADLINE_METRICS = ("reward_mean", "eval_reward", "loss", "eval_loss", "entropy", "grad_norm")
 # What a run is doing, in order; the slow one-time phases come before the first step.
 Phase = Literal["preparing_model", "starting_engine", "evaluating", "training"]
 

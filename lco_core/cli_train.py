@@ -19,9 +19,10 @@ from typing import Any
 import yaml
 from tqdm import tqdm
 
-from lco_core.callbacks import HEADLINE_METRICS, Callbacks, Level, Phase
+from lco_core.callbacks import Callbacks, Level, Phase
 from lco_spec.errors import SpecError
 from lco_spec.job import parse_job_spec
+from lco_spec.metrics import HEADLINE_METRICS
 
 
 class ProgressCallbacks(Callbacks):
