@@ -379,16 +379,21 @@ def cli_key(settings: Settings, team: str) -> str:
 def embedded(tmp_path: Path, tiny_model_path: Path) -> Iterator[tuple[LiveService, str]]:
     """`lco serve` (SQLite, filesystem broker, one worker) on a free port, and a key."""
     settings = fast_settings(tmp_path / "data")
-    port = free_port()
-    service = LiveService(f"http://127.0.0.1:{port}/v1", settings)
     lco_cli(settings, "migrate")  # as an operator would before making teams and keys
     key = cli_key(settings, "live")
-    service.start(
-        [sys.executable, "-m", "cli.main", "serve", "--port", str(port)], tmp_path / "serve.log"
-    )
+    with lco_serve(settings, tmp_path / "serve.log") as service:
+        yield service, key
+
+
+@contextlib.contextmanager
+def lco_serve(settings: Settings, log: Path) -> Iterator[LiveService]:
+    """`lco serve` with `settings` on a free port, answering; stopped (with its worker) on exit."""
+    port = free_port()
+    service = LiveService(f"http://127.0.0.1:{port}/v1", settings)
+    service.start([sys.executable, "-m", "cli.main", "serve", "--port", str(port)], log)
     try:
         service.wait_healthy()
-        yield service, key
+        yield service
     finally:
         service.stop()
 

@@ -19,10 +19,10 @@ import yaml
 from tests.service_fixtures import (
     ROOT,
     STRING_CHECK,
-    LiveService,
     fast_settings,
     free_port,
     lco_cli,
+    lco_serve,
     settings_env,
 )
 
@@ -33,14 +33,8 @@ def test_quickstart_submits_a_job_file_with_local_paths(
     tmp_path: Path, tiny_model_path: Path
 ) -> None:
     settings = fast_settings(tmp_path / "data")
-    port = free_port()
-    service = LiveService(f"http://127.0.0.1:{port}/v1", settings)
     # `lco serve` makes the database; the admin commands then use it.
-    service.start(
-        [sys.executable, "-m", "cli.main", "serve", "--port", str(port)], tmp_path / "serve.log"
-    )
-    try:
-        service.wait_healthy()
+    with lco_serve(settings, tmp_path / "serve.log") as service:
         lco_cli(settings, "team", "create", "demo")
         key = lco_cli(settings, "key", "create", "--team", "demo").strip().splitlines()[-1]
         env = {**settings_env(settings), "LCO_BASE_URL": service.base_url, "LCO_API_KEY": key}
@@ -108,8 +102,6 @@ def test_quickstart_submits_a_job_file_with_local_paths(
         ]
         listed = lco("jobs", "list")
         assert len(listed.stdout.splitlines()) == 1  # the first job only
-    finally:
-        service.stop()
 
 
 def test_a_file_id_in_a_job_file_is_sent_as_it_is(tmp_path: Path) -> None:

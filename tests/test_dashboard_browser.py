@@ -24,7 +24,6 @@ import json
 import os
 import re
 import shutil
-import sys
 import tarfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -45,7 +44,7 @@ from tests.service_fixtures import (
     ROOT,
     LiveService,
     fast_settings,
-    free_port,
+    lco_serve,
     new_key,
     sft_lines,
     wait_for_job,
@@ -114,16 +113,8 @@ def served(tmp_path: Path, tiny_model_path: Path) -> Iterator[tuple[LiveService,
     settings = fast_settings(tmp_path / "data")
     upgrade(settings)
     key = new_key(settings, "dash")
-    port = free_port()
-    service = LiveService(f"http://127.0.0.1:{port}/v1", settings)
-    service.start(
-        [sys.executable, "-m", "cli.main", "serve", "--port", str(port)], tmp_path / "serve.log"
-    )
-    try:
-        service.wait_healthy()
+    with lco_serve(settings, tmp_path / "serve.log") as service:
         yield service, key
-    finally:
-        service.stop()
 
 
 def _upload(client: httpx.Client, name: str, data: bytes) -> str:

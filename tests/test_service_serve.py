@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.service_fixtures import LiveService, fast_settings, free_port
+from tests.service_fixtures import fast_settings, lco_serve
 
 
 def _children(pid: int) -> list[int]:
@@ -33,13 +33,7 @@ def _alive(pid: int) -> bool:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
 def test_stopping_serve_stops_its_worker(tmp_path: Path, sig: signal.Signals) -> None:
-    port = free_port()
-    service = LiveService(f"http://127.0.0.1:{port}/v1", fast_settings(tmp_path / "data"))
-    service.start(
-        [sys.executable, "-m", "cli.main", "serve", "--port", str(port)], tmp_path / "serve.log"
-    )
-    try:
-        service.wait_healthy()
+    with lco_serve(fast_settings(tmp_path / "data"), tmp_path / "serve.log") as service:
         serve = service.procs[0]
         workers = _children(serve.pid)
         assert len(workers) == 1
@@ -49,5 +43,3 @@ def test_stopping_serve_stops_its_worker(tmp_path: Path, sig: signal.Signals) ->
         while _alive(workers[0]):
             assert time.monotonic() < deadline, service.dump_logs()
             time.sleep(0.2)
-    finally:
-        service.stop()
