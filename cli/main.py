@@ -13,7 +13,9 @@
     lco jobs submit [--config] JOB.json|yaml | list | get ID | watch ID | cancel ID
     lco pools [NAME]                                  capacity, running and queued jobs
     lco train --config job.yaml --output DIR          train locally, no service
+    lco tasks list                                    built-in tasks and reasoning-gym datasets
     lco tasks export NAME --out DIR                   write a built-in task's datasets
+    lco tasks export rg:DATASET --size N --seed S --out DIR   the same from reasoning-gym
     lco experiment stability [--preset quick]         LCO vs baselines: report and plots
 
 Commands that open the database name it on stderr (`database: URL`). Only `serve` and
@@ -278,30 +280,166 @@ def cmd_train(argv: list[str]) -> int:
     return train_main(argv)
 
 
+RG_PREFIX = "rg:"
+# The oracle answers of this many exported items are graded as a check before writing.
+_RG_ORACLE_CHECKS = 16
+
+
+def _rg_split(
+    dataset: str, n_train: int, n_val: int, seed: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Reinforcement items from reasoning-gym's `dataset` (default config): the first
+    `n_train` entries of one seeded stream for training, then the next `n_val` whose
+    question is not a training question for validation. Each item is the question as the
+    user message plus the entry's `answer` and `metadata`, as the reasoning_gym grader reads
+    them, after a JSON round trip (tuples become lists), so they are what the file holds."""
+    import hashlib
+
+    from lco_spec.graders import reasoning_gym_datasets, unknown_rg_dataset
+
+    if dataset not in reasoning_gym_datasets():  # also says so if it is not installed
+        raise ValueError(unknown_rg_dataset(dataset))
+    import reasoning_gym
+
+    if n_train < 1 or n_val < 0:
+        raise ValueError(f"need --size >= 1 and --n-val >= 0, got {n_train} and {n_val}")
+    # reasoning-gym draws entry i from Random(seed + i), so seeds 0 and 1 would share all
+    # but one entry; a seed hashed from (dataset, seed) keeps two exports' streams apart,
+    # as the built-in tasks seed by (task, seed). 31 bits: numpy seeds must stay < 2**32.
+    digest = hashlib.sha256(f"{dataset}:{seed}".encode()).digest()
+    rg_seed = int.from_bytes(digest[:4], "big") >> 1
+    # The size is fixed up front (some datasets draw their task mix from it); the spare
+    # entries replace validation items that repeat a training question.
+    source = reasoning_gym.create_dataset(dataset, size=n_train + 2 * n_val + 16, seed=rg_seed)
+
+    def item(index: int) -> dict[str, Any]:
+        entry = source[index]
+        try:
+            fields = json.loads(
+                json.dumps({"answer": entry["answer"], "metadata": entry["metadata"]})
+            )
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"reasoning-gym's {dataset} entries are not JSON: {exc}") from None
+        return {"messages": [{"role": "user", "content": entry["question"]}], **fields}
+
+    train = [item(i) for i in range(n_train)]
+    seen = {t["messages"][0]["content"] for t in train}
+    val: list[dict[str, Any]] = []
+    for index in range(n_train, len(source)):
+        if len(val) == n_val:
+            break
+        candidate = item(index)
+        if candidate["messages"][0]["content"] not in seen:
+            seen.add(candidate["messages"][0]["content"])
+            val.append(candidate)
+    if len(val) < n_val:
+        raise ValueError(
+            f"reasoning-gym's {dataset} has too few distinct questions for {n_train} train "
+            f"and {n_val} validation items without overlap"
+        )
+    return train, val
+
+
+def _rg_grader(dataset: str, items: list[dict[str, Any]]) -> dict[str, Any]:
+    """The grader JSON for `dataset`'s items, checked on them: it must accept the items and
+    give the dataset's own answer full marks (ARC's scorers, for one, compare tuples, which
+    a JSONL file cannot hold, and would score every answer 0.05)."""
+    from lco_spec.graders import GraderError, build_grader, check_grader_against_item
+
+    spec = {"type": "reasoning_gym", "name": f"rg_{dataset}", "dataset": dataset}
+    grader = build_grader(spec)
+    for item in items[:_RG_ORACLE_CHECKS]:
+        check_grader_against_item(grader.spec, item, param_prefix="grader")
+        if isinstance(item["answer"], str):
+            try:
+                score = grader.grade(item["answer"], item).score
+            except GraderError as exc:
+                raise ValueError(f"reasoning-gym's {dataset} scorer failed: {exc}") from None
+            if score != 1.0:
+                raise ValueError(
+                    f"reasoning-gym's {dataset} scorer gives its own answer {score:g} once the "
+                    "item has been through JSON, so it cannot be trained on from a file"
+                )
+    return spec
+
+
+def _sft(items: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+    """Supervised twins (the answer as the assistant reply) of the items with a non-empty
+    answer, or None when there are items but none has one (datasets whose scorer checks
+    any valid solution, such as graph_color, have no single answer)."""
+    twins = [
+        {"messages": [*item["messages"], {"role": "assistant", "content": item["answer"]}]}
+        for item in items
+        if isinstance(item["answer"], str) and item["answer"]
+    ]
+    return None if items and not twins else twins
+
+
 def cmd_tasks_export(args: argparse.Namespace) -> int:
     from lco_core.tasks import get_task, split_examples, write_jsonl
 
-    task = get_task(args.name)
     out = Path(args.out)
+    files: dict[str, list[dict[str, Any]] | None]
+    try:
+        if args.name.startswith(RG_PREFIX):
+            dataset = args.name.removeprefix(RG_PREFIX)
+            train, val = _rg_split(dataset, args.n_train, args.n_val, args.seed)
+            grader = _rg_grader(dataset, train)
+            files = {"sft_train.jsonl": _sft(train), "sft_val.jsonl": _sft(val)}
+            title = f"{args.name}: reasoning-gym's {dataset} (default config, seed {args.seed})"
+        else:
+            try:
+                task = get_task(args.name)
+            except ValueError as exc:
+                raise ValueError(
+                    f"{exc}; or rg:DATASET for a reasoning-gym dataset (`lco tasks list`)"
+                ) from None
+            train, val = split_examples(task, args.n_train, args.n_val, seed=args.seed)
+            files = dict(
+                zip(
+                    ("sft_train.jsonl", "sft_val.jsonl"),
+                    split_examples(task, args.n_train, args.n_val, seed=args.seed, supervised=True),
+                    strict=True,
+                )
+            )
+            grader, title = task.grader(), f"{task.name}: {task.description}"
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    files |= {"rl_train.jsonl": train, "rl_val.jsonl": val}
     out.mkdir(parents=True, exist_ok=True)
-    train, val = split_examples(task, args.n_train, args.n_val, seed=args.seed)
-    sft_train, sft_val = split_examples(
-        task, args.n_train, args.n_val, seed=args.seed, supervised=True
-    )
-    write_jsonl(train, out / "rl_train.jsonl")
-    write_jsonl(val, out / "rl_val.jsonl")
-    write_jsonl(sft_train, out / "sft_train.jsonl")
-    write_jsonl(sft_val, out / "sft_val.jsonl")
-    (out / "grader.json").write_text(json.dumps(task.grader(), indent=2) + "\n")
-    print(f"{task.name}: {task.description}")
-    for name in (
-        "sft_train.jsonl",
-        "sft_val.jsonl",
-        "rl_train.jsonl",
-        "rl_val.jsonl",
-        "grader.json",
-    ):
-        print(f"  {out / name}")
+    print(f"{title}: {len(train)} train, {len(val)} validation items")
+    for name, items in files.items():
+        if items is None:
+            # A file left by an earlier export would not match the new RL items.
+            (out / name).unlink(missing_ok=True)
+            print(f"  (no {name}: the dataset has no single answer to train on)")
+        else:
+            print(f"  {write_jsonl(items, out / name)}")
+    (out / "grader.json").write_text(json.dumps(grader, indent=2) + "\n")
+    print(f"  {out / 'grader.json'}")
+    return 0
+
+
+def cmd_tasks_list(args: argparse.Namespace) -> int:
+    from lco_core.tasks import list_tasks
+    from lco_spec.graders import reasoning_gym_datasets
+
+    print("built-in tasks (lco tasks export NAME --out DIR):")
+    for task in list_tasks():
+        print(f"  {task.name:<28}{task.description}")
+    try:
+        names = reasoning_gym_datasets()
+    except ValueError as exc:
+        print(f"reasoning-gym datasets: none ({exc})")
+        return 0
+    from reasoning_gym.factory import DATASETS
+
+    print("reasoning-gym datasets (lco tasks export rg:NAME --size N --out DIR):")
+    for name in names:
+        # reasoning_gym.<category>.<module>: the category groups similar tasks.
+        category = DATASETS[name][0].__module__.split(".")[1]
+        print(f"  {RG_PREFIX + name:<28}{category}")
     return 0
 
 
@@ -402,15 +540,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     client.add_commands(sub)
 
-    tasks = sub.add_parser("tasks", help="built-in tasks").add_subparsers(
+    tasks = sub.add_parser("tasks", help="built-in and reasoning-gym tasks").add_subparsers(
         dest="action", required=True
     )
+    p = tasks.add_parser("list", help="the built-in tasks and the reasoning-gym datasets")
+    p.set_defaults(func=cmd_tasks_list)
     p = tasks.add_parser("export", help="write a task's SFT/RL datasets and grader")
-    p.add_argument("name")
+    p.add_argument("name", help="a built-in task, or rg:DATASET for reasoning-gym's DATASET")
     p.add_argument("--out", required=True)
-    p.add_argument("--n-train", type=int, default=1000)
-    p.add_argument("--n-val", type=int, default=100)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-train", "--size", type=int, default=1000, help="training items")
+    p.add_argument(
+        "--n-val",
+        "--val-size",
+        type=int,
+        default=100,
+        help="validation items (default 100): drawn after the training items from the same "
+        "seed, never repeating a training prompt",
+    )
+    p.add_argument("--seed", type=int, default=0, help="same seed, same files")
     p.set_defaults(func=cmd_tasks_export)
 
     experiment = sub.add_parser("experiment", help="studies over many runs").add_subparsers(

@@ -6,9 +6,10 @@ a reward with `build_grader(spec).grade(output_text, item)`. A failure on one sa
 raises `GraderError`, which the trainer counts and scores as 0.
 
 Types: `string_check`, `text_similarity`, `multi` (OpenAI's), and `math_verify`,
-`regex_match`, `json_valid` (ours). Templates read the dataset item as `{{item.field}}`
-(nested: `{{item.a.b}}`, list index: `{{item.a.0}}`) and the completion as
-`{{sample.output_text}}`.
+`regex_match`, `json_valid`, `reasoning_gym` (ours). Templates read the dataset item as
+`{{item.field}}` (nested: `{{item.a.b}}`, list index: `{{item.a.0}}`) and the completion as
+`{{sample.output_text}}`. A `reasoning_gym` grader has no templates: it reads the item's
+`answer` and `metadata`, as `lco tasks export rg:DATASET` writes them.
 
     >>> g = build_grader({"type": "string_check", "name": "exact", "operation": "eq",
     ...                   "input": "{{ sample.output_text }}", "reference": "{{item.answer}}"})
@@ -18,6 +19,8 @@ Types: `string_check`, `text_similarity`, `multi` (OpenAI's), and `math_verify`,
 
 from __future__ import annotations
 
+import difflib
+import functools
 import json
 import math
 import re
@@ -192,8 +195,34 @@ class JsonValidGrader(_Spec):
     ] = ()
 
 
+class ReasoningGymGrader(_Spec):
+    """reasoning-gym's own scorer for `dataset` (see `reasoning_gym_score`)."""
+
+    type: Literal["reasoning_gym"]
+    name: Name = "reasoning_gym"
+    dataset: Annotated[str, Field(min_length=1, max_length=128)]
+
+    @field_validator("dataset")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        # Builds (and caches) the scorer now, so an unknown name is a 400 at submission
+        # rather than a job whose every sample scores 0.
+        try:
+            _rg_dataset(value)
+        except ValueError:
+            raise
+        except Exception as exc:  # pydantic would let anything else out as a 500
+            raise ValueError(f"reasoning-gym cannot build {value!r}: {exc}") from None
+        return value
+
+
 _Simple = (
-    StringCheckGrader | TextSimilarityGrader | MathVerifyGrader | RegexMatchGrader | JsonValidGrader
+    StringCheckGrader
+    | TextSimilarityGrader
+    | MathVerifyGrader
+    | RegexMatchGrader
+    | JsonValidGrader
+    | ReasoningGymGrader
 )
 SimpleGraderSpec = Annotated[_Simple, Field(discriminator="type")]
 
@@ -258,15 +287,24 @@ def parse_grader(data: Any, param: str = "grader") -> AnyGraderSpec:
         raise SpecError(first["msg"].removeprefix("Value error, "), param=".".join(parts)) from None
 
 
-def _templates(spec: AnyGraderSpec, where: str = "") -> Iterator[tuple[str, str]]:
-    """(param path relative to the grader, template text) for every template in `spec`."""
+def _item_refs(spec: AnyGraderSpec, where: str = "") -> Iterator[tuple[str, tuple[str, ...], str]]:
+    """(param path relative to the grader, item field path, how it is read) for every item
+    field `spec` reads: its templates' `{{item.x}}`, and a reasoning_gym grader's fields."""
     if isinstance(spec, MultiGrader):
         for key, sub in spec.graders.items():
-            yield from _templates(sub, f"{where}graders.{key}.")
+            yield from _item_refs(sub, f"{where}graders.{key}.")
         return
-    for field in ("input", "reference"):
-        if isinstance(getattr(spec, field, None), str):
-            yield f"{where}{field}", getattr(spec, field)
+    if isinstance(spec, ReasoningGymGrader):
+        for field in RG_ITEM_FIELDS:
+            yield f"{where}dataset", (field,), "read by the reasoning_gym grader"
+        return
+    for name in ("input", "reference"):
+        text = getattr(spec, name, None)
+        if isinstance(text, str):
+            for part in _parse_template(text):
+                if isinstance(part, tuple) and part[0] == "item":
+                    used = f"used as {{{{item.{'.'.join(part[1:])}}}}}"
+                    yield f"{where}{name}", part[1:], used
 
 
 def template_fields(spec: AnyGraderSpec) -> set[str]:
@@ -276,29 +314,40 @@ def template_fields(spec: AnyGraderSpec) -> set[str]:
     ...                               "reference": "{{ item.gold.answer }}"}))
     {'gold.answer'}
     """
-    return {
-        ".".join(part[1:])
-        for _, text in _templates(spec)
-        for part in _parse_template(text)
-        if isinstance(part, tuple) and part[0] == "item"
-    }
+    return {".".join(path) for _, path, _ in _item_refs(spec)}
 
 
 def check_grader_against_item(
     spec: AnyGraderSpec, item: Mapping[str, Any], param_prefix: str = "method.reinforcement.grader"
 ) -> None:
-    """Raise SpecError (param = the template's field) if `item` lacks a referenced field."""
-    for where, text in _templates(spec):
-        for part in _parse_template(text):
-            if isinstance(part, tuple) and part[0] == "item":
-                try:
-                    _lookup(item, part[1:])
-                except KeyError:
-                    field = ".".join(part[1:])
-                    raise SpecError(
-                        f"the dataset item has no field {field!r} (used as {{{{item.{field}}}}})",
-                        param=f"{param_prefix}.{where}",
-                    ) from None
+    """Raise SpecError if `item` lacks a field the grader reads (param = the template's field,
+    or a reasoning_gym grader's `dataset`), or was made by another reasoning-gym dataset."""
+    for where, path, used in _item_refs(spec):
+        try:
+            _lookup(item, path)
+        except KeyError:
+            field = ".".join(path)
+            raise SpecError(
+                f"the dataset item has no field {field!r} ({used})",
+                param=f"{param_prefix}.{where}",
+            ) from None
+    source = _rg_source(item)
+    for where, sub in _simple_graders(spec):
+        # Another dataset's scorer would grade these items without complaint, and wrongly.
+        if isinstance(sub, ReasoningGymGrader) and source not in (None, sub.dataset):
+            raise SpecError(
+                f"the dataset item was made by reasoning-gym's {source!r}, not {sub.dataset!r}",
+                param=f"{param_prefix}.{where}dataset",
+            )
+
+
+def _simple_graders(spec: AnyGraderSpec) -> Iterator[tuple[str, AnyGraderSpec]]:
+    """(param path prefix relative to the grader, spec) for `spec` or each multi sub-grader."""
+    if isinstance(spec, MultiGrader):
+        for key, sub in spec.graders.items():
+            yield f"graders.{key}.", sub
+    else:
+        yield "", spec
 
 
 # --- text similarity ---------------------------------------------------------------------
@@ -446,6 +495,87 @@ def math_equal(answer: str, reference: str) -> bool:
     return bool(pred) and bool(verify(gold, pred, timeout_seconds=None))
 
 
+# --- reasoning-gym --------------------------------------------------------------------------
+
+# The fields of a reasoning-gym entry that an exported item carries beside its prompt.
+RG_ITEM_FIELDS = ("answer", "metadata")
+# Datasets that cannot be built from their default config (composite mixes others by config).
+_RG_NEEDS_CONFIG = frozenset({"composite"})
+
+
+def reasoning_gym_datasets() -> list[str]:
+    """The reasoning-gym dataset names usable here, sorted. Imports reasoning_gym (about a
+    second: numpy and sympy, never torch)."""
+    try:
+        from reasoning_gym.factory import DATASETS
+    except ImportError:
+        raise ValueError("reasoning_gym is not installed (pip install reasoning-gym)") from None
+    return sorted(set(DATASETS) - _RG_NEEDS_CONFIG)
+
+
+def unknown_rg_dataset(name: str) -> str:
+    """The message for a dataset name reasoning-gym does not have: close names and where
+    to see them all."""
+    names = reasoning_gym_datasets()
+    close = difflib.get_close_matches(name, names, n=3)
+    hint = f"did you mean {', '.join(close)}? " if close else ""
+    return (
+        f"unknown reasoning-gym dataset {name!r}; {hint}`lco tasks list` shows all "
+        f"{len(names)} (e.g. {', '.join(names[:4])}, ...)"
+    )
+
+
+@functools.cache
+def _rg_dataset(name: str) -> Any:
+    """A dataset object whose `score_answer` scores `name`'s entries; one per name.
+
+    Built from the default config, as `lco tasks export` generates: some scorers read
+    their config (ARC's board format). size=1 keeps construction cheap.
+    """
+    if name not in reasoning_gym_datasets():
+        raise ValueError(unknown_rg_dataset(name))
+    import reasoning_gym
+
+    return reasoning_gym.create_dataset(name, size=1, seed=0)
+
+
+def _rg_source(item: Mapping[str, Any]) -> str | None:
+    metadata = item.get("metadata")
+    source = metadata.get("source_dataset") if isinstance(metadata, Mapping) else None
+    return source if isinstance(source, str) else None
+
+
+def rg_answer(output_text: str) -> str:
+    """The answer in a completion, as reasoning-gym's examples take it: the last
+    `<answer>...</answer>` when there is one (trimmed), otherwise the whole trimmed output,
+    so that a model that just answers (a small one after SFT on bare answers) is scored too.
+
+    >>> rg_answer("I think <answer> 7 </answer>"), rg_answer(" 7\\n")
+    ('7', '7')
+    """
+    from reasoning_gym.utils import extract_answer
+
+    answer = extract_answer(output_text)
+    return output_text.strip() if answer is None else answer
+
+
+def reasoning_gym_score(dataset: str, output_text: str, item: Mapping[str, Any]) -> float:
+    """reasoning-gym's `score_answer(rg_answer(output_text), entry)` clipped to [0, 1], the
+    entry rebuilt from the item: its prompt as `question`, its `answer` and `metadata`."""
+    entry: dict[str, Any] = {}
+    for field in RG_ITEM_FIELDS:
+        if field not in item:
+            raise GraderError(f"item has no field {field!r}")
+        entry[field] = item[field]
+    messages = item.get("messages")
+    if isinstance(messages, list) and messages and isinstance(messages[-1], Mapping):
+        entry["question"] = messages[-1].get("content")
+    score = float(_rg_dataset(dataset).score_answer(rg_answer(output_text), entry))
+    if not math.isfinite(score):
+        raise GraderError(f"reasoning-gym's {dataset} scorer returned {score}")
+    return min(1.0, max(0.0, score))
+
+
 # --- runtime -----------------------------------------------------------------------------
 
 
@@ -510,6 +640,8 @@ class Grader:
         return GradeResult(score=score, sub_scores={self.name: score})
 
     def _score(self, output_text: str, item: Mapping[str, Any]) -> float:
+        if isinstance(self.spec, ReasoningGymGrader):
+            return reasoning_gym_score(self.spec.dataset, output_text, item)
         spec, text = self.spec, _render(self._input, output_text, item)
         if self._regex is not None:
             return float(self._regex.search(text) is not None)

@@ -397,3 +397,122 @@ def test_job_spec_accepts_grader() -> None:
 def test_docstring_examples() -> None:
     result = doctest.testmod(graders_module)
     assert result.attempted > 0 and result.failed == 0
+
+
+# --- reasoning_gym -----------------------------------------------------------------------
+
+
+def rg_item(dataset: str, index: int = 0) -> dict[str, Any]:
+    """An item as `lco tasks export rg:DATASET` writes it, from reasoning-gym directly."""
+    import json
+
+    import reasoning_gym
+
+    entry = reasoning_gym.create_dataset(dataset, size=index + 1, seed=7)[index]
+    fields = json.loads(json.dumps({"answer": entry["answer"], "metadata": entry["metadata"]}))
+    return {"messages": [{"role": "user", "content": entry["question"]}], **fields}
+
+
+def rg_spec(dataset: str = "basic_arithmetic") -> dict[str, Any]:
+    return {"type": "reasoning_gym", "name": "rg", "dataset": dataset}
+
+
+@pytest.mark.parametrize("dataset", ["basic_arithmetic", "letter_counting"])
+def test_reasoning_gym_grader_scores_with_the_datasets_scorer(dataset: str) -> None:
+    item = rg_item(dataset)
+    answer = item["answer"]
+    wrong = str(int(answer) + 1)  # both datasets answer with an integer
+    assert answer not in wrong  # the default scorer gives partial credit for containment
+    grader = build_grader(rg_spec(dataset))
+    assert grader.grade(answer, item) == GradeResult(score=1.0, sub_scores={"rg": 1.0})
+    assert grader.grade(f"  {answer}\n", item).score == 1.0  # the whole output, trimmed
+    assert grader.grade(f"Thinking... <answer> {answer} </answer>", item).score == 1.0
+    # With tags only the last tagged answer counts, not the text around it.
+    assert grader.grade(f"{answer} <answer>{wrong}</answer>", item).score == 0.0
+    assert grader.grade(wrong, item).score == 0.0
+    assert grader.grade("", item).score == 0.0
+
+
+def test_reasoning_gym_grader_in_multi_and_item_fields() -> None:
+    spec = parse_grader(
+        {
+            "type": "multi",
+            "graders": {
+                "rg": rg_spec(),
+                "tagged": {"type": "regex_match", "input": OUT, "pattern": "<answer>"},
+            },
+            "calculate_output": "0.9 * rg + 0.1 * tagged",
+        }
+    )
+    item = rg_item("basic_arithmetic")
+    result = build_grader(spec).grade(f"<answer>{item['answer']}</answer>", item)
+    assert result.score == pytest.approx(1.0)
+    assert result.sub_scores == {"rg": 1.0, "tagged": 1.0}
+    assert build_grader(spec).grade(item["answer"], item).score == pytest.approx(0.9)
+    assert template_fields(spec) == {"answer", "metadata"}
+
+
+@pytest.mark.parametrize(
+    ("data", "param", "message"),
+    [
+        (rg_spec("basic_arithmetc"), "grader.dataset", "did you mean basic_arithmetic"),
+        (rg_spec("nope"), "grader.dataset", "`lco tasks list` shows all"),
+        (rg_spec("composite"), "grader.dataset", "unknown reasoning-gym dataset"),
+        ({"type": "reasoning_gym"}, "grader.dataset", "Field required"),
+        ({**rg_spec(), "source": "x"}, "grader.source", "Extra inputs"),
+        (
+            {"type": "multi", "graders": {"r": rg_spec("nope")}, "calculate_output": "r"},
+            "grader.graders.r.dataset",
+            "unknown reasoning-gym dataset 'nope'",
+        ),
+    ],
+)
+def test_reasoning_gym_grader_validation(data: dict[str, Any], param: str, message: str) -> None:
+    with pytest.raises(SpecError, match=message) as info:
+        parse_grader(data)
+    assert info.value.param == param
+
+
+def test_reasoning_gym_unknown_dataset_in_a_job_spec_names_the_field() -> None:
+    body = {
+        "model": "m",
+        "training_file": "file-1",
+        "method": {"type": "lco", "lco": {"grader": rg_spec("nope")}},
+    }
+    with pytest.raises(SpecError, match="unknown reasoning-gym dataset") as info:
+        parse_job_spec(body)
+    assert info.value.param == "method.lco.grader.dataset"
+
+
+def test_reasoning_gym_grader_checked_against_items() -> None:
+    spec = parse_grader(rg_spec())
+    item = rg_item("basic_arithmetic")
+    check_grader_against_item(spec, item)
+    without = {k: v for k, v in item.items() if k != "metadata"}
+    with pytest.raises(SpecError, match="no field 'metadata'") as info:
+        check_grader_against_item(spec, without)
+    assert info.value.param == "method.reinforcement.grader.dataset"
+    with pytest.raises(GraderError, match="no field 'metadata'"):
+        build_grader(spec).grade("1", without)
+    # Items of another dataset would be scored, wrongly, by this one's scorer: refused.
+    with pytest.raises(SpecError, match="made by reasoning-gym's 'letter_counting'") as info:
+        check_grader_against_item(spec, rg_item("letter_counting"), param_prefix="grader")
+    assert info.value.param == "grader.dataset"
+
+
+def test_reasoning_gym_scores_are_clipped_and_nan_is_an_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    scores = iter([1.5, -0.5, math.nan])
+
+    class Scorer:
+        def score_answer(self, answer: str, entry: dict[str, Any]) -> float:
+            return next(scores)
+
+    grader = build_grader(rg_spec())
+    monkeypatch.setattr(graders_module, "_rg_dataset", lambda name: Scorer())
+    item = rg_item("basic_arithmetic")
+    assert grader.grade("x", item).score == 1.0
+    assert grader.grade("x", item).score == 0.0
+    with pytest.raises(GraderError, match="returned nan"):
+        grader.grade("x", item)
