@@ -45,6 +45,10 @@ class TrainConfig:
     eval_samples: int
     max_seq_len: int
     dtype: str
+    # 0: auto, resolved from the model and the data by `memory.fit_to_model`.
+    micro_batch_size: int = 0
+    loss_chunk_size: int = 0
+    gradient_checkpointing: bool = False
     # RL only (ignored by SFT).
     algorithm: str = "lco"
     loss: str = "sft"
@@ -70,12 +74,16 @@ class TrainConfig:
     gamma: float = 1.0
     gae_lambda: float = 0.95
     value_coef: float = 0.5
-    loss_chunk_size: int = 1024
     split_grad_norm: bool = True
+    diagnostic_interval: int = 10
 
     @property
     def updates_per_batch(self) -> int:
         return self.ppo_epochs * self.mini_batches
+
+    def diagnose(self, step: int) -> bool:
+        """Whether `step` measures the costly diagnostics (see `diagnostic_interval`)."""
+        return step == 1 or step % self.diagnostic_interval == 0
 
     def describe(self) -> dict[str, Any]:
         return asdict(self)
@@ -123,6 +131,9 @@ def _common(
         "eval_samples": int(_auto(hp.eval_samples, 64)),
         "max_seq_len": hp.max_seq_len,
         "dtype": hp.dtype,
+        "micro_batch_size": int(_auto(hp.micro_batch_size, 0)),
+        "loss_chunk_size": int(_auto(hp.loss_chunk_size, 0)),
+        "gradient_checkpointing": hp.gradient_checkpointing,
     }
 
 
@@ -195,6 +206,6 @@ def resolve_config(spec: JobSpec, *, n_train: int) -> TrainConfig:
         gamma=rl.gamma,
         gae_lambda=rl.gae_lambda,
         value_coef=rl.value_coef,
-        loss_chunk_size=rl.loss_chunk_size,
         split_grad_norm=rl.split_grad_norm,
+        diagnostic_interval=rl.diagnostic_interval,
     )

@@ -15,7 +15,7 @@ The closed forms are those of the method doc (LCO-KLD: softmax(z) - pi*; LCO-MSE
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -124,6 +124,7 @@ def _reinforce(logits: Tensor, data: TokenData, cfg: LossConfig) -> ChunkOut:
 def _ratio_loss(logits: Tensor, data: TokenData, cfg: LossConfig, kl_coef: float) -> ChunkOut:
     logp, p, entropy, logp_a = _softmax(logits, data.tokens)
     adv = data.advantages.to(logp.dtype)
+    assert data.old_logprobs is not None  # filled from the chunk's logits when None
     ratio = torch.exp(logp_a - data.old_logprobs.to(logp.dtype))
     high = cfg.clip_eps if cfg.clip_eps_high is None else cfg.clip_eps_high
     unclipped, clipped = -ratio * adv, -ratio.clamp(1 - cfg.clip_eps, 1 + high) * adv
@@ -164,6 +165,7 @@ class LossResult:
     sampled_prob_sum: float
     clipped: int
     tokens: int
+    logp_a: Tensor  # [N] log pi(a) under the forward's policy, detached
 
 
 class _FusedHeadLoss(torch.autograd.Function):
@@ -180,7 +182,7 @@ class _FusedHeadLoss(torch.autograd.Function):
         cfg: LossConfig,
         chunk_size: int,
         split: bool,
-        stats: dict[str, float],
+        stats: dict[str, Any],
     ) -> tuple[Tensor, Tensor]:
         grad_fn = GRADS[name]
         # At least float32 for the softmax and the target (bf16 is too coarse over a large
@@ -196,7 +198,11 @@ class _FusedHeadLoss(torch.autograd.Function):
         for start in range(0, hidden.shape[0], chunk_size):
             end = min(start + chunk_size, hidden.shape[0])
             h, part = hidden[start:end], data.slice(start, end)
-            out = grad_fn(F.linear(h, weight.to(h.dtype), bias).to(acc), part, cfg)
+            logits = F.linear(h, weight.to(h.dtype), bias).to(acc)
+            if part.old_logprobs is None:
+                z_a = logits.gather(-1, part.tokens[:, None])[:, 0]
+                part = replace(part, old_logprobs=z_a - logits.logsumexp(-1), old_logits=z_a)
+            out = grad_fn(logits, part, cfg)
             w = part.weights.to(out.loss.dtype)
             positive = part.advantages > 0
             weighted = out.loss * w
@@ -218,6 +224,7 @@ class _FusedHeadLoss(torch.autograd.Function):
             stats["entropy_sum"] += float(out.entropy.sum())
             stats["sampled_prob_sum"] += float(out.logp_a.exp().sum())
             stats["clipped"] += int(out.clipped.sum()) if out.clipped is not None else 0
+            stats["logp_a"].append(out.logp_a.detach())
         ctx.split = split
         ctx.weight_dtype = weight.dtype
         ctx.bias_dtype = bias.dtype if bias is not None else None
@@ -270,10 +277,16 @@ def chunked_loss(
     otherwise backward `loss` only."""
     if name not in GRADS:
         raise ValueError(f"unknown loss '{name}'; known: {', '.join(sorted(GRADS))}")
-    stats = {"entropy_sum": 0.0, "sampled_prob_sum": 0.0, "clipped": 0.0}
+    stats: dict[str, Any] = {
+        "entropy_sum": 0.0,
+        "sampled_prob_sum": 0.0,
+        "clipped": 0.0,
+        "logp_a": [],
+    }
     pos, neg = _FusedHeadLoss.apply(
         hidden, head_weight, head_bias, data, name, cfg, chunk_size, split, stats
     )
+    logp_a = stats["logp_a"]
     return LossResult(
         pos + neg,
         pos,
@@ -282,4 +295,5 @@ def chunked_loss(
         stats["sampled_prob_sum"],
         int(stats["clipped"]),
         hidden.shape[0],
+        torch.cat(logp_a) if logp_a else hidden.new_zeros(0),
     )

@@ -36,8 +36,11 @@ class TokenData:
     tokens: Tensor  # [N] sampled token ids a
     advantages: Tensor  # [N]
     weights: Tensor  # [N] aggregation weights: sum_i w_i * loss_i is the minibatch loss
-    old_logprobs: Tensor  # [N] log pi_old(a)
-    old_logits: Tensor  # [N] raw logit z_old(a) (MSE/logcosh target base)
+    # [N] log pi_old(a) and the raw logit z_old(a) (the MSE/logcosh target base). None in
+    # the fused loss means pi_old is the policy of this very forward (one update per batch):
+    # they are read off its logits, detached, so no separate forward computes them.
+    old_logprobs: Tensor | None  # [N]
+    old_logits: Tensor | None  # [N]
     topk_ids: Tensor | None = None  # [N, k] pi_old's top-k ids, when pi_old must be stored
     topk_logprobs: Tensor | None = None  # [N, k]
     ref_logprobs: Tensor | None = None  # [N] log pi_ref(a) for the k3 KL penalty
@@ -99,6 +102,7 @@ def old_log_distribution(logp: Tensor, data: TokenData, source: str) -> Tensor:
     # the target towards the top-k).
     known = torch.full_like(current, float("-inf"))
     known.scatter_(-1, data.topk_ids, data.topk_logprobs.to(current.dtype))
+    assert data.old_logprobs is not None, "the top-k old distribution needs log pi_old(a)"
     known.scatter_(-1, data.tokens.unsqueeze(-1), data.old_logprobs.to(current.dtype).unsqueeze(-1))
     is_known = torch.isfinite(known)
     tail_mass = (1 - known.exp().sum(-1)).clamp_min(1e-12)
@@ -137,7 +141,11 @@ def lco_kld(logits: Tensor, data: TokenData, cfg: LossConfig) -> Tensor:
 
 
 def _logit_target(logits_a: Tensor, data: TokenData, cfg: LossConfig) -> Tensor:
-    base = data.old_logits.to(logits_a.dtype) if cfg.target_base == "old" else logits_a.detach()
+    if cfg.target_base == "old":
+        assert data.old_logits is not None, "target_base 'old' needs z_old(a)"
+        base = data.old_logits.to(logits_a.dtype)
+    else:
+        base = logits_a.detach()
     return base + data.advantages.to(logits_a.dtype) / cfg.beta
 
 
@@ -169,6 +177,7 @@ def sft(logits: Tensor, data: TokenData, cfg: LossConfig) -> Tensor:
 def clipped_surrogate(logp_a: Tensor, data: TokenData, cfg: LossConfig) -> tuple[Tensor, Tensor]:
     """PPO's clipped objective (negated) and which tokens the clip bound."""
     adv = data.advantages.to(logp_a.dtype)
+    assert data.old_logprobs is not None, "the ratio needs log pi_old(a)"
     ratio = torch.exp(logp_a - data.old_logprobs.to(logp_a.dtype))
     high = cfg.clip_eps if cfg.clip_eps_high is None else cfg.clip_eps_high
     clipped = ratio.clamp(1 - cfg.clip_eps, 1 + high)

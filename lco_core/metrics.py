@@ -44,7 +44,13 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 def grad_norm(params: Iterable[torch.nn.Parameter]) -> float:
-    norms = [p.grad.detach().float().norm() for p in params if p.grad is not None]
+    """The L2 norm of the parameters' gradients taken together (0.0 when there are none)."""
+    return grad_norm_of(p.grad for p in params if p.grad is not None)
+
+
+def grad_norm_of(tensors: Iterable[torch.Tensor]) -> float:
+    """The L2 norm of the tensors taken together, as one vector."""
+    norms = [t.detach().float().norm() for t in tensors]
     return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
 
 

@@ -16,6 +16,7 @@ end, so a failed or interrupted import leaves nothing under `dest`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -26,7 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 IMPORT_MANIFEST = "lco_import.json"
 # What a Hugging Face dir must bring besides config.json: weights and a tokenizer.
@@ -117,7 +118,7 @@ def _causal_lm_config(config: Any, source: Path) -> str:
             f"{source}: model_type {config.model_type!r} is not a causal language model "
             "transformers can load without remote code"
         )
-    return archs[0] if archs else mapping[type(config)].__name__
+    return str(archs[0]) if archs else str(config.model_type)
 
 
 def _import_dir(source: Path, out: Path, say: Progress) -> ImportedModel:
@@ -191,7 +192,13 @@ def _import_gguf(source: Path, out: Path, dtype: str, say: Progress) -> Imported
     try:
         config = AutoConfig.from_pretrained(folder, gguf_file=name)
         arch = _causal_lm_config(config, source)
-        loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch_dtype)
+        # (model, loading info); transformers' annotations do not know the pair.
+        loaded, loading = cast(
+            tuple[Any, dict[str, list[str]]],
+            AutoModelForCausalLM.from_pretrained(
+                folder, gguf_file=name, dtype=torch_dtype, output_loading_info=True
+            ),
+        )
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     except ModelImportError:
         raise
@@ -199,6 +206,15 @@ def _import_gguf(source: Path, out: Path, dtype: str, say: Progress) -> Imported
         raise ModelImportError(
             f"{source} could not be read as a language model: {type(exc).__name__}: {exc}"
         ) from None
+    # transformers fills the tensors a file lacks with random values and only warns: a GGUF
+    # with a config and a tokenizer but no (or some) weights would import as noise.
+    missing = sorted(loading.get("missing_keys") or ())
+    if missing:
+        raise ModelImportError(
+            f"{source} has no weights for {len(missing)} of the model's tensors "
+            f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}): not a complete "
+            f"{arch} model"
+        )
     # save_pretrained refuses a GGUF-loaded model; a model built from the same config (minus
     # the quantization config) with the same tensors saves normally.
     config = loaded.config
@@ -274,7 +290,9 @@ def packaged_gguf(dist: str = SMOLLM2_DIST, filename: str = SMOLLM2_GGUF) -> Pat
     raise ModelImportError(f"{dist} does not ship {filename}")
 
 
-def import_cached(source: Path, cache_root: Path, name: str, progress: Progress | None = None) -> Path:
+def import_cached(
+    source: Path, cache_root: Path, name: str, progress: Progress | None = None
+) -> Path:
     """The entry for `source` under `cache_root`, imported on first use and reused after.
 
     Keyed by the source file's sha256, so a different file never reuses a stale entry. For
@@ -283,8 +301,6 @@ def import_cached(source: Path, cache_root: Path, name: str, progress: Progress 
     dest = cache_root / f"{name}-{_sha256(source)[:12]}"
     if (dest / IMPORT_MANIFEST).is_file():
         return dest
-    try:
+    with contextlib.suppress(FileExistsError):  # another process finished it first
         import_model(source, dest, progress=progress)
-    except FileExistsError:  # another process finished it first
-        pass
     return dest

@@ -25,7 +25,8 @@ from lco_core.config import TrainConfig
 from lco_core.data import encode_prompt, example_indices
 from lco_core.fused import chunked_loss
 from lco_core.losses import LossConfig, TokenData
-from lco_core.metrics import PhaseTimer, grad_norm, peak_memory_mb
+from lco_core.memory import fit_to_model
+from lco_core.metrics import PhaseTimer, grad_norm, grad_norm_of, peak_memory_mb
 from lco_core.rollout import Completion, RolloutEngine, SamplingParams
 from lco_core.trainer import Trainer, trunk_and_head
 from lco_spec.graders import GraderError, build_grader
@@ -47,23 +48,32 @@ class Rollouts:
     def seq_of_token(self) -> Tensor:
         return torch.repeat_interleave(torch.arange(len(self.lengths)), self.lengths)
 
-    def pack(self, seqs: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        """A minibatch of sequences: (input_ids, attention_mask, rows, cols, token_index),
-        where hidden[rows, cols] are the states that predict tokens[token_index]."""
+    def _within(self, seqs: Tensor) -> tuple[Tensor, Tensor]:
+        """(lengths of `seqs`, each of their response tokens' position within its sequence)."""
         lengths = self.lengths[seqs]
-        width = int((self.prompt_lens[seqs] + lengths).max())
-        rows = torch.repeat_interleave(torch.arange(len(seqs)), lengths)
-        starts = torch.repeat_interleave(self.offsets[seqs], lengths)
         within = torch.arange(int(lengths.sum())) - torch.repeat_interleave(
             torch.cumsum(lengths, 0) - lengths, lengths
         )
+        return lengths, within
+
+    def token_index(self, seqs: Tensor) -> Tensor:
+        """The flat indices of the response tokens of sequences `seqs`, in their order."""
+        lengths, within = self._within(seqs)
+        return torch.repeat_interleave(self.offsets[seqs], lengths) + within
+
+    def pack(self, seqs: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """A minibatch of sequences: (input_ids, attention_mask, rows, cols, token_index),
+        where hidden[rows, cols] are the states that predict tokens[token_index]."""
+        lengths, within = self._within(seqs)
+        width = int((self.prompt_lens[seqs] + lengths).max())
+        rows = torch.repeat_interleave(torch.arange(len(seqs)), lengths)
         cols = torch.repeat_interleave(self.prompt_lens[seqs] - 1, lengths) + within
         return (
             self.input_ids[seqs, :width],
             self.attention_mask[seqs, :width],
             rows,
             cols,
-            starts + within,
+            torch.repeat_interleave(self.offsets[seqs], lengths) + within,
         )
 
 
@@ -137,6 +147,10 @@ class RLTrainer(Trainer):
         callbacks: Callbacks,
         device: torch.device,
     ) -> None:
+        # Micro-batch and loss-chunk sizes for this model and these prompts (the longest of
+        # the first 512 prompts plus the completion budget).
+        longest = max(len(encode_prompt(tokenizer, item["messages"])) for item in items[:512])
+        cfg = fit_to_model(cfg, model.config, longest + cfg.max_completion_tokens)
         hidden_size = trunk_and_head(model)[1].weight.shape[1]
         # PPO's value head reads the policy's hidden states detached, so value errors never
         # push the shared trunk: the policy sees exactly the gradients of its loss.
@@ -175,6 +189,14 @@ class RLTrainer(Trainer):
             kl_coef=cfg.kl_coef,
         )
         self.store_topk = cfg.updates_per_batch > 1 and cfg.loss == "lco_kld"
+        # pi_old needs its own forward before the update only when several updates reuse the
+        # batch, PPO needs values for GAE, or the importance weights scale the advantages;
+        # otherwise the update's forward is pi_old (TRL does the same).
+        self.separate_old_pass = (
+            cfg.updates_per_batch > 1
+            or self.value_head is not None
+            or cfg.importance_cap is not None
+        )
         self.autocast = cfg.dtype == "bfloat16"
         self._prompt_cache: dict[int, list[int]] = {}
 
@@ -223,9 +245,7 @@ class RLTrainer(Trainer):
         base, head = trunk_and_head(model)
         out: dict[str, list[Tensor]] = {}
         chunk = self.cfg.loss_chunk_size
-        for seqs in torch.arange(len(ro.lengths)).split(
-            max(1, len(ro.lengths) // self.cfg.mini_batches)
-        ):
+        for seqs in torch.arange(len(ro.lengths)).split(self.cfg.micro_batch_size):
             input_ids, attention, rows, cols, index = ro.pack(seqs)
             h = self.hidden(base, input_ids, attention)[rows.to(self.device), cols.to(self.device)]
             tokens = ro.tokens[index].to(self.device)
@@ -282,90 +302,120 @@ class RLTrainer(Trainer):
     def update(
         self,
         ro: Rollouts,
-        old: dict[str, Tensor],
+        old: dict[str, Tensor] | None,
         adv: Tensor,
         returns: Tensor | None,
         ref_logp: Tensor | None,
-    ) -> dict[str, float]:
-        """`ppo_epochs` passes over `mini_batches` minibatches; one optimiser step each."""
+        *,
+        split: bool,
+    ) -> tuple[dict[str, float], Tensor]:
+        """`ppo_epochs` passes over `mini_batches` minibatches, one optimiser step each.
+
+        A minibatch runs as micro-batches of `micro_batch_size` sequences whose gradients
+        accumulate (the token weights are the whole minibatch's, so the step is the same as
+        one pass; only the peak memory differs). `old` None means pi_old is the policy of
+        this forward (one update per batch). With `split`, the gradients of the positive-
+        and negative-advantage halves accumulate in two buffers to measure each one's norm
+        (a second backward through the trunk and one more gradient-sized buffer).
+        Returns the mean statistics and log pi(a) [N] as the first pass saw each token."""
         cfg = self.cfg
         policy_params = [p for p in self.model.parameters() if p.requires_grad]
         all_params = policy_params + (list(self.value_head.parameters()) if self.value_head else [])
         sums: dict[str, float] = {}
         updates = 0
+        first_logp = torch.zeros(len(ro.tokens))
+        weights = torch.zeros(len(ro.tokens))
         generator = torch.Generator().manual_seed(cfg.seed * 31 + self.step)
-        for _ in range(cfg.ppo_epochs):
+        for epoch in range(cfg.ppo_epochs):
             order = torch.randperm(len(ro.lengths), generator=generator)
             for seqs in order.chunk(cfg.mini_batches):
-                input_ids, attention, rows, cols, index = ro.pack(seqs)
-                h = self.hidden(self.base, input_ids, attention)[
-                    rows.to(self.device), cols.to(self.device)
-                ]
-                data = TokenData(
-                    tokens=ro.tokens[index],
-                    advantages=adv[index],
-                    weights=self.token_weights(ro, seqs, index, adv[index]),
-                    old_logprobs=old["logp"][index],
-                    old_logits=old["logit"][index],
-                    topk_ids=old["topk_ids"][index] if "topk_ids" in old else None,
-                    topk_logprobs=old["topk_logprobs"][index] if "topk_logprobs" in old else None,
-                    ref_logprobs=ref_logp[index] if ref_logp is not None else None,
-                )
-                data = data.map(lambda t: t.to(self.device))
-                res = chunked_loss(
-                    h,
-                    self.head.weight,
-                    self.head.bias,
-                    data,
-                    cfg.loss,
-                    self.loss_cfg,
-                    cfg.loss_chunk_size,
-                    split=cfg.split_grad_norm,
-                )
-                value_loss = None
-                if self.value_head is not None and returns is not None:
-                    predicted = self.value_head(h.detach().float())[:, 0]
-                    value_loss = F.mse_loss(predicted, returns[index].to(self.device))
-                    (cfg.value_coef * value_loss).backward()
-                if cfg.split_grad_norm:
-                    # Backward the two halves separately to measure each one's gradient norm.
-                    res.pos.backward(retain_graph=True)
-                    pos_grads = [
-                        p.grad.clone() if p.grad is not None else None for p in policy_params
+                minibatch = ro.token_index(seqs)
+                weights[minibatch] = self.token_weights(ro, seqs, minibatch, adv[minibatch])
+                neg_grads: list[Tensor | None] = [None] * len(policy_params)
+                stats = {"loss": 0.0, "clipped": 0.0, "tokens": 0.0, "value_loss": 0.0}
+                for micro in seqs.split(cfg.micro_batch_size):
+                    input_ids, attention, rows, cols, index = ro.pack(micro)
+                    h = self.hidden(self.base, input_ids, attention)[
+                        rows.to(self.device), cols.to(self.device)
                     ]
-                    norm_pos = grad_norm(policy_params)
-                    res.neg.backward()
-                    diff = [
-                        (p.grad - g) if g is not None and p.grad is not None else p.grad
-                        for p, g in zip(policy_params, pos_grads, strict=True)
-                    ]
-                    norm_neg = (
-                        float(
-                            torch.linalg.vector_norm(
-                                torch.stack([d.float().norm() for d in diff if d is not None])
-                            )
-                        )
-                        if diff
-                        else 0.0
+                    data = TokenData(
+                        tokens=ro.tokens[index],
+                        advantages=adv[index],
+                        weights=weights[index],
+                        old_logprobs=old["logp"][index] if old else None,
+                        old_logits=old["logit"][index] if old else None,
+                        topk_ids=old["topk_ids"][index] if old and "topk_ids" in old else None,
+                        topk_logprobs=(
+                            old["topk_logprobs"][index] if old and "topk_logprobs" in old else None
+                        ),
+                        ref_logprobs=ref_logp[index] if ref_logp is not None else None,
                     )
+                    data = data.map(lambda t: t.to(self.device))
+                    res = chunked_loss(
+                        h,
+                        self.head.weight,
+                        self.head.bias,
+                        data,
+                        cfg.loss,
+                        self.loss_cfg,
+                        cfg.loss_chunk_size,
+                        split=split,
+                    )
+                    if self.value_head is not None and returns is not None:
+                        # Mean squared error over the minibatch's tokens, summed over micro-batches.
+                        predicted = self.value_head(h.detach().float())[:, 0]
+                        errors = (predicted - returns[index].to(self.device)).pow(2).sum()
+                        value_loss = errors / len(minibatch)
+                        (cfg.value_coef * value_loss).backward()
+                        stats["value_loss"] += value_loss.item()
+                    if split:
+                        res.pos.backward(retain_graph=True)
+                        # Swap in the negative half's accumulator for its backward, then back.
+                        for i, p in enumerate(policy_params):
+                            p.grad, neg_grads[i] = neg_grads[i], p.grad
+                        res.neg.backward()
+                        for i, p in enumerate(policy_params):
+                            p.grad, neg_grads[i] = neg_grads[i], p.grad
+                    else:
+                        res.loss.backward()
+                    stats["loss"] += res.loss.item()
+                    stats["clipped"] += res.clipped
+                    stats["tokens"] += res.tokens
+                    if epoch == 0:
+                        first_logp[index] = res.logp_a.float().cpu()
+                        sums["entropy_sum"] = sums.get("entropy_sum", 0.0) + res.entropy_sum
+                        sums["sampled_prob_sum"] = (
+                            sums.get("sampled_prob_sum", 0.0) + res.sampled_prob_sum
+                        )
+                if split:
+                    norm_pos = grad_norm(policy_params)
+                    norm_neg = grad_norm_of([g for g in neg_grads if g is not None])
+                    for p, g in zip(policy_params, neg_grads, strict=True):
+                        if g is not None:
+                            p.grad = g if p.grad is None else p.grad.add_(g)
                     sums["grad_norm_pos"] = sums.get("grad_norm_pos", 0.0) + norm_pos
                     sums["grad_norm_neg"] = sums.get("grad_norm_neg", 0.0) + norm_neg
-                else:
-                    res.loss.backward()
                 sums["grad_norm"] = sums.get("grad_norm", 0.0) + grad_norm(policy_params)
                 if cfg.max_grad_norm is not None:
                     torch.nn.utils.clip_grad_norm_(all_params, cfg.max_grad_norm)
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 updates += 1
-                sums["loss"] = sums.get("loss", 0.0) + res.loss.item()
-                sums["clip_frac"] = sums.get("clip_frac", 0.0) + res.clipped / max(res.tokens, 1)
-                if value_loss is not None:
-                    sums["value_loss"] = sums.get("value_loss", 0.0) + value_loss.item()
-        metrics = {k: v / updates for k, v in sums.items()}
+                sums["loss"] = sums.get("loss", 0.0) + stats["loss"]
+                sums["clip_frac"] = sums.get("clip_frac", 0.0) + stats["clipped"] / max(
+                    stats["tokens"], 1
+                )
+                if self.value_head is not None:
+                    sums["value_loss"] = sums.get("value_loss", 0.0) + stats["value_loss"]
+        n_tokens = max(len(ro.tokens), 1)
+        metrics = {
+            "entropy": sums.pop("entropy_sum", 0.0) / n_tokens,
+            "sampled_prob": sums.pop("sampled_prob_sum", 0.0) / n_tokens,
+            **{k: v / updates for k, v in sums.items()},
+        }
         if cfg.loss not in ("grpo", "ppo_clip"):
             metrics.pop("clip_frac", None)
-        return metrics
+        return metrics, first_logp
 
     def check_signal(self, step: int, no_signal: bool, rewards: Tensor) -> None:
         """Warn when a step's advantages are all zero (every group's samples scored the same):
@@ -410,32 +460,39 @@ class RLTrainer(Trainer):
             rewards, reward_stats = self.grade(items, groups)
         self.callbacks.on_samples(step, rollout_samples(items, groups, rewards))
         ro = build_rollouts(prompts, groups, self.pad_id)
+        diagnose = cfg.diagnose(step)
+        old: dict[str, Tensor] | None = None
+        ref_logp: Tensor | None = None
+        tis: Tensor | None = None
         with timer.phase("old_logprobs"):
-            old = self.token_logprobs(self.model, ro, full=True)
-            ref_logp = (
-                self.token_logprobs(self.ref_model, ro, full=False)["logp"]
-                if self.ref_model
-                else None
-            )
-            adv, returns = self.advantages(ro, rewards, old.get("values"))
+            if self.separate_old_pass:
+                old = self.token_logprobs(self.model, ro, full=True)
+            if self.ref_model is not None and (cfg.kl_coef > 0 or diagnose):
+                ref_logp = self.token_logprobs(self.ref_model, ro, full=False)["logp"]
+            adv, returns = self.advantages(ro, rewards, old.get("values") if old else None)
             self.check_signal(step, not bool(adv.any()), rewards)
-            tis: Tensor | None = None
             if cfg.importance_cap is not None:
+                assert old is not None
                 # The rollouts were sampled by the engine, not by the trainer's pi_old.
                 tis = (old["logp"] - ro.engine_logprobs).exp().clamp(max=cfg.importance_cap)
                 adv = adv * tis
         self.model.train()
         with timer.phase("update"):
-            update_stats = self.update(ro, old, adv, returns, ref_logp)
+            update_stats, first_logp = self.update(
+                ro, old, adv, returns, ref_logp, split=cfg.split_grad_norm and diagnose
+            )
+        # The trainer's log pi_old(a): from the separate pass, or from the update's own forward.
+        old_logp = old["logp"] if old is not None else first_logp
+        if old is not None:
+            update_stats["entropy"] = float(old["entropy"].mean())
+            update_stats["sampled_prob"] = float(old_logp.exp().mean())
         with timer.phase("sync"):
             self.engine.sync_weights(self.model)
-        with timer.phase("metrics"):
-            new_logp = self.token_logprobs(self.model, ro, full=False)["logp"]
         n_tokens = int(ro.lengths.sum())
         self.trained_tokens += n_tokens
         grouped = rewards.view(-1, cfg.n_samples)
         finish = [c.finish_reason for g in groups for c in g]
-        mismatch = (ro.engine_logprobs - old["logp"]).abs()
+        mismatch = (ro.engine_logprobs - old_logp).abs()
         metrics = {
             "reward_mean": float(rewards.mean()),
             "reward_std": float(rewards.std(unbiased=False)),
@@ -443,24 +500,29 @@ class RLTrainer(Trainer):
             "zero_std_group_frac": float((grouped.std(-1, unbiased=False) == 0).float().mean()),
             "advantage_abs_mean": float(adv.abs().mean()),
             **update_stats,
-            "entropy": float(old["entropy"].mean()),
-            "sampled_prob": float(old["logp"].exp().mean()),
-            "kl_old": float(k3(new_logp - old["logp"]).mean()),
             "logp_mismatch_mean": float(mismatch.mean()),
             "logp_mismatch_max": float(mismatch.max()),
             "response_len_mean": float(ro.lengths.float().mean()),
             "response_len_max": float(ro.lengths.max()),
             "truncation_rate": sum(f == "length" for f in finish) / len(finish),
-            "rollout_tokens_per_sec": n_tokens / max(timer.seconds["rollout"], 1e-9),
-            "tokens_per_sec": n_tokens / max(sum(timer.seconds.values()), 1e-9),
-            "peak_mem_mb": peak_memory_mb(self.device),
-            **timer.as_metrics(),
+            "micro_batch_size": float(cfg.micro_batch_size),
         }
+        if diagnose:
+            # KL(new || old) needs a forward after the update: only at the diagnostic interval.
+            with timer.phase("metrics"):
+                new_logp = self.token_logprobs(self.model, ro, full=False)["logp"]
+            metrics["kl_old"] = float(k3(new_logp - old_logp).mean())
+        metrics.update(
+            rollout_tokens_per_sec=n_tokens / max(timer.seconds["rollout"], 1e-9),
+            tokens_per_sec=n_tokens / max(sum(timer.seconds.values()), 1e-9),
+            peak_mem_mb=peak_memory_mb(self.device),
+            **timer.as_metrics(),
+        )
         if tis is not None:
             metrics["importance_weight_mean"] = float(tis.mean())
             metrics["importance_weight_min"] = float(tis.min())
         if ref_logp is not None:
-            metrics["kl_init"] = float(k3(ref_logp - old["logp"]).mean())
+            metrics["kl_init"] = float(k3(ref_logp - old_logp).mean())
         # Engines that sync by copying weights (vLLM) report which version they now serve
         # and how far their logprobs were from the trainer's on the post-sync probe.
         sync = getattr(self.engine, "last_sync", None)

@@ -33,9 +33,11 @@ from lco_spec.job import JobSpec
 
 log = logging.getLogger(__name__)
 
-# Reference-policy forwards (KL to the initial policy) cost a second model in memory; past
-# this size they run only when the loss needs them (kl_coef > 0).
-KL_INIT_MAX_PARAMS = 1_000_000_000
+# The reference policy (KL to the initial policy) is a second copy of the model in memory.
+# It is loaded when the loss needs it (kl_coef > 0), and otherwise only for models small
+# enough that the copy costs nothing (lco-tiny), to report `kl_init` at the diagnostic
+# interval; a real model does not pay for a metric.
+KL_INIT_MAX_PARAMS = 20_000_000
 
 
 def engine_choice(requested: str, *, vllm_installed: bool | None = None) -> tuple[str, bool]:

@@ -15,6 +15,7 @@ from lco_core.config import TrainConfig
 from lco_core.data import SFTExample, encode_sft, example_indices
 from lco_core.fused import chunked_loss
 from lco_core.losses import LossConfig, TokenData
+from lco_core.memory import fit_to_model
 from lco_core.metrics import grad_norm, peak_memory_mb
 from lco_core.trainer import Trainer, trunk_and_head
 from lco_spec.errors import SpecError
@@ -37,6 +38,8 @@ class SFTTrainer(Trainer):
             cfg, model, tokenizer, output_dir=output_dir, callbacks=callbacks, device=device
         )
         self.examples = [self._encode(item, i) for i, item in enumerate(items)]
+        longest = max(len(e.input_ids) for e in self.examples)
+        self.cfg = cfg = fit_to_model(cfg, model.config, longest)
         self.eval_examples = [
             self._encode(item, i) for i, item in enumerate(eval_items[: cfg.eval_samples])
         ]
@@ -56,7 +59,11 @@ class SFTTrainer(Trainer):
             )
         return example
 
-    def loss(self, batch: list[SFTExample]) -> tuple[torch.Tensor, dict[str, float], int]:
+    def loss(
+        self, batch: list[SFTExample], n_total: int | None = None
+    ) -> tuple[torch.Tensor, dict[str, float], int]:
+        """(sum over `batch`'s target tokens of -log pi / n_total, stats, its token count);
+        `n_total` is the whole step's token count when `batch` is one of its micro-batches."""
         width = max(len(e.input_ids) for e in batch)
         input_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
         attention = torch.zeros_like(input_ids)
@@ -81,14 +88,14 @@ class SFTTrainer(Trainer):
         data = TokenData(
             tokens=torch.tensor(targets, device=self.device),
             advantages=zeros,
-            weights=torch.full((n,), 1.0 / n, device=self.device),
+            weights=torch.full((n,), 1.0 / (n_total or n), device=self.device),
             old_logprobs=zeros,
             old_logits=zeros,
         )
         res = chunked_loss(
             h, self.head.weight, self.head.bias, data, "sft", LossConfig(), self.cfg.loss_chunk_size
         )
-        stats = {"entropy": res.entropy_sum / n, "sampled_prob": res.sampled_prob_sum / n}
+        stats = {"entropy_sum": res.entropy_sum, "sampled_prob_sum": res.sampled_prob_sum}
         return res.loss, stats, n
 
     def train_step(self, step: int) -> dict[str, float]:
@@ -98,8 +105,16 @@ class SFTTrainer(Trainer):
             cfg.seed, len(self.examples), (step - 1) * cfg.batch_size, cfg.batch_size
         )
         self.model.train()
-        loss, stats, n = self.loss([self.examples[i] for i in indices])
-        loss.backward()
+        batch = [self.examples[i] for i in indices]
+        # Micro-batches accumulate gradients of the whole batch's token-mean loss.
+        n = sum(sum(e.trainable[1:]) for e in batch)
+        loss_sum, entropy_sum, prob_sum = 0.0, 0.0, 0.0
+        for start in range(0, len(batch), cfg.micro_batch_size):
+            loss, stats, _ = self.loss(batch[start : start + cfg.micro_batch_size], n_total=n)
+            loss.backward()
+            loss_sum += loss.item()
+            entropy_sum += stats["entropy_sum"]
+            prob_sum += stats["sampled_prob_sum"]
         params = [p for p in self.model.parameters() if p.requires_grad]
         norm = grad_norm(params)
         if cfg.max_grad_norm is not None:
@@ -109,9 +124,11 @@ class SFTTrainer(Trainer):
         self.trained_tokens += n
         elapsed = time.perf_counter() - started
         return {
-            "loss": loss.item(),
+            "loss": loss_sum,
             "grad_norm": norm,
-            **stats,
+            "entropy": entropy_sum / n,
+            "sampled_prob": prob_sum / n,
+            "micro_batch_size": float(cfg.micro_batch_size),
             "tokens_per_sec": n / elapsed,
             "time_update": elapsed,
             "peak_mem_mb": peak_memory_mb(self.device),
@@ -123,8 +140,9 @@ class SFTTrainer(Trainer):
             return {}
         self.model.eval()
         total, count = 0.0, 0
-        for start in range(0, len(self.eval_examples), self.cfg.batch_size):
-            loss, _, n = self.loss(self.eval_examples[start : start + self.cfg.batch_size])
+        step = self.cfg.micro_batch_size
+        for start in range(0, len(self.eval_examples), step):
+            loss, _, n = self.loss(self.eval_examples[start : start + step])
             total += float(loss) * n
             count += n
         self.model.train()

@@ -84,6 +84,11 @@ class Trainer:
         self.step = 0
         self.trained_tokens = 0
         self.metrics_log = MetricsLog(output_dir / "metrics.jsonl")
+        if cfg.gradient_checkpointing:
+            # Each decoder layer's activations are recomputed in backward (lco_core.memory).
+            model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
         params = [p for p in model.parameters() if p.requires_grad] + list(extra_params or [])
         self.optimizer = torch.optim.AdamW(
             params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay

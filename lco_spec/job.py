@@ -49,6 +49,14 @@ class CommonHyperparameters(Strict):
     eval_samples: Annotated[int, Field(ge=1, le=100_000)] | Auto = "auto"
     max_seq_len: Annotated[int, Field(ge=8, le=131_072)] = 512
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    # Sequences per forward/backward; their gradients accumulate into one optimiser step
+    # (TRL: per_device_train_batch_size). auto: as many as fit an activation budget
+    # (lco_core.memory).
+    micro_batch_size: Annotated[int, Field(ge=1, le=4096)] | Auto = "auto"
+    # Keep only each decoder layer's input and recompute the rest in backward.
+    gradient_checkpointing: bool = False
+    # Tokens per chunk of the fused LM-head loss; auto: one chunk of logits within 32 MB.
+    loss_chunk_size: Annotated[int, Field(ge=1, le=1_000_000)] | Auto = "auto"
 
 
 class SupervisedHyperparameters(CommonHyperparameters):
@@ -85,8 +93,11 @@ class ReinforcementHyperparameters(CommonHyperparameters):
     gamma: Annotated[float, Field(ge=0, le=1)] = 1.0
     gae_lambda: Annotated[float, Field(ge=0, le=1)] = 0.95
     value_coef: Annotated[float, Field(ge=0, le=100)] = 0.5
-    loss_chunk_size: Annotated[int, Field(ge=1, le=1_000_000)] = 1024
+    # The positive/negative-advantage split of the grad norm (a second backward through the
+    # trunk) and KL(new || old) (a forward after the update) are measured every
+    # `diagnostic_interval` steps (and at step 1); 1 = every step.
     split_grad_norm: bool = True
+    diagnostic_interval: Annotated[int, Field(ge=1, le=1_000_000)] = 10
 
 
 class SupervisedMethod(Strict):

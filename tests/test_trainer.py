@@ -177,21 +177,17 @@ def test_cli_writes_metrics_and_checkpoints(
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     metrics = [json.loads(line) for line in lines]
     assert [m["step"] for m in metrics] == [1, 2]
-    for key in (
-        "step",
-        "reward_mean",
-        "loss",
-        "grad_norm",
-        "entropy",
-        "grad_norm_pos",
-        "grad_norm_neg",
-        "kl_old",
-        "kl_init",
-        "clip_frac",
-        "time_rollout",
-        "peak_mem_mb",
-    ):
-        assert key in metrics[-1], key
+    every_step = ("step", "reward_mean", "loss", "grad_norm", "entropy", "sampled_prob")
+    every_step += ("clip_frac", "logp_mismatch_max", "time_rollout", "time_update", "peak_mem_mb")
+    # The costly diagnostics run at step 1 and every diagnostic_interval (10) steps.
+    diagnostics = ("grad_norm_pos", "grad_norm_neg", "kl_old", "kl_init", "time_metrics")
+    for key in every_step + diagnostics:
+        assert key in metrics[0], key
+    for key in every_step:
+        assert key in metrics[1], key
+    for key in diagnostics:
+        assert key not in metrics[1], key
+
     assert (tmp_path / "run" / "checkpoints" / "step-2" / "manifest.json").is_file()
     assert "succeeded after 2/2 steps" in capsys.readouterr().out
 
@@ -365,3 +361,45 @@ def test_steps_without_reward_variance_are_warned_once_and_totalled(
     assert [m["zero_std_group_frac"] for m in recorder.metrics] == [1.0, 1.0, 1.0]
     assert [m["advantage_abs_mean"] for m in recorder.metrics] == [0.0, 0.0, 0.0]
     assert result.summary["no_signal_steps"] == 3
+
+
+@pytest.mark.parametrize(
+    ("hyperparameters", "separate_old_pass"),
+    [({"algorithm": "lco"}, False), ({"algorithm": "grpo"}, False), ({"ppo_epochs": 2}, True)],
+)
+def test_a_step_runs_only_the_forwards_it_needs(
+    addition_file: Path, tmp_path: Path, hyperparameters: dict[str, Any], separate_old_pass: bool
+) -> None:
+    """With one update per batch pi_old is the update's own forward: no separate old-logprob
+    pass, no metrics pass and no reference pass outside the diagnostic steps; the update
+    runs one forward per micro-batch."""
+    from lco_core.runner import build_trainer
+
+    hp = {"batch_size": 2, "n_samples": 4, "micro_batch_size": 3, "max_steps": 3, **hyperparameters}
+    spec = parse_job_spec(rl_job(str(addition_file), **hp))
+    trainer: Any = build_trainer(
+        spec,
+        training_file=addition_file,
+        validation_file=None,
+        output_dir=tmp_path,
+        callbacks=Callbacks(),
+    )
+    passes: list[str] = []
+    real = trainer.token_logprobs
+    trainer.token_logprobs = lambda model, ro, *, full: (
+        passes.append("ref" if model is trainer.ref_model else ("old" if full else "metrics"))
+        or real(model, ro, full=full)
+    )
+    grad_forwards = []
+    trainer.base.register_forward_hook(
+        lambda *_: grad_forwards.append(1) if torch.is_grad_enabled() else None
+    )
+    trainer.step = 1
+    trainer.train_step(2)  # not a diagnostic step
+    assert passes == (["old"] if separate_old_pass else [])
+    # 8 sequences in micro-batches of 3: ceil(8 / 3) = 3 forwards per epoch.
+    assert len(grad_forwards) == 3 * hyperparameters.get("ppo_epochs", 1)
+    passes.clear()
+    trainer.step = 9
+    trainer.train_step(10)  # a diagnostic step: KL(new||old) after the update, and kl_init
+    assert passes == (["old"] if separate_old_pass else []) + ["ref", "metrics"]

@@ -155,6 +155,9 @@ def job_body(cfg: StudyConfig, key: RunKey, data_dir: str) -> dict[str, Any]:
         # Only the final checkpoint: the study reads metrics, not weights.
         "checkpoint_interval": cfg.steps,
         "rollout_engine": "hf",  # the reference engine: identical on every machine
+        # The study's claims read the split grad norms, KL to old and to the initial policy
+        # at every step.
+        "diagnostic_interval": 1,
     }
     if lco:
         hp.update(lco_loss=key.algorithm, beta=cfg.beta)

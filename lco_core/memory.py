@@ -1,0 +1,71 @@
+"""Where the memory of a training step goes, and the sizes that keep it bounded.
+
+A step of full fine-tuning holds, besides the process itself:
+
+* the weights, their gradients and AdamW's two moments: 4 copies of the parameters
+  (SmolLM2-135M in float32: 4 x 0.54 GB = 2.15 GB), all alive for the whole run;
+* the activations autograd keeps for one forward/backward: per token and per decoder layer
+  about the inputs of every matmul and norm, `6 * hidden + 4 * intermediate` floats
+  (SmolLM2: 1.15 MB per token over 30 layers, so 64 sequences of 110 tokens would be
+  8 GB). They are bounded by splitting the rollout batch into micro-batches of
+  `micro_batch_size` sequences whose gradients accumulate (same update, smaller peak),
+  and cut to the layer boundaries by `gradient_checkpointing` (one more forward);
+* one chunk of LM-head logits in the fused loss (`fused.py`), a few copies of
+  `loss_chunk_size x vocab` floats, plus one head-sized gradient buffer per loss half;
+* the rollout engine: HF generate's KV cache (2 x layers x kv_heads x head_dim floats per
+  token, 46 KB on SmolLM2), or vLLM's own copy of the weights and its KV cache.
+
+`fit_to_model` turns the "auto" sizes (stored as 0 in `TrainConfig`) into numbers from
+the model's config, so a 2-layer toy still trains its whole batch in one pass while a real
+model trains in micro-batches that fit the budgets below. `scripts/bench_real.py` measures
+the resulting peak RSS.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from lco_core.config import TrainConfig
+
+# Activation budget of one micro-batch, and of one chunk of logits (float32 bytes).
+MICRO_BATCH_ACTIVATION_BYTES = 256 * 1024**2
+LOGITS_CHUNK_BYTES = 32 * 1024**2
+MAX_LOSS_CHUNK_TOKENS = 4096
+
+
+def activation_bytes_per_token(config: Any, *, dtype_bytes: int = 4) -> int:
+    """Autograd's saved activations per token for one forward of a decoder-only model
+    (`6 * hidden + 4 * intermediate` values per layer: the matmul and norm inputs of the
+    attention and MLP blocks; attention scores are not stored by SDPA's fused kernels)."""
+    hidden = int(config.hidden_size)
+    intermediate = int(getattr(config, "intermediate_size", None) or 4 * hidden)
+    layers = int(config.num_hidden_layers)
+    return layers * (6 * hidden + 4 * intermediate) * dtype_bytes
+
+
+def auto_micro_batch_size(config: Any, seq_len: int, *, checkpointing: bool = False) -> int:
+    """Sequences per forward/backward so that one micro-batch's activations stay within
+    `MICRO_BATCH_ACTIVATION_BYTES` (with checkpointing only the layer inputs are kept)."""
+    per_token = activation_bytes_per_token(config)
+    if checkpointing:
+        per_token = int(config.num_hidden_layers) * int(config.hidden_size) * 4 + per_token // int(
+            config.num_hidden_layers
+        )
+    return max(1, MICRO_BATCH_ACTIVATION_BYTES // max(1, per_token * seq_len))
+
+
+def auto_loss_chunk_size(vocab_size: int) -> int:
+    """Tokens per chunk of the fused LM-head loss: one chunk's float32 logits within
+    `LOGITS_CHUNK_BYTES` (the loss keeps about three such buffers at once)."""
+    return max(16, min(MAX_LOSS_CHUNK_TOKENS, LOGITS_CHUNK_BYTES // (4 * vocab_size)))
+
+
+def fit_to_model(cfg: TrainConfig, model_config: Any, seq_len: int) -> TrainConfig:
+    """`cfg` with `micro_batch_size` and `loss_chunk_size` resolved if they were auto (0),
+    for sequences of up to `seq_len` tokens (the trainer knows its data's longest)."""
+    micro = cfg.micro_batch_size or auto_micro_batch_size(
+        model_config, seq_len, checkpointing=cfg.gradient_checkpointing
+    )
+    chunk = cfg.loss_chunk_size or auto_loss_chunk_size(int(model_config.vocab_size))
+    return replace(cfg, micro_batch_size=micro, loss_chunk_size=chunk)
