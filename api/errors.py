@@ -54,7 +54,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     for status, description in (
         (400, "Invalid request (the `param` names the field)"),
         (401, "Missing, unknown or revoked API key"),
-        (403, "An admin route called without an admin key"),
+        (403, "An admin route called without an admin key, or a base model deleted"),
         (404, "No such object for this team"),
         (409, "Conflicts with the object's state (or a reused Idempotency-Key)"),
         (413, "Request body too large"),

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 from jobs.errors import InvalidRequest, NotFound
 from jobs.events import add_event
 from jobs.ids import new_id, utcnow
+from jobs.model_store import is_base_model
 from jobs.models import Job, Team
 from jobs.quotas import check_submission
 from jobs.scope import TeamScope
@@ -39,13 +40,19 @@ class ResolvedModel:
     source_checkpoint_id: str | None
 
 
-def resolve_model(scope: TeamScope, settings: Settings, name: str) -> ResolvedModel:
-    """A base model, a finished job's `fine_tuned_model`, or one of its checkpoints' names."""
-    if name in settings.base_models:
+def resolve_model(scope: TeamScope, name: str) -> ResolvedModel:
+    """A registered base model (`jobs.model_store`: built-in or imported), the team's own
+    fine-tuned model (not deleted), or one of its checkpoints' names. Nothing else: not a
+    path, not another team's model (the same error whether or not that exists).
+
+    The row it resolves from stays locked (PostgreSQL: FOR SHARE) until the caller commits,
+    so a model removed or deleted meanwhile is either refused here or sees this job."""
+    if is_base_model(scope.session, name, lock=True):
         return ResolvedModel(name, None)
     if name.startswith("ft:"):
-        job = scope.job_by_model_name(name)
-        if job is not None and job.status == JobStatus.SUCCEEDED and job.final_checkpoint_id:
+        job = scope.fine_tuned_model(name, lock="share")
+        if job is not None:
+            assert job.final_checkpoint_id is not None
             return ResolvedModel(job.base_model, job.final_checkpoint_id)
         ckpt = scope.checkpoint_by_model_name(name)
         if ckpt is not None:
@@ -133,7 +140,7 @@ def submit_job(session: Session, scope: TeamScope, settings: Settings, body: Any
     priority = check_submission(
         session, team, settings, pool=pool, gpus=spec.resources.gpus, priority=spec.priority
     )
-    resolved = resolve_model(scope, settings, spec.model)
+    resolved = resolve_model(scope, spec.model)
     storage = Storage(settings)
     kind = method_kind(spec)
     train = _check_file(

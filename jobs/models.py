@@ -1,6 +1,7 @@
 """SQLAlchemy 2 models: the schema that `migrations/` creates (a test checks they agree).
 
-Every user-visible row carries `team_id`; queries on them go through `jobs.scope.TeamScope`.
+Every user-visible row carries `team_id`; queries on them go through `jobs.scope.TeamScope`
+(base models, `models`, are every team's: `jobs.model_store` reads them).
 Listed resources have an integer `pk` (insertion order, the pagination key) beside their
 public string `id`. The job row is the source of truth for a job: state, lease, fencing
 token and attempt count live here, Celery only carries "look at job X".
@@ -13,6 +14,7 @@ from typing import Any, ClassVar
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Float,
@@ -150,6 +152,9 @@ class Job(Base):
     # What the run says it is doing in `phase` (its slow one-time phases), for people.
     phase_message: Mapped[str | None] = mapped_column(Text)
     fine_tuned_model: Mapped[str | None] = mapped_column(String(512), unique=True)
+    # Set when the team deletes its fine-tuned model (`DELETE /v1/models/{model}`): the name
+    # stops resolving; the job, its checkpoints and their files stay.
+    fine_tuned_model_deleted_at: Mapped[datetime | None]
     final_checkpoint_id: Mapped[str | None] = mapped_column(String(40))
     error: Mapped[dict[str, Any] | None]
     trained_tokens: Mapped[int | None] = mapped_column(Integer)
@@ -186,6 +191,27 @@ def _status_changed(target: Job, value: str, oldvalue: object, _initiator: objec
     # One place keeps `status_since` (status_details.since) for every ORM status write.
     if value != oldvalue:
         target.status_since = utcnow()
+
+
+class RegisteredModel(Base):
+    """A base model an operator imported (`lco models import`): its entry in the model store
+    (`jobs.model_store`). The built-in lco-tiny has no row; fine-tuned models are jobs'."""
+
+    __tablename__ = "models"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # the name jobs give
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    owned_by: Mapped[str] = mapped_column(String(64), default="system")
+    # Relative to the data dir ("models/<id>"), so the data dir can move.
+    path: Mapped[str] = mapped_column(String(512))
+    # What lco_import.json says (lco_core.model_import.ImportedModel).
+    source: Mapped[str] = mapped_column(Text)
+    source_format: Mapped[str] = mapped_column(String(16))  # hf_dir | gguf
+    source_sha256: Mapped[str] = mapped_column(String(64))
+    architecture: Mapped[str] = mapped_column(String(128))
+    model_type: Mapped[str] = mapped_column(String(64))
+    parameters: Mapped[int] = mapped_column(BigInteger)  # 7B does not fit a 32-bit INTEGER
+    dtype: Mapped[str] = mapped_column(String(16))
 
 
 class JobEvent(Base):

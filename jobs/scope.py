@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 from sqlalchemy import Row, Select, bindparam, select
 from sqlalchemy.orm import Session
@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from jobs.errors import NotFound
 from jobs.events import SAMPLES_EVENT
 from jobs.models import Checkpoint, File, Job, JobEvent, JobMetric
-from jobs.states import JobStatus
+from jobs.states import TERMINAL, JobStatus
 
 R = TypeVar("R")
 
@@ -115,10 +115,38 @@ class TeamScope:
         after_pk = self.job(after).pk if after else None
         return _page(self.session, stmt, Job, after_pk, limit)
 
-    def job_by_model_name(self, name: str) -> Job | None:
-        return self.session.scalar(
-            select(Job).where(Job.team_id == self.team_id, Job.fine_tuned_model == name)
+    # Fine-tuned models: a succeeded job's `fine_tuned_model`, until the team deletes it.
+    def _fine_tuned(self) -> Select[Job]:
+        return select(Job).where(
+            Job.team_id == self.team_id,
+            Job.status == JobStatus.SUCCEEDED,
+            Job.fine_tuned_model.is_not(None),
+            Job.final_checkpoint_id.is_not(None),
+            Job.fine_tuned_model_deleted_at.is_(None),
         )
+
+    def fine_tuned_models(self) -> Sequence[Job]:
+        return self.session.scalars(self._fine_tuned().order_by(Job.pk)).all()
+
+    def fine_tuned_model(
+        self, name: str, *, lock: Literal["share", "update"] | None = None
+    ) -> Job | None:
+        """The job whose model `name` is, if it is this team's and not deleted. `lock`
+        (PostgreSQL): "share" while a job is submitted from it, "update" to delete it, so
+        neither misses the other."""
+        stmt = self._fine_tuned().where(Job.fine_tuned_model == name)
+        if lock is not None:
+            stmt = stmt.with_for_update(read=lock == "share")
+        return self.session.scalar(stmt)
+
+    def unfinished_jobs_on_model(self, name: str) -> list[str]:
+        """Ids of this team's unfinished jobs that train from model `name`."""
+        stmt = select(Job.id).where(
+            Job.team_id == self.team_id,
+            Job.model == name,
+            Job.status.not_in([s.value for s in TERMINAL]),
+        )
+        return list(self.session.scalars(stmt.order_by(Job.pk)))
 
     # Events, checkpoints, metrics (of a job already looked up through this scope)
     def events(self, job: Job, *, after: str | None, limit: int) -> Page[JobEvent]:

@@ -34,8 +34,6 @@ class Settings(BaseSettings):
     max_json_bytes: Annotated[int, Field(ge=1024)] = 1024 * 1024
     max_dataset_errors: Annotated[int, Field(ge=1, le=1000)] = 20
 
-    # Models a job may name directly; fine-tuned models of finished jobs are added per team.
-    base_models: list[str] = ["lco-tiny"]
     default_pool: str = "default"
     pools: list[str] = ["default"]
 

@@ -44,7 +44,8 @@ def _keys(api: ApiClient) -> dict[str, Any]:
 
 
 def _objects(api: ApiClient) -> dict[str, str]:
-    """One of each team-a object a path can name: a file, a job and its checkpoint."""
+    """One of each team-a object a path can name: a file, a job, its checkpoint and its
+    fine-tuned model."""
     file_id = api.upload(sft_lines()).json()["id"]
     job_id = api.post("/v1/fine_tuning/jobs", json=sft_body(file_id)).json()["id"]
     sessions = make_session_factory(make_engine(api.settings))
@@ -65,10 +66,16 @@ def _objects(api: ApiClient) -> dict[str, str]:
             metrics={},
             model_name="ft:x",
         )
-    # Terminal, so the live stream sends its history and ends.
+    # Terminal, so the live stream sends its history and ends; succeeded, so its fine-tuned
+    # model is one of team-a's models (`/v1/models/{model}`).
+    model = f"ft:lco-tiny:team-a::{job_id}"
     with sessions() as session, session.begin():
-        session.execute(update(Job).where(Job.id == job_id).values(status="cancelled"))
-    return {"file_id": file_id, "job_id": job_id, "checkpoint_id": ckpt.id}
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id)
+            .values(status="succeeded", fine_tuned_model=model, final_checkpoint_id=ckpt.id)
+        )
+    return {"file_id": file_id, "job_id": job_id, "checkpoint_id": ckpt.id, "model": model}
 
 
 def _routes(api: ApiClient) -> list[tuple[str, str, list[str]]]:

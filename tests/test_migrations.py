@@ -14,7 +14,16 @@ from jobs.migrate import upgrade
 from jobs.models import Base
 from jobs.settings import Settings
 
-TABLES = {"teams", "api_keys", "files", "jobs", "job_events", "job_metrics", "checkpoints"}
+TABLES = {
+    "teams",
+    "api_keys",
+    "files",
+    "jobs",
+    "job_events",
+    "job_metrics",
+    "checkpoints",
+    "models",
+}
 
 
 def _assert_head_matches_models(settings: Settings) -> None:

@@ -47,6 +47,7 @@ from jobs.leases import (
     requested_action,
 )
 from jobs.lifecycle import model_name, team_name
+from jobs.model_store import base_model_path
 from jobs.models import Checkpoint, Job
 from jobs.states import JobStatus, is_terminal
 from worker.context import WorkerContext
@@ -88,6 +89,8 @@ def load_job_info(ctx: WorkerContext, job_id: str) -> JobInfo:
     with ctx.sessions() as session:
         job = session.scalar(select(Job).where(Job.id == job_id))
         assert job is not None
+        # Where the weights come from: a fine-tuned model's checkpoint, or an imported base
+        # model's store entry; None only for a built-in, which the child resolves by name.
         model_path = None
         if job.source_checkpoint_id:
             ckpt = session.scalar(
@@ -95,6 +98,9 @@ def load_job_info(ctx: WorkerContext, job_id: str) -> JobInfo:
             )
             if ckpt is not None:
                 model_path = str(storage.resolve_in_job(job.team_id, ckpt.job_id, ckpt.rel_path))
+        else:
+            entry = base_model_path(session, ctx.settings, job.base_model)
+            model_path = None if entry is None else str(entry)
         return JobInfo(
             job_id=job.id,
             team_id=job.team_id,
