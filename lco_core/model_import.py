@@ -118,7 +118,8 @@ def _causal_lm_config(config: Any, source: Path) -> str:
             f"{source}: model_type {config.model_type!r} is not a causal language model "
             "transformers can load without remote code"
         )
-    return str(archs[0]) if archs else str(config.model_type)
+    model_class: Any = mapping[type(config)]
+    return str(archs[0]) if archs else str(model_class.__name__)
 
 
 def _import_dir(source: Path, out: Path, say: Progress) -> ImportedModel:
