@@ -461,6 +461,28 @@ def test_reasoning_gym_grader_in_multi_and_item_fields() -> None:
         ({"type": "reasoning_gym"}, "grader.dataset", "Field required"),
         ({**rg_spec(), "source": "x"}, "grader.source", "Extra inputs"),
         (
+            {**rg_spec(), "config": {"min_term": 2}},
+            "grader.config",
+            "basic_arithmetic has no config field 'min_term'; did you mean 'min_terms'",
+        ),
+        ({**rg_spec(), "config": {"seed": 1}}, "grader.config", "no config field 'seed'"),
+        (
+            {**rg_spec(), "config": {"min_terms": "2"}},
+            "grader.config",
+            "config field 'min_terms' must be an integer, got '2'",
+        ),
+        (
+            {**rg_spec(), "config": {"format_style": "plain"}},
+            "grader.config",
+            "must be one of 'simple', 'natural'",
+        ),
+        (
+            {**rg_spec(), "config": {"min_terms": 3, "max_terms": 2}},
+            "grader.config",
+            "reasoning-gym refuses this basic_arithmetic config: max_terms must be >= min_terms",
+        ),
+        ({**rg_spec(), "config": [2]}, "grader.config", "valid dictionary"),
+        (
             {"type": "multi", "graders": {"r": rg_spec("nope")}, "calculate_output": "r"},
             "grader.graders.r.dataset",
             "unknown reasoning-gym dataset 'nope'",
@@ -471,6 +493,33 @@ def test_reasoning_gym_grader_validation(data: dict[str, Any], param: str, messa
     with pytest.raises(SpecError, match=message) as info:
         parse_grader(data)
     assert info.value.param == param
+
+
+def test_reasoning_gym_grader_scores_with_its_config() -> None:
+    # decimal_arithmetic's scorer accepts an error of one unit in the last configured
+    # decimal place: the grader must build it from the config the items were made with.
+    config = {"min_num_decimal_places": 1, "max_num_decimal_places": 1}
+    item = {"messages": [{"role": "user", "content": "?"}], "answer": "1.5", "metadata": {}}
+    with_config = build_grader({**rg_spec("decimal_arithmetic"), "config": config})
+    assert with_config.grade("1.55", item).score == 1.0
+    assert build_grader(rg_spec("decimal_arithmetic")).grade("1.55", item).score == 0.0
+    assert parse_grader({**rg_spec(), "config": {}}).config == {}  # the defaults
+
+
+def test_reasoning_gym_last_number_extract_scores_a_chatty_right_answer() -> None:
+    item = rg_item("basic_arithmetic")
+    answer, expression = item["answer"], item["metadata"]["expression"]
+    chatty = f"To calculate {expression}, we get {answer}."
+    last_number = build_grader({**rg_spec(), "extract": "last_number"})
+    assert last_number.grade(chatty, item).score == 1.0
+    assert build_grader(rg_spec()).grade(chatty, item).score < 0.5  # partial credit only
+    # Tags still win, and an output with no number is scored whole.
+    assert last_number.grade(f"{answer} <answer>{int(answer) + 1}</answer>", item).score == 0
+    assert last_number.grade(f"{answer} + 1 = {int(answer) + 1}", item).score == 0
+    assert last_number.grade("no idea", item).score == 0
+    with pytest.raises(SpecError, match="'answer_tag' or 'last_number'") as info:
+        parse_grader({**rg_spec(), "extract": "first_number"})
+    assert info.value.param == "grader.extract"
 
 
 def test_reasoning_gym_unknown_dataset_in_a_job_spec_names_the_field() -> None:
@@ -510,7 +559,7 @@ def test_reasoning_gym_scores_are_clipped_and_nan_is_an_error(
             return next(scores)
 
     grader = build_grader(rg_spec())
-    monkeypatch.setattr(graders_module, "_rg_dataset", lambda name: Scorer())
+    monkeypatch.setattr(graders_module, "_rg_dataset", lambda name, config=None: Scorer())
     item = rg_item("basic_arithmetic")
     assert grader.grade("x", item).score == 1.0
     assert grader.grade("x", item).score == 0.0
