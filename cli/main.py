@@ -19,6 +19,7 @@
     lco tasks list                                    built-in tasks and reasoning-gym datasets
     lco tasks export NAME --out DIR                   write a built-in task's datasets
     lco tasks export rg:DATASET --size N --seed S --out DIR   the same from reasoning-gym
+                     [--config JSON --instruction TEXT --extract last_number | --preset NAME]
     lco experiment stability [--preset quick]         LCO vs baselines: report and plots
 
 Commands that open the database name it on stderr (`database: URL`). Only `serve` and
@@ -375,98 +376,29 @@ def cmd_train(argv: list[str]) -> int:
 
 
 RG_PREFIX = "rg:"
-# The oracle answers of this many exported items are graded as a check before writing.
-_RG_ORACLE_CHECKS = 16
 
 
-def _rg_split(
-    dataset: str, n_train: int, n_val: int, seed: int
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Reinforcement items from reasoning-gym's `dataset` (default config): the first
-    `n_train` entries of one seeded stream for training, then the next `n_val` whose
-    question is not a training question for validation. Each item is the question as the
-    user message plus the entry's `answer` and `metadata`, as the reasoning_gym grader reads
-    them, after a JSON round trip (tuples become lists), so they are what the file holds."""
-    import hashlib
+def _rg_setting(args: argparse.Namespace, dataset: str) -> dict[str, Any]:
+    """`export_rg`'s config, instruction and extract: the preset's, or the options'."""
+    from lco_core.rg_tasks import preset
 
-    from lco_spec.graders import reasoning_gym_datasets, unknown_rg_dataset
-
-    if dataset not in reasoning_gym_datasets():  # also says so if it is not installed
-        raise ValueError(unknown_rg_dataset(dataset))
-    import reasoning_gym
-
-    if n_train < 1 or n_val < 0:
-        raise ValueError(f"need --size >= 1 and --n-val >= 0, got {n_train} and {n_val}")
-    # reasoning-gym draws entry i from Random(seed + i), so seeds 0 and 1 would share all
-    # but one entry; a seed hashed from (dataset, seed) keeps two exports' streams apart,
-    # as the built-in tasks seed by (task, seed). 31 bits: numpy seeds must stay < 2**32.
-    digest = hashlib.sha256(f"{dataset}:{seed}".encode()).digest()
-    rg_seed = int.from_bytes(digest[:4], "big") >> 1
-    # The size is fixed up front (some datasets draw their task mix from it); the spare
-    # entries replace validation items that repeat a training question.
-    source = reasoning_gym.create_dataset(dataset, size=n_train + 2 * n_val + 16, seed=rg_seed)
-
-    def item(index: int) -> dict[str, Any]:
-        entry = source[index]
-        try:
-            fields = json.loads(
-                json.dumps({"answer": entry["answer"], "metadata": entry["metadata"]})
-            )
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"reasoning-gym's {dataset} entries are not JSON: {exc}") from None
-        return {"messages": [{"role": "user", "content": entry["question"]}], **fields}
-
-    train = [item(i) for i in range(n_train)]
-    seen = {t["messages"][0]["content"] for t in train}
-    val: list[dict[str, Any]] = []
-    for index in range(n_train, len(source)):
-        if len(val) == n_val:
-            break
-        candidate = item(index)
-        if candidate["messages"][0]["content"] not in seen:
-            seen.add(candidate["messages"][0]["content"])
-            val.append(candidate)
-    if len(val) < n_val:
+    chosen = {"config": args.config, "instruction": args.instruction, "extract": args.extract}
+    if args.preset:
+        if any(value is not None for value in chosen.values()):
+            raise ValueError("--preset sets the config, instruction and extract: give none")
+        return preset(dataset, args.preset)
+    if args.config is None:
+        return chosen
+    try:
+        config = json.loads(args.config)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--config is not JSON: {exc}") from None
+    if not isinstance(config, dict):
         raise ValueError(
-            f"reasoning-gym's {dataset} has too few distinct questions for {n_train} train "
-            f"and {n_val} validation items without overlap"
+            "--config must be a JSON object of the dataset's config fields, "
+            """e.g. '{"min_terms": 2}'"""
         )
-    return train, val
-
-
-def _rg_grader(dataset: str, items: list[dict[str, Any]]) -> dict[str, Any]:
-    """The grader JSON for `dataset`'s items, checked on them: it must accept the items and
-    give the dataset's own answer full marks (ARC's scorers, for one, compare tuples, which
-    a JSONL file cannot hold, and would score every answer 0.05)."""
-    from lco_spec.graders import GraderError, build_grader, check_grader_against_item
-
-    spec = {"type": "reasoning_gym", "name": f"rg_{dataset}", "dataset": dataset}
-    grader = build_grader(spec)
-    for item in items[:_RG_ORACLE_CHECKS]:
-        check_grader_against_item(grader.spec, item, param_prefix="grader")
-        if isinstance(item["answer"], str):
-            try:
-                score = grader.grade(item["answer"], item).score
-            except GraderError as exc:
-                raise ValueError(f"reasoning-gym's {dataset} scorer failed: {exc}") from None
-            if score != 1.0:
-                raise ValueError(
-                    f"reasoning-gym's {dataset} scorer gives its own answer {score:g} once the "
-                    "item has been through JSON, so it cannot be trained on from a file"
-                )
-    return spec
-
-
-def _sft(items: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
-    """Supervised twins (the answer as the assistant reply) of the items with a non-empty
-    answer, or None when there are items but none has one (datasets whose scorer checks
-    any valid solution, such as graph_color, have no single answer)."""
-    twins = [
-        {"messages": [*item["messages"], {"role": "assistant", "content": item["answer"]}]}
-        for item in items
-        if isinstance(item["answer"], str) and item["answer"]
-    ]
-    return None if items and not twins else twins
+    return chosen | {"config": config}
 
 
 def cmd_tasks_export(args: argparse.Namespace) -> int:
@@ -476,12 +408,23 @@ def cmd_tasks_export(args: argparse.Namespace) -> int:
     files: dict[str, list[dict[str, Any]] | None]
     try:
         if args.name.startswith(RG_PREFIX):
+            from lco_core.rg_tasks import export_rg
+
             dataset = args.name.removeprefix(RG_PREFIX)
-            train, val = _rg_split(dataset, args.n_train, args.n_val, args.seed)
-            grader = _rg_grader(dataset, train)
-            files = {"sft_train.jsonl": _sft(train), "sft_val.jsonl": _sft(val)}
-            title = f"{args.name}: reasoning-gym's {dataset} (default config, seed {args.seed})"
+            setting = _rg_setting(args, dataset)
+            train, val, sft_train, sft_val, grader = export_rg(
+                dataset, args.n_train, args.n_val, args.seed, **setting
+            )
+            files = {"sft_train.jsonl": sft_train, "sft_val.jsonl": sft_val}
+            config = setting["config"]
+            described = f"config {json.dumps(config)}" if config else "default config"
+            if args.preset:
+                described = f"preset {args.preset}: {described}"
+            title = f"{args.name}: reasoning-gym's {dataset} ({described}, seed {args.seed})"
         else:
+            rg_only = (args.config, args.instruction, args.extract, args.preset)
+            if any(value is not None for value in rg_only):
+                raise ValueError("--config, --instruction, --extract and --preset are for rg:")
             try:
                 task = get_task(args.name)
             except ValueError as exc:
@@ -529,11 +472,14 @@ def cmd_tasks_list(args: argparse.Namespace) -> int:
         return 0
     from reasoning_gym.factory import DATASETS
 
+    from lco_core.rg_tasks import PRESETS
+
     print("reasoning-gym datasets (lco tasks export rg:NAME --size N --out DIR):")
     for name in names:
         # reasoning_gym.<category>.<module>: the category groups similar tasks.
         category = DATASETS[name][0].__module__.split(".")[1]
-        print(f"  {RG_PREFIX + name:<28}{category}")
+        presets = f" (--preset {', '.join(PRESETS[name])})" if name in PRESETS else ""
+        print(f"  {RG_PREFIX + name:<28}{category}{presets}")
     return 0
 
 
@@ -675,6 +621,29 @@ def build_parser() -> argparse.ArgumentParser:
         "seed, never repeating a training prompt",
     )
     p.add_argument("--seed", type=int, default=0, help="same seed, same files")
+    p.add_argument(
+        "--config",
+        metavar="JSON",
+        help="rg: only. Fields of the dataset's config (the rest keep reasoning-gym's "
+        """defaults), e.g. '{"min_terms": 2, "max_terms": 2, "max_digits": 2}'""",
+    )
+    p.add_argument(
+        "--instruction",
+        metavar="TEXT",
+        help="rg: only. Appended to each question on a new line, e.g. 'Answer with the "
+        "number only.' (default: none)",
+    )
+    p.add_argument(
+        "--extract",
+        choices=("answer_tag", "last_number"),
+        help="rg: only. The answer in an output without <answer> tags: the whole output "
+        "(answer_tag, the default) or its last number (a chatty but right answer counts)",
+    )
+    p.add_argument(
+        "--preset",
+        metavar="NAME",
+        help="rg: only. A named config, instruction and extract (`lco tasks list` shows them)",
+    )
     p.set_defaults(func=cmd_tasks_export)
 
     experiment = sub.add_parser("experiment", help="studies over many runs").add_subparsers(

@@ -232,6 +232,120 @@ def test_reasoning_gym_and_the_cli_do_not_import_torch() -> None:
         "import sys, cli.main; assert 'reasoning_gym' not in sys.modules;"
         "assert not any(m.startswith('lco_core') for m in sys.modules);"
         "import reasoning_gym, lco_spec.graders as g; g._rg_dataset('basic_arithmetic');"
+        "from lco_core.rg_tasks import export_rg, preset;"
+        "export_rg('basic_arithmetic', 2, 1, 0, **preset('basic_arithmetic', 'small'));"
         "sys.exit('torch' in sys.modules)"
     )
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+# --- reasoning-gym configs, instructions and presets ----------------------------------------
+
+SMALL_ARITH = {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 2}
+
+
+def test_rg_export_applies_the_config(tmp_path: Path) -> None:
+    args = ("--size", "30", "--n-val", "10", "--config", json.dumps(SMALL_ARITH))
+    assert export("rg:basic_arithmetic", *args, "--out", str(tmp_path)) == 0
+    items = read_jsonl(tmp_path / "rl_train.jsonl") + read_jsonl(tmp_path / "rl_val.jsonl")
+    for item in items:
+        numbers = re.findall(r"\d+", item["messages"][0]["content"])
+        assert len(numbers) == 2 and all(int(n) < 100 for n in numbers), item
+        assert item["metadata"]["num_terms"] == 2 and item["metadata"]["num_digits"] in (1, 2)
+    assert any(item["metadata"]["num_digits"] == 2 for item in items)
+    grader = json.loads((tmp_path / "grader.json").read_text())
+    assert grader["config"] == SMALL_ARITH  # the scorer is built as the items were
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ('{"min_term": 2}', "basic_arithmetic has no config field 'min_term'; did you mean"),
+        ('{"min_terms": 3, "max_terms": 2}', "max_terms must be >= min_terms"),
+        ('{"max_digits": "2"}', "config field 'max_digits' must be an integer, got '2'"),
+        ('{"size": 5}', "basic_arithmetic has no config field 'size'"),
+        ('{"min_terms": 2', "--config is not JSON"),
+        ("[2]", "--config must be a JSON object"),
+    ],
+)
+def test_rg_export_bad_config_is_a_one_line_error(
+    config: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert export("rg:basic_arithmetic", "--config", config, "--out", str(tmp_path / "out")) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_rg_export_appends_the_instruction(tmp_path: Path) -> None:
+    args = ("--size", "5", "--n-val", "3", "--instruction", "Answer with the number only.")
+    assert export("rg:letter_counting", *args, "--out", str(tmp_path)) == 0
+    for split in ("train", "val"):
+        rl = read_jsonl(tmp_path / f"rl_{split}.jsonl")
+        sft = read_jsonl(tmp_path / f"sft_{split}.jsonl")
+        for item, twin in zip(rl, sft, strict=True):
+            question = item["messages"][0]["content"]
+            assert question.startswith("How many times") and question.endswith(
+                '"?\nAnswer with the number only.'
+            )
+            assert twin["messages"][0]["content"] == question
+
+
+def test_rg_preset_is_its_config_instruction_and_extract(tmp_path: Path) -> None:
+    from lco_core.rg_tasks import PRESETS, export_rg, preset
+
+    small = PRESETS["basic_arithmetic"]["small"]
+    args = ("--size", "20", "--n-val", "5", "--seed", "2")
+    preset_args = ("--preset", "small", "--out", str(tmp_path / "a"))
+    assert export("rg:basic_arithmetic", *args, *preset_args) == 0
+    explicit = ("--config", json.dumps(small["config"]), "--instruction", small["instruction"])
+    explicit += ("--extract", small["extract"])
+    assert export("rg:basic_arithmetic", *args, *explicit, "--out", str(tmp_path / "b")) == 0
+    for name in RG_FILES:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    train, _, _, _, spec = export_rg(
+        "basic_arithmetic", 20, 5, 2, **preset("basic_arithmetic", "small")
+    )
+    assert train == read_jsonl(tmp_path / "a/rl_train.jsonl")
+    assert spec == json.loads((tmp_path / "a/grader.json").read_text())
+
+
+def test_rg_export_grader_scores_right_answers_with_the_config() -> None:
+    from lco_core.rg_tasks import export_rg, preset
+
+    train, val, _, _, spec = export_rg(
+        "basic_arithmetic", 30, 10, 0, **preset("basic_arithmetic", "small")
+    )
+    assert spec["config"]["max_digits"] == 2
+    grader = build_grader(spec)
+    for item in train + val:
+        check_grader_against_item(grader.spec, item)
+        assert grader.grade(item["answer"], item).score == 1.0
+        assert grader.grade(f"<answer>{item['answer']}</answer>", item).score == 1.0
+        assert grader.grade(str(int(item["answer"]) + 1), item).score < 1.0
+        # The preset takes an untagged output's last number: right but chatty scores 1.
+        expression = item["metadata"]["expression"]
+        assert grader.grade(f"{expression} = {item['answer']}.", item).score == 1.0
+        assert grader.grade(f"{expression} = {int(item['answer']) + 1}.", item).score == 0.0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("rg:basic_arithmetic", "--preset", "huge"), "no preset 'huge' for basic_arithmetic"),
+        (("rg:letter_counting", "--preset", "small"), "no preset 'small' for letter_counting"),
+        (
+            ("rg:basic_arithmetic", "--preset", "small", "--config", "{}"),
+            "--preset sets the config, instruction and extract",
+        ),
+        (("addition", "--config", "{}"), "--config, --instruction, --extract and --preset are"),
+        (("addition", "--instruction", "Be brief."), "--config, --instruction, --extract"),
+        (("addition", "--extract", "last_number"), "--config, --instruction, --extract"),
+    ],
+)
+def test_rg_export_refuses_misused_options(
+    args: tuple[str, ...], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert export(*args, "--out", str(tmp_path / "out")) == 1
+    assert capsys.readouterr().err.startswith(f"error: {message}")
+    assert not (tmp_path / "out").exists()
