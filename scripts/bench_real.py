@@ -38,8 +38,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 
 
-def peak_rss_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+def peak_rss_gb(who: int = resource.RUSAGE_SELF) -> float:
+    return resource.getrusage(who).ru_maxrss / 2**20  # KiB on Linux
 
 
 def job_spec(model: str, data: Path, args: argparse.Namespace, engine: str) -> dict[str, Any]:
@@ -98,6 +98,9 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
             result.update(floor(trainer, args, step=2))
         trainer.close()
     result["peak_rss_gb"] = peak_rss_gb()
+    # vLLM's engine runs in a child process of its own: the largest child's peak, once the
+    # engine has exited (trainer.close() above).
+    result["engine_peak_rss_gb"] = peak_rss_gb(resource.RUSAGE_CHILDREN)
     return result
 
 
@@ -270,7 +273,8 @@ def report(runs: dict[str, list[dict[str, Any]]], args: argparse.Namespace) -> N
         cells = " | ".join(f"{med(rs, p):.2f}" for p in phases)
         print(
             f"| {variant} | {med(rs, 'time_step'):.2f} | {cells} | {med(rs, 'tokens'):.0f} | "
-            f"{med(rs, 'micro_batch_size'):.0f} | {med(rs, 'peak_rss_gb'):.2f} |"
+            f"{med(rs, 'micro_batch_size'):.0f} | {med(rs, 'peak_rss_gb'):.2f} | "
+            f"{med(rs, 'engine_peak_rss_gb'):.2f} |"
         )
     if "floor" in runs:
         fl = runs["floor"]
