@@ -355,14 +355,14 @@ class LiveService:
         )
 
 
-def lco_cli(settings: Settings, *args: str) -> str:
+def lco_cli(settings: Settings, *args: str, timeout: float = 120) -> str:
     """Run `lco ARGS` against `settings` in a subprocess; its stdout."""
     result = subprocess.run(
         [sys.executable, "-m", "cli.main", *args],
         env=settings_env(settings),
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout,
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
