@@ -440,13 +440,13 @@ class RLTrainer(Trainer):
             )
 
     # -- the step -----------------------------------------------------------------------
-    def train_step(self, step: int) -> dict[str, float]:
-        cfg, timer = self.cfg, PhaseTimer()
+    def step_batch(self, step: int) -> tuple[list[dict[str, Any]], list[list[int]], SamplingParams]:
+        """Step `step`'s items, their prompt ids and the sampling parameters: a pure function
+        of the seed and the step, so a resumed run (or a benchmark) draws the same rollouts."""
+        cfg = self.cfg
         indices = example_indices(
             cfg.seed, len(self.items), (step - 1) * cfg.batch_size, cfg.batch_size
         )
-        items = [self.items[i] for i in indices]
-        prompts = [self.prompt(i) for i in indices]
         params = SamplingParams(
             n=cfg.n_samples,
             temperature=cfg.temperature,
@@ -454,6 +454,11 @@ class RLTrainer(Trainer):
             max_tokens=cfg.max_completion_tokens,
             seed=cfg.seed * 1_000_003 + step,
         )
+        return [self.items[i] for i in indices], [self.prompt(i) for i in indices], params
+
+    def train_step(self, step: int) -> dict[str, float]:
+        cfg, timer = self.cfg, PhaseTimer()
+        items, prompts, params = self.step_batch(step)
         with timer.phase("rollout"):
             groups = self.engine.generate(prompts, params)
         with timer.phase("reward"):

@@ -108,24 +108,12 @@ def floor(trainer: Any, args: argparse.Namespace, step: int) -> dict[str, float]
     """Generate alone, then one forward/backward of the same tokens alone."""
     import torch
 
-    from lco_core.data import example_indices
     from lco_core.fused import chunked_loss
     from lco_core.losses import LossConfig, TokenData
     from lco_core.rl import build_rollouts
-    from lco_core.rollout import SamplingParams
 
     cfg = trainer.cfg
-    indices = example_indices(
-        cfg.seed, len(trainer.items), (step - 1) * cfg.batch_size, cfg.batch_size
-    )
-    prompts = [trainer.prompt(i) for i in indices]
-    params = SamplingParams(
-        n=cfg.n_samples,
-        temperature=cfg.temperature,
-        top_p=cfg.top_p,
-        max_tokens=cfg.max_completion_tokens,
-        seed=cfg.seed * 1_000_003 + step,  # the trainer's seed for this step: same completions
-    )
+    _items, prompts, params = trainer.step_batch(step)  # the step's own: same completions
     torch.manual_seed(cfg.seed * 7919 + step)
     started = time.perf_counter()
     groups = trainer.engine.generate(prompts, params)
