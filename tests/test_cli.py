@@ -178,7 +178,7 @@ def test_ctrl_c_while_watching_ends_in_one_line(stub_service: str) -> None:
         assert watch.stdout is not None
         assert watch.stdout.readline().startswith("running")  # it is watching
         watch.send_signal(signal.SIGINT)
-        _, err = watch.communicate(timeout=30)
+        _, err = watch.communicate(timeout=120)
     finally:
         watch.kill()
     assert watch.returncode == 130, err
