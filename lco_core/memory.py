@@ -49,9 +49,9 @@ def auto_micro_batch_size(config: Any, seq_len: int, *, checkpointing: bool = Fa
     `MICRO_BATCH_ACTIVATION_BYTES` (with checkpointing only the layer inputs are kept)."""
     per_token = activation_bytes_per_token(config)
     if checkpointing:
-        per_token = int(config.num_hidden_layers) * int(config.hidden_size) * 4 + per_token // int(
-            config.num_hidden_layers
-        )
+        # Every layer's input (hidden floats) stays, plus one layer's recomputed activations.
+        layers = int(config.num_hidden_layers)
+        per_token = layers * int(config.hidden_size) * 4 + per_token // layers
     return max(1, MICRO_BATCH_ACTIVATION_BYTES // max(1, per_token * seq_len))
 
 
