@@ -39,7 +39,7 @@ class SFTTrainer(Trainer):
         )
         self.examples = [self._encode(item, i) for i, item in enumerate(items)]
         longest = max(len(e.input_ids) for e in self.examples)
-        self.cfg = cfg = fit_to_model(cfg, model.config, longest)
+        self.cfg = cfg = fit_to_model(cfg, model.config, longest, device)
         self.eval_examples = [
             self._encode(item, i) for i, item in enumerate(eval_items[: cfg.eval_samples])
         ]

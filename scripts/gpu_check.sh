@@ -10,7 +10,9 @@
 #   bash scripts/gpu_check.sh --cpu    # CPU smoke of the plumbing: SmolLM2, 2 tiny steps
 # Settings: GPU_CHECK_ENGINE=hf (rollouts with HF generate), GPU_CHECK_PYTHON=/path/python
 # (an environment that already has torch+vLLM: no install), GPU_CHECK_BUDGET_S (480 on GPU,
-# 900 on CPU), GPU_CHECK_OUT (.cache/gpu_check). Logs and result.json: $GPU_CHECK_OUT.
+# 900 on CPU), GPU_CHECK_OUT (.cache/gpu_check), GPU_CHECK_MODELS (a space-separated subset
+# of "smollm2 qwen2-0.5b lco-tiny"), GPU_CHECK_ARGS (more `gpu_check.py run` arguments, e.g.
+# "--tokenizer DIR"). Logs and result.json: $GPU_CHECK_OUT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=gpu
@@ -20,13 +22,15 @@ engine=${GPU_CHECK_ENGINE:-vllm}
 py=${GPU_CHECK_PYTHON:-.venv/bin/python}
 if [[ $mode == gpu ]]; then
   budget=${GPU_CHECK_BUDGET_S:-480}
-  models=(smollm2 qwen2-0.5b)
-  caps=(150 210)  # seconds: vLLM start (compile, CUDA graphs), 4 / 4 steps, final checkpoint
+  read -ra models <<<"${GPU_CHECK_MODELS:-smollm2 qwen2-0.5b}"
+  cap_of() {  # seconds: vLLM start (compile, CUDA graphs), 4 steps, final checkpoint
+    case $1 in smollm2) echo 150 ;; qwen2-0.5b) echo 210 ;; *) echo 60 ;; esac
+  }
   cpu_flag=()
 else
   budget=${GPU_CHECK_BUDGET_S:-900}
-  models=(smollm2)
-  caps=(600)
+  read -ra models <<<"${GPU_CHECK_MODELS:-smollm2}"
+  cap_of() { echo 600; }
   cpu_flag=(--cpu)
   export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}  # a shared 2-core machine: no oversubscription
 fi
@@ -85,10 +89,11 @@ fi
 if [[ $mode == gpu ]]; then
   "$py" -c 'import torch; print("device:", torch.cuda.get_device_name())' || true
 fi
-phase import_smollm2 120 "$py" scripts/gpu_check.py prepare
-for i in "${!models[@]}"; do
-  phase "${models[$i]}" "${caps[$i]}" "$py" scripts/gpu_check.py run "${models[$i]}" \
-    --out "$out" --engine "$engine" "${cpu_flag[@]}"
+read -ra extra <<<"${GPU_CHECK_ARGS:-}"
+[[ " ${models[*]} " == *" smollm2 "* ]] && phase import_smollm2 120 "$py" scripts/gpu_check.py prepare
+for model in "${models[@]}"; do
+  phase "$model" "$(cap_of "$model")" "$py" scripts/gpu_check.py run "$model" \
+    --out "$out" --engine "$engine" "${cpu_flag[@]}" "${extra[@]}"
 done
 echo
 "$py" scripts/gpu_check.py summary --out "$out" --models "$(IFS=,; echo "${models[*]}")" || true
