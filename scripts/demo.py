@@ -2,7 +2,7 @@
 
     bash scripts/demo.sh            # installs, then runs this
     bash scripts/demo.sh --keep     # ... and keeps the service running until Ctrl-C
-    bash scripts/demo.sh --model smollm2-135m-instruct   # a real model, ~10-15 min
+    bash scripts/demo.sh --model smollm2-135m-instruct   # a real model, ~14 min
     bash scripts/demo.sh --model smollm2-135m-instruct --steps 2   # the flow only
 
 Starts `lco serve` (SQLite + a broker that needs no server + one Celery worker) on a free
@@ -63,9 +63,9 @@ RECIPES = {
             "learning_rate": 1e-4,
         },
     ),
-    # ~10-15 minutes on 2 idle cores: the import ~1 min, 24 SFT steps of 8 (a few seconds
-    # each), vLLM's start (~30 s), then 32 LCO steps of 4 prompts x 8 samples of up to 24
-    # tokens (10-20 s each). One evaluation before and after each job; one checkpoint each.
+    # 14 minutes on 2 idle cores (measured): the import 25 s, 24 SFT steps of 8 (about
+    # 6 min with its evaluations), vLLM's start (~30 s), then 32 LCO steps of 4 prompts x 8
+    # samples of up to 24 tokens (15-20 s each). One evaluation before and after each job.
     SMOLLM2_NAME: Recipe(
         task="rg:basic_arithmetic",  # preset small
         sft={
