@@ -150,9 +150,7 @@ class RLTrainer(Trainer):
         # Micro-batch and loss-chunk sizes for this model and these prompts (the longest of
         # the first 512 prompts plus the completion budget).
         longest = max(len(encode_prompt(tokenizer, item["messages"])) for item in items[:512])
-        cfg = fit_to_model(
-            cfg, model.config, longest + cfg.max_completion_tokens, device
-        )
+        cfg = fit_to_model(cfg, model.config, longest + cfg.max_completion_tokens, device)
         hidden_size = trunk_and_head(model)[1].weight.shape[1]
         # PPO's value head reads the policy's hidden states detached, so value errors never
         # push the shared trunk: the policy sees exactly the gradients of its loss.
