@@ -201,7 +201,13 @@ class _FusedHeadLoss(torch.autograd.Function):
             logits = F.linear(h, weight.to(h.dtype), bias).to(acc)
             if part.old_logprobs is None:
                 z_a = logits.gather(-1, part.tokens[:, None])[:, 0]
-                part = replace(part, old_logprobs=z_a - logits.logsumexp(-1), old_logits=z_a)
+                old_logp = z_a - logits.logsumexp(-1)
+                part = replace(part, old_logprobs=old_logp, old_logits=z_a)
+                if cfg.importance_cap is not None and part.engine_logprobs is not None:
+                    # Truncated importance sampling with this forward as pi_old: no separate pass.
+                    tis = (old_logp - part.engine_logprobs.to(acc)).exp()
+                    tis = tis.clamp(max=cfg.importance_cap)
+                    part = replace(part, advantages=part.advantages * tis.to(part.advantages.dtype))
             out = grad_fn(logits, part, cfg)
             w = part.weights.to(out.loss.dtype)
             positive = part.advantages > 0

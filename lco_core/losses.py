@@ -44,6 +44,10 @@ class TokenData:
     topk_ids: Tensor | None = None  # [N, k] pi_old's top-k ids, when pi_old must be stored
     topk_logprobs: Tensor | None = None  # [N, k]
     ref_logprobs: Tensor | None = None  # [N] log pi_ref(a) for the k3 KL penalty
+    # [N] log pi_engine(a), the rollout engine's logprob of the sampled token. With
+    # `LossConfig.importance_cap` and pi_old read off this forward, the fused loss weights each
+    # token's advantage by min(pi_old(a) / pi_engine(a), cap) (truncated importance sampling).
+    engine_logprobs: Tensor | None = None
 
     def map(self, fn: Callable[[Tensor], Tensor]) -> TokenData:
         """Apply `fn` to every tensor present (slicing, moving to a device)."""
@@ -65,6 +69,7 @@ class LossConfig:
     clip_eps: float = 0.2
     clip_eps_high: float | None = None
     kl_coef: float = 0.0
+    importance_cap: float | None = None  # see TokenData.engine_logprobs
 
 
 TokenLoss = Callable[[Tensor, TokenData, LossConfig], Tensor]

@@ -187,16 +187,13 @@ class RLTrainer(Trainer):
             clip_eps=cfg.clip_eps,
             clip_eps_high=cfg.clip_eps_high,
             kl_coef=cfg.kl_coef,
+            importance_cap=cfg.importance_cap,
         )
         self.store_topk = cfg.updates_per_batch > 1 and cfg.loss == "lco_kld"
         # pi_old needs its own forward before the update only when several updates reuse the
-        # batch, PPO needs values for GAE, or the importance weights scale the advantages;
-        # otherwise the update's forward is pi_old (TRL does the same).
-        self.separate_old_pass = (
-            cfg.updates_per_batch > 1
-            or self.value_head is not None
-            or cfg.importance_cap is not None
-        )
+        # batch or PPO needs values for GAE; otherwise the update's forward is pi_old (TRL
+        # does the same), and the importance weights are taken there too (`fused.py`).
+        self.separate_old_pass = cfg.updates_per_batch > 1 or self.value_head is not None
         self.autocast = cfg.dtype == "bfloat16"
         self._prompt_cache: dict[int, list[int]] = {}
 
@@ -349,6 +346,12 @@ class RLTrainer(Trainer):
                             old["topk_logprobs"][index] if old and "topk_logprobs" in old else None
                         ),
                         ref_logprobs=ref_logp[index] if ref_logp is not None else None,
+                        # pi_old is this forward: the loss applies the importance weights.
+                        engine_logprobs=(
+                            ro.engine_logprobs[index]
+                            if old is None and cfg.importance_cap is not None
+                            else None
+                        ),
                     )
                     data = data.map(lambda t: t.to(self.device))
                     res = chunked_loss(
@@ -456,6 +459,12 @@ class RLTrainer(Trainer):
         )
         return [self.items[i] for i in indices], [self.prompt(i) for i in indices], params
 
+    def importance_weights(self, old_logp: Tensor, ro: Rollouts) -> Tensor:
+        """[N] min(pi_old(a) / pi_engine(a), importance_cap): truncated importance sampling
+        for rollouts sampled by an engine whose numerics differ from the trainer's."""
+        assert self.cfg.importance_cap is not None
+        return (old_logp - ro.engine_logprobs).exp().clamp(max=self.cfg.importance_cap)
+
     def train_step(self, step: int) -> dict[str, float]:
         cfg, timer = self.cfg, PhaseTimer()
         items, prompts, params = self.step_batch(step)
@@ -468,7 +477,6 @@ class RLTrainer(Trainer):
         diagnose = cfg.diagnose(step)
         old: dict[str, Tensor] | None = None
         ref_logp: Tensor | None = None
-        tis: Tensor | None = None
         with timer.phase("old_logprobs"):
             if self.separate_old_pass:
                 old = self.token_logprobs(self.model, ro, full=True)
@@ -476,11 +484,10 @@ class RLTrainer(Trainer):
                 ref_logp = self.token_logprobs(self.ref_model, ro, full=False)["logp"]
             adv, returns = self.advantages(ro, rewards, old.get("values") if old else None)
             self.check_signal(step, not bool(adv.any()), rewards)
-            if cfg.importance_cap is not None:
-                assert old is not None
-                # The rollouts were sampled by the engine, not by the trainer's pi_old.
-                tis = (old["logp"] - ro.engine_logprobs).exp().clamp(max=cfg.importance_cap)
-                adv = adv * tis
+            if cfg.importance_cap is not None and old is not None:
+                # The rollouts were sampled by the engine, not by the trainer's pi_old. (With
+                # no separate pass the update's own forward applies the same weights.)
+                adv = adv * self.importance_weights(old["logp"], ro)
         self.model.train()
         with timer.phase("update"):
             update_stats, first_logp = self.update(
@@ -488,6 +495,7 @@ class RLTrainer(Trainer):
             )
         # The trainer's log pi_old(a): from the separate pass, or from the update's own forward.
         old_logp = old["logp"] if old is not None else first_logp
+        tis = self.importance_weights(old_logp, ro) if cfg.importance_cap is not None else None
         if old is not None:
             update_stats["entropy"] = float(old["entropy"].mean())
             update_stats["sampled_prob"] = float(old_logp.exp().mean())
