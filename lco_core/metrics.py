@@ -1,6 +1,6 @@
 """Per-step measurement helpers: phase timers, peak memory, grad norms, the metrics.jsonl log.
 
-The metric names written every step are the ones in docs (lco-method.md, "Metrics every
+The metric names written every step are the ones in docs/method.md ("Metrics every
 step"); the dashboard and the stability report read them by these names.
 """
 
