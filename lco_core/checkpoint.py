@@ -4,8 +4,8 @@ A checkpoint is written into a temp dir beside its final name, every file fsynce
 `manifest.json` (each file's size and sha256) last, then one `os.rename` publishes it. So
 `step-N/` either does not exist or is complete, and a crash leaves only a `.tmp-*` dir that
 is never listed (and `prune_temp_dirs` deletes). Readers trust a dir only if its manifest
-checks out. Besides the weights the dir holds the tokenizer and `train_state.pt` (optimiser,
-scheduler, RNG states...), loadable with `torch.load(weights_only=True)`:
+checks out. Besides the weights the dir holds the tokenizer and `train_state.pt` (step,
+optimiser, scheduler, run summary; no RNG states: the trainer reseeds from (seed, step)), loadable with `torch.load(weights_only=True)`:
 
     path = save_checkpoint(run / "checkpoints", step, model, tokenizer, trainer.state_dict())
     latest = latest_checkpoint(run / "checkpoints")      # None if there is none

@@ -4,7 +4,7 @@ Nothing is downloaded at run time: a hub id resolves only if it is already in th
 Hugging Face cache, and anything else is a clear `ValueError` rather than a network hang.
 Remote code is never trusted.
 
-    path = resolve_model("lco-tiny")                  # builds it on first use
+    path = resolve_model("lco-tiny")                  # ships built with the package
     model, tokenizer = load_model_and_tokenizer(path, device=pick_device("auto"))
 """
 

@@ -521,7 +521,7 @@ class RLTrainer(Trainer):
             "micro_batch_size": float(cfg.micro_batch_size),
         }
         if diagnose:
-            # KL(new || old) needs a forward after the update: only at the diagnostic interval.
+            # KL(old || new) (k3 on pi_old's samples) needs a forward after the update: only at the diagnostic interval.
             with timer.phase("metrics"):
                 new_logp = self.token_logprobs(self.model, ro, full=False)["logp"]
             metrics["kl_old"] = float(k3(new_logp - old_logp).mean())

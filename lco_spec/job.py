@@ -55,7 +55,8 @@ class CommonHyperparameters(Strict):
     micro_batch_size: Annotated[int, Field(ge=1, le=4096)] | Auto = "auto"
     # Keep only each decoder layer's input and recompute the rest in backward.
     gradient_checkpointing: bool = False
-    # Tokens per chunk of the fused LM-head loss; auto: one chunk of logits within 32 MB.
+    # Tokens per chunk of the fused LM-head loss; auto: one chunk of logits within 32 MiB on
+    # CPU, 1 GiB on CUDA (`lco_core/memory.py`).
     loss_chunk_size: Annotated[int, Field(ge=1, le=1_000_000)] | Auto = "auto"
 
 

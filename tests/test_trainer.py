@@ -450,7 +450,7 @@ def test_a_step_runs_only_the_forwards_it_needs(
     assert len(grad_forwards) == 3 * hyperparameters.get("ppo_epochs", 1)
     passes.clear()
     trainer.step = 9
-    trainer.train_step(10)  # a diagnostic step: KL(new||old) after the update, and kl_init
+    trainer.train_step(10)  # a diagnostic step: KL(old||new) after the update, and kl_init
     assert passes == (["old"] if separate_old_pass else []) + ["ref", "metrics"]
 
 
