@@ -3,6 +3,9 @@
 - `group`: A = (r - mean of its prompt's group) / (std + eps); `scale="none"` drops the
   std (Dr. GRPO). Default for LCO and GRPO.
 - `rloo`: leave-one-out baseline, r_i - mean of the other samples of the same prompt.
+
+A group whose rewards are all equal (max == min) gets exactly 0 from `group` and `rloo`,
+whatever the dtype: floating-point means of equal values are not always exact.
 - `raw`: the reward itself (the paper's rule-reward setting, one sample per prompt).
 - `gae`: per-token generalised advantage estimation with a value head (PPO).
 
@@ -16,15 +19,26 @@ import torch
 from torch import Tensor
 
 
+def equal_groups(grouped: Tensor) -> Tensor:
+    """[G] True where every reward of a group (a row of `grouped`, [G, group_size]) is equal.
+
+    Compared exactly (max == min), not as std == 0: the mean of eight 0.35s in float32 is
+    not exactly 0.35, so the computed std of an all-equal group is a rounding residue
+    (~1e-8), not 0."""
+    return grouped.amax(-1) == grouped.amin(-1)
+
+
 def group_advantages(
     rewards: Tensor, group_size: int, scale: str = "std", eps: float = 1e-6
 ) -> Tensor:
     grouped = rewards.view(-1, group_size)
     centred = grouped - grouped.mean(-1, keepdim=True)
     if scale == "std":
-        # Population std over the group (unbiased=False): a group of identical rewards gets
-        # exactly zero advantage, never 0/0.
+        # Population std over the group (unbiased=False).
         centred = centred / (grouped.std(-1, unbiased=False, keepdim=True) + eps)
+    # A group of equal rewards carries no signal: exactly 0, not the mean's rounding residue
+    # (divided by std + eps that residue is ~0.03 for eight 0.35s in float32).
+    centred = centred.masked_fill(equal_groups(grouped).unsqueeze(-1), 0.0)
     return centred.reshape(-1)
 
 
@@ -33,7 +47,9 @@ def rloo_advantages(rewards: Tensor, group_size: int) -> Tensor:
         raise ValueError("rloo needs at least 2 samples per prompt")
     grouped = rewards.view(-1, group_size)
     others = (grouped.sum(-1, keepdim=True) - grouped) / (group_size - 1)
-    return (grouped - others).reshape(-1)
+    # (sum - r) / (n - 1) need not round back to r: equal groups are set to exactly 0.
+    advantages = (grouped - others).masked_fill(equal_groups(grouped).unsqueeze(-1), 0.0)
+    return advantages.reshape(-1)
 
 
 def sequence_advantages(

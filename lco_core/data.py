@@ -51,18 +51,41 @@ def encode_prompt(tokenizer: Any, messages: list[dict[str, Any]]) -> list[int]:
 @dataclass
 class SFTExample:
     input_ids: list[int]
-    trainable: list[bool]  # True where the token is part of an assistant reply
+    trainable: list[bool]  # True where the token is part of an assistant reply with weight 1
+    # The conversation was longer than max_len and was cut: whatever reply the cut fell in
+    # keeps its tokens before the cut but not its end-of-turn token.
+    truncated: bool = False
+
+
+def message_weight(message: dict[str, Any], index: int) -> int:
+    """An assistant message's training weight (OpenAI's rule: 1 trains, 0 is context only,
+    absent means 1). `lco_spec.datasets` refuses bad weights on upload; this repeats the
+    check so that no caller can reach training with a weight it would silently misread."""
+    if "weight" not in message:
+        return 1
+    weight = message["weight"]
+    # `type(...) is int`: True/False and 1.0 are not weights, as in the dataset validator.
+    if message.get("role") != "assistant" or type(weight) is not int or weight not in (0, 1):
+        raise SpecError(
+            "must be 0 or 1, and only on assistant messages", param=f"messages[{index}].weight"
+        )
+    return weight
 
 
 def encode_sft(tokenizer: Any, messages: list[dict[str, Any]], max_len: int) -> SFTExample:
-    """Tokenise a conversation; only assistant replies (and their end-of-turn token) train.
+    """Tokenise a conversation; only assistant replies with weight 1 (the default) and their
+    end-of-turn token train. A weight-0 reply stays in the input as context.
 
     Each assistant reply is located by rendering the conversation up to it with and
     without the reply, which works for any chat template that renders turns in order.
+    A conversation longer than `max_len` tokens is cut to its first `max_len` and flagged
+    `truncated`; the cut drops the end-of-turn token of the reply it falls in, so the
+    model is never taught to stop where the data was cut.
     """
     ids: list[int] = []
     trainable: list[bool] = []
     for i, message in enumerate(messages):
+        weight = message_weight(message, i)
         if message["role"] != "assistant":
             continue
         prefix = tokenizer.apply_chat_template(
@@ -78,5 +101,7 @@ def encode_sft(tokenizer: Any, messages: list[dict[str, Any]], max_len: int) -> 
         trainable += [False] * len(new_context)
         reply = full_ids[len(prefix_ids) :]
         ids += reply
-        trainable += [True] * len(reply)
-    return SFTExample(ids[:max_len], trainable[:max_len])
+        trainable += [weight == 1] * len(reply)
+    # Plain slicing keeps only what was rendered before the cut; nothing is appended, so a
+    # cut reply ends without its end-of-turn token (it is not trained as a finished reply).
+    return SFTExample(ids[:max_len], trainable[:max_len], truncated=len(ids) > max_len)

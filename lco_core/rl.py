@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from transformers import PreTrainedModel
 
-from lco_core.advantages import gae_advantages, sequence_advantages, whiten
+from lco_core.advantages import equal_groups, gae_advantages, sequence_advantages, whiten
 from lco_core.callbacks import Callbacks
 from lco_core.config import TrainConfig
 from lco_core.data import encode_prompt, example_indices
@@ -510,7 +510,7 @@ class RLTrainer(Trainer):
             "reward_mean": float(rewards.mean()),
             "reward_std": float(rewards.std(unbiased=False)),
             **reward_stats,
-            "zero_std_group_frac": float((grouped.std(-1, unbiased=False) == 0).float().mean()),
+            "zero_std_group_frac": float(equal_groups(grouped).float().mean()),
             "advantage_abs_mean": float(adv.abs().mean()),
             **update_stats,
             "logp_mismatch_mean": float(mismatch.mean()),

@@ -1,5 +1,9 @@
 """The SFT loop: cross-entropy on assistant tokens, through the same chunked-loss driver as
-the RL losses (`sft` is -log pi(a), token-mean over the batch)."""
+the RL losses (`sft` is -log pi(a), token-mean over the batch).
+
+Rows longer than `max_seq_len` are cut (see `encode_sft`): counted in the summary as
+`truncated_rows`, warned about once when a run starts, and counted per step in the
+`truncated_rows` metric (rows of that step's batch)."""
 
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ from lco_core.fused import chunked_loss
 from lco_core.losses import LossConfig, TokenData
 from lco_core.memory import fit_to_model
 from lco_core.metrics import grad_norm, peak_memory_mb
+from lco_core.result import RunResult
 from lco_core.trainer import Trainer, trunk_and_head
 from lco_spec.errors import SpecError
 
@@ -50,7 +55,12 @@ class SFTTrainer(Trainer):
         self.autocast = cfg.dtype == "bfloat16"
 
     def _encode(self, item: dict[str, Any], index: int) -> SFTExample:
-        example = encode_sft(self.tokenizer, item["messages"], self.cfg.max_seq_len)
+        try:
+            example = encode_sft(self.tokenizer, item["messages"], self.cfg.max_seq_len)
+        except SpecError as exc:
+            if exc.line is not None or not (exc.param or "").startswith("messages"):
+                raise
+            raise SpecError(exc.message, param=exc.param, line=index + 1) from None
         if not any(example.trainable[1:]):
             raise SpecError(
                 f"no assistant tokens left within max_seq_len={self.cfg.max_seq_len}",
@@ -58,6 +68,25 @@ class SFTTrainer(Trainer):
                 line=index + 1,
             )
         return example
+
+    def run(self) -> RunResult:
+        # Set here, not in __init__: resuming loads a checkpoint's summary over __init__'s.
+        truncated = sum(e.truncated for e in self.examples)
+        self.summary["truncated_rows"] = float(truncated)
+        if truncated:
+            self.callbacks.on_event(
+                "warn",
+                f"{truncated} of {len(self.examples)} training rows are longer than "
+                f"max_seq_len={self.cfg.max_seq_len} tokens and were cut: their tokens past "
+                "the limit are not trained, and a reply cut short is trained without its "
+                "end-of-turn token; raise max_seq_len or shorten those rows",
+                {
+                    "truncated_rows": truncated,
+                    "rows": len(self.examples),
+                    "max_seq_len": self.cfg.max_seq_len,
+                },
+            )
+        return super().run()
 
     def loss(
         self, batch: list[SFTExample], n_total: int | None = None
@@ -129,6 +158,7 @@ class SFTTrainer(Trainer):
             "entropy": entropy_sum / n,
             "sampled_prob": prob_sum / n,
             "micro_batch_size": float(cfg.micro_batch_size),
+            "truncated_rows": float(sum(e.truncated for e in batch)),
             "tokens_per_sec": n / elapsed,
             "time_update": elapsed,
             "peak_mem_mb": peak_memory_mb(self.device),
