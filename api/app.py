@@ -57,7 +57,18 @@ def create_app(settings: Settings) -> FastAPI:
         yield
         engine.dispose()
 
-    app = FastAPI(title="LCO fine-tuning API", version="0.1.0", lifespan=lifespan)
+    # Swagger UI and ReDoc pages load their scripts from a CDN, which would run with this
+    # origin's authority (the dashboard keeps API keys here): off unless `api_docs` is set.
+    # Vendoring the assets is not worth it for a convenience page; /openapi.json stays.
+    docs = "/docs" if settings.api_docs else None
+    redoc = "/redoc" if settings.api_docs else None
+    app = FastAPI(
+        title="LCO fine-tuning API",
+        version="0.1.0",
+        lifespan=lifespan,
+        docs_url=docs,
+        redoc_url=redoc,
+    )
     app.state.services = services
     install_error_handlers(app)
     for module in (

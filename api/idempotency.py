@@ -5,10 +5,15 @@
                                                          (header `Idempotent-Replayed: true`)
     same key, another body                            -> 409 idempotency_key_reused
     same key while the first is still running         -> 409 idempotency_key_in_use
+    same key after `request_timeout_s` with the first
+    never finished (its process died)                 -> runs again, as a first request
     same key after a response marked `Cache-Control: no-store` (it carried a secret, such as
     a new API key)                                    -> 409 idempotency_key_secret
 
-Keys are scoped to the caller's bearer key and kept `idempotency_ttl_s`. Responses the
+Keys are scoped to the caller's bearer key and kept `idempotency_ttl_s`. A reservation
+whose request never finished (the process was killed, so no response was stored and none
+was forgotten) blocks retries only for `request_timeout_s`; a request that outlives it
+still answers its own client, but stores nothing over its successor's record. Responses the
 server could not complete (5xx) and refusals that did nothing (401, 429) are not stored, so
 a retry runs again. The request is read whole first (to hash it; large uploads spill to a
 temporary file) and handed on unchanged.
@@ -18,8 +23,8 @@ from __future__ import annotations
 
 import hashlib
 import tempfile
-from datetime import timedelta
-from typing import Any
+from datetime import datetime, timedelta
+from typing import Any, NamedTuple
 
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
@@ -85,11 +90,11 @@ class Idempotency:
             return
         try:
             services = scope["app"].state.services
-            outcome = await run_in_threadpool(_reserve, services, principal, key.decode(), digest)
-            if outcome is not None:
-                await outcome(scope, receive, send)
+            claim = await run_in_threadpool(_reserve, services, principal, key.decode(), digest)
+            if not isinstance(claim, Claim):
+                await claim(scope, receive, send)
                 return
-            await self._run_and_store(scope, send, body, services, principal, key.decode())
+            await self._run_and_store(scope, send, body, services, claim)
         finally:
             body.close()
 
@@ -124,8 +129,10 @@ class Idempotency:
         return spool, digest.hexdigest()
 
     async def _run_and_store(
-        self, scope: Scope, send: Send, body: Any, services: Any, principal: str, key: str
+        self, scope: Scope, send: Send, body: Any, services: Any, claim: Claim
     ) -> None:
+        """Run the request; store its response in the row it reserved (`claim`)."""
+
         async def replay_receive() -> Message:
             chunk = body.read(_CHUNK)
             return {"type": "http.request", "body": chunk, "more_body": len(chunk) == _CHUNK}
@@ -160,34 +167,56 @@ class Idempotency:
                     tombstone = _conflict("secret")
                     status, content_type, parts = 409, "application/json", [tombstone.body]
                 await run_in_threadpool(
-                    _store, services, principal, key, status, content_type, b"".join(parts)
+                    _store, services, claim, status, content_type, b"".join(parts)
                 )
                 stored = True
         finally:
             if not stored:
-                await run_in_threadpool(_forget, services, principal, key)
+                await run_in_threadpool(_forget, services, claim)
+
+
+class Claim(NamedTuple):
+    """One request's reservation: its row, told from a later row of the same key by both
+    fields (SQLite reuses the pk of a deleted last row; a retry is reserved later)."""
+
+    pk: int
+    created_at: datetime
+
+
+def _mine(claim: Claim) -> Any:
+    return (IdempotencyRecord.pk == claim.pk) & (IdempotencyRecord.created_at == claim.created_at)
+
+
+def _expired(row: IdempotencyRecord, settings: Any, now: datetime) -> bool:
+    """A stored response past `idempotency_ttl_s`, or a reservation past `request_timeout_s`
+    (its request died without storing or forgetting: it must not hold the key all day)."""
+    if row.status_code is None:
+        return row.created_at < now - timedelta(seconds=settings.request_timeout_s)
+    return row.created_at < now - timedelta(seconds=settings.idempotency_ttl_s)
 
 
 def _reserve(services: Any, principal: str, key: str, digest: str) -> Any:
-    """Claim the key for this request; or the response to give instead (replay or 409)."""
-    ttl = timedelta(seconds=services.settings.idempotency_ttl_s)
+    """Claim the key for this request; or the response to give instead (a replay or a 409)."""
+    now = utcnow()
     with services.sessions() as session, session.begin():
         row = session.scalar(
             select(IdempotencyRecord).where(
                 IdempotencyRecord.principal == principal, IdempotencyRecord.key == key
             )
         )
-        if row is not None and row.created_at < utcnow() - ttl:
+        if row is not None and _expired(row, services.settings, now):
             session.delete(row)
             session.flush()
             row = None
         if row is None:
             try:
                 with session.begin_nested():
-                    session.add(
-                        IdempotencyRecord(principal=principal, key=key, request_hash=digest)
+                    mine = IdempotencyRecord(
+                        principal=principal, key=key, request_hash=digest, created_at=now
                     )
-                return None
+                    session.add(mine)
+                    session.flush()
+                return Claim(mine.pk, now)
             except IntegrityError:  # a concurrent first request won
                 return _conflict("in_use")
         if row.request_hash != digest:
@@ -217,27 +246,20 @@ def _conflict(kind: str) -> Any:
     return error_response(409, message, param="Idempotency-Key", code=f"idempotency_key_{kind}")
 
 
-def _store(
-    services: Any, principal: str, key: str, status: int, content_type: str | None, body: bytes
-) -> None:
+def _store(services: Any, claim: Claim, status: int, content_type: str | None, body: bytes) -> None:
+    """Fill in this request's own reservation. Not found by key: a request that outlived
+    `request_timeout_s` may have lost its key to a retry, whose row is not its to write."""
     with services.sessions() as session, session.begin():
-        row = session.scalar(
-            select(IdempotencyRecord).where(
-                IdempotencyRecord.principal == principal, IdempotencyRecord.key == key
-            )
-        )
-        if row is not None:
+        row = session.scalar(select(IdempotencyRecord).where(_mine(claim)))
+        if row is not None and row.status_code is None:
             row.status_code = status
             row.content_type = content_type
             row.body = body.decode(errors="replace")
 
 
-def _forget(services: Any, principal: str, key: str) -> None:
+def _forget(services: Any, claim: Claim) -> None:
+    """Drop this request's own reservation (nothing was stored), so a retry runs again."""
     with services.sessions() as session, session.begin():
         session.execute(
-            delete(IdempotencyRecord).where(
-                IdempotencyRecord.principal == principal,
-                IdempotencyRecord.key == key,
-                IdempotencyRecord.status_code.is_(None),
-            )
+            delete(IdempotencyRecord).where(_mine(claim), IdempotencyRecord.status_code.is_(None))
         )

@@ -66,6 +66,12 @@ class Settings(BaseSettings):
     rate_limit_per_minute: Annotated[int, Field(ge=1)] = 1200
     rate_limit_burst: Annotated[int, Field(ge=1)] = 300
     idempotency_ttl_s: Annotated[float, Field(gt=0)] = 24 * 3600.0
+    # How long a request is presumed alive once its body is read. An Idempotency-Key
+    # reservation older than this whose response was never stored belongs to a request
+    # that died (process killed), and stops answering its retries 409. 120 s: well above
+    # the slowest request (validating a full-size upload), yet a client retrying with
+    # back-off gets through within minutes rather than after idempotency_ttl_s.
+    request_timeout_s: Annotated[float, Field(gt=0)] = 120.0
 
     # How long an API process may reuse what it read (0: never). An authenticated key: a key
     # revoked by another process stops working within this (this process's own revocations
@@ -73,6 +79,10 @@ class Settings(BaseSettings):
     # within this. See jobs.auth.AuthCache and jobs.queue.QueueSlots.
     auth_cache_s: Annotated[float, Field(ge=0, le=2)] = 1.0
     queue_cache_s: Annotated[float, Field(ge=0, le=10)] = 1.0
+
+    # FastAPI's /docs and /redoc pages, which load Swagger UI / ReDoc from a CDN into this
+    # origin (see api.app). Off by default; /openapi.json is always served.
+    api_docs: bool = False
 
     @model_validator(mode="after")
     def _safe_in_production(self) -> Settings:

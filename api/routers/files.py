@@ -1,9 +1,14 @@
-"""`/v1/files`: upload (validated line by line), list, retrieve, content, delete."""
+"""`/v1/files`: upload (validated line by line), list, retrieve, content, delete.
+
+The bytes are stored under the file's id (`jobs.storage`); the client's filename is only a
+label, kept as a cleaned display name (`display_name`) and never part of any path.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import unicodedata
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Form, UploadFile
@@ -20,6 +25,32 @@ router = APIRouter(prefix="/v1/files", tags=["files"])
 
 _CHUNK = 1024 * 1024
 _PURPOSES = ("fine-tune",)
+_DEFAULT_NAME = "upload.jsonl"
+# Fits File.filename (String(256)); the longest name common filesystems allow.
+_MAX_NAME = 255
+# Unicode categories never kept in a name: controls (NUL, newlines, escapes), format
+# characters (bidi overrides and marks, zero-width), surrogates, line/paragraph separators.
+_UNSHOWN = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+
+
+def display_name(raw: str | None) -> str:
+    """The client's filename as a safe label: the last path component (either separator,
+    as a Windows client may send `..\\x`), without the _UNSHOWN characters (NUL included:
+    PostgreSQL text refuses it; bidi overrides make a name read as another), at most _MAX_NAME
+    characters with the extension kept. Stripped rather than refused: the name is cosmetic
+    and the upload otherwise valid. Nothing left, or only dots, is `upload.jsonl`."""
+    name = (raw or "").replace("\\", "/").rsplit("/", 1)[-1]
+    name = "".join(c for c in name if unicodedata.category(c) not in _UNSHOWN)
+    name = unicodedata.normalize("NFC", name).strip()
+    if not name.strip("."):
+        return _DEFAULT_NAME
+    if len(name) > _MAX_NAME:
+        stem, dot, ext = name.rpartition(".")
+        if dot and stem and len(ext) <= 16:
+            name = stem[: _MAX_NAME - len(ext) - 1].rstrip() + "." + ext
+        else:
+            name = name[:_MAX_NAME]
+    return name
 
 
 def _dataset_report(data: bytes, max_errors: int) -> tuple[str, str | None, str | None, int]:
@@ -63,11 +94,10 @@ def upload_file(
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    name = os.path.basename(file.filename or "upload.jsonl")[:256] or "upload.jsonl"
     row = File(
         id=file_id,
         team_id=scope.team_id,
-        filename=name,
+        filename=display_name(file.filename),
         purpose=purpose,
         bytes=size,
         sha256=digest.hexdigest(),
