@@ -14,9 +14,10 @@ from fastapi import FastAPI
 
 from api.deps import Services
 from api.errors import ERROR_RESPONSES, install_error_handlers
+from api.guards import JsonTextGuard, RequestGuard
 from api.idempotency import Idempotency
 from api.limits import BodyLimitByRoute
-from api.ratelimit import RateLimit
+from api.ratelimit import Buckets, RateLimit
 from api.routers import (
     admin,
     checkpoints,
@@ -88,15 +89,20 @@ def create_app(settings: Settings) -> FastAPI:
     install_dashboard(app)
     # Outermost last: body limit, then the rate limit, then Idempotency-Key replay.
     app.add_middleware(Idempotency)
-    app.add_middleware(
-        RateLimit, per_minute=settings.rate_limit_per_minute, burst=settings.rate_limit_burst
+    # The rate limit's buckets, also read by `api.deps` to charge a key found in the database.
+    app.state.rate_buckets = Buckets(
+        per_minute=settings.rate_limit_per_minute, burst=settings.rate_limit_burst
     )
+    app.add_middleware(RateLimit, buckets=app.state.rate_buckets, auth=services.auth)
+    app.add_middleware(JsonTextGuard)  # inside the body limit: it reads the JSON body
     app.add_middleware(
         BodyLimitByRoute,
         upload_path="/v1/files",
         max_upload=settings.max_upload_bytes,
         max_json=settings.max_json_bytes,
     )
+    # Outermost: headers too large, NUL in the path, query or headers, before any work.
+    app.add_middleware(RequestGuard, max_header_bytes=settings.max_header_bytes)
     return app
 
 

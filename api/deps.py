@@ -21,6 +21,7 @@ from fastapi import Depends, Request
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
+from api.ratelimit import bearer_key, settle
 from jobs.auth import AuthCache, AuthenticatedKey
 from jobs.dispatch import Dispatcher
 from jobs.errors import Forbidden, Unauthorized
@@ -107,11 +108,9 @@ async def run_reads(session: Session, read: Callable[[], T]) -> T:
 
 
 async def get_current_key(request: Request) -> AuthenticatedKey:
-    header = request.headers.get("authorization", "")
-    scheme, _, key = header.partition(" ")
-    key = key.strip()
+    key = bearer_key(request.headers.get("authorization"))
     found = None
-    if scheme.lower() == "bearer":
+    if key is not None:
         auth = _services(request).auth
         found = auth.get(key) or await run_in_threadpool(auth.load, key)
     if found is None:
@@ -119,6 +118,8 @@ async def get_current_key(request: Request) -> AuthenticatedKey:
             "Incorrect API key provided. You can create one with `lco key create --team NAME`.",
             code="invalid_api_key",
         )
+    # The rate limit charged a key it did not know yet to the address: move it to the key.
+    settle(request, found.id)
     return found
 
 

@@ -82,6 +82,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from api.app import create_app
+    from api.guards import server_header_bound
     from jobs.db import make_engine, make_session_factory
     from jobs.dispatch import Dispatcher, make_producer
     from jobs.reconcile import run_forever
@@ -109,7 +110,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         flush=True,
     )
     try:
-        uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="warning")
+        # h11, not httptools: h11 bounds how much of a request head it buffers, so one huge
+        # header cannot stall the loop (httptools reads it whole); api.guards answers 431.
+        uvicorn.run(
+            create_app(settings),
+            host=args.host,
+            port=args.port,
+            log_level="warning",
+            http="h11",
+            h11_max_incomplete_event_size=server_header_bound(settings.max_header_bytes),
+        )
     finally:
         stop.set()
         if worker is not None and worker.poll() is None:
