@@ -3,7 +3,8 @@
 Submission validates everything that can be checked without the GPU, so a queued job only
 fails for reasons the data could not reveal: the spec (`lco_spec.parse_job_spec`), the
 model (a base model or a finished job's `fine_tuned_model` of the same team), the files
-(same team, `processed`, of the method's dataset kind) and the grader's item fields.
+(same team, `processed`, of the method's dataset kind), the grader's item fields, and
+everything the trainer resolves from the spec and the data (`lco_spec.train_config`).
 A running job is stopped by the worker between steps: cancel and pause only record the
 request here, and the supervisor moves the job to its final state.
 """
@@ -29,6 +30,7 @@ from jobs.settings import Settings
 from jobs.states import Action, JobStatus, check_action, check_transition
 from jobs.storage import Storage
 from lco_spec.job import JobSpec, parse_job_spec
+from lco_spec.train_config import resolve_config
 
 # How many training items the grader template is checked against at submission.
 _GRADER_CHECK_ITEMS = 5
@@ -82,7 +84,8 @@ def method_kind(spec: JobSpec) -> DatasetKind:
 
 def _check_file(
     scope: TeamScope, storage: Storage, file_id: str, param: str, kind: DatasetKind, max_errors: int
-) -> bytes:
+) -> tuple[bytes, int]:
+    """The file's bytes and number of examples, or InvalidRequest naming `param`."""
     try:
         row = scope.file(file_id, param=param)
     except NotFound:
@@ -98,6 +101,7 @@ def _check_file(
             code="invalid_file",
         )
     data = storage.file_path(scope.team_id, file_id).read_bytes()
+    n_examples = row.n_examples
     if row.kind != kind:
         from lco_spec.datasets import validate_dataset
 
@@ -109,7 +113,8 @@ def _check_file(
                 param=param,
                 code="invalid_file",
             )
-    return data
+        n_examples = report.n_examples
+    return data, n_examples
 
 
 def _check_grader(spec: JobSpec, data: bytes) -> None:
@@ -133,17 +138,10 @@ def submit_job(session: Session, scope: TeamScope, settings: Settings, body: Any
     caller commits and then runs a scheduler pass (`jobs.queue.run_scheduler`).
     """
     spec = parse_job_spec(body)
-    # Locking the team row serialises one team's submissions, so its quotas hold.
-    team = session.get(Team, scope.team_id, with_for_update=True)
-    assert team is not None
-    pool = spec.pool or settings.default_pool
-    priority = check_submission(
-        session, team, settings, pool=pool, gpus=spec.resources.gpus, priority=spec.priority
-    )
     resolved = resolve_model(scope, spec.model)
     storage = Storage(settings)
     kind = method_kind(spec)
-    train = _check_file(
+    train, n_train = _check_file(
         scope, storage, spec.training_file, "training_file", kind, settings.max_dataset_errors
     )
     if spec.validation_file:
@@ -157,6 +155,18 @@ def submit_job(session: Session, scope: TeamScope, settings: Settings, body: Any
         )
     if spec.method.is_rl:
         _check_grader(spec, train)
+    # What the trainer resolves from the spec and the data (steps, defaults, combinations
+    # of options) is checked now, so such a job never queues only to fail on a worker.
+    resolve_config(spec, n_train=n_train)
+    # Only now, with the files read and checked (up to hundreds of MB), lock the team row:
+    # it serialises one team's submissions so that its quotas hold, and is held only for
+    # the quota check and the insert.
+    team = session.get(Team, scope.team_id, with_for_update=True)
+    assert team is not None
+    pool = spec.pool or settings.default_pool
+    priority = check_submission(
+        session, team, settings, pool=pool, gpus=spec.resources.gpus, priority=spec.priority
+    )
     if spec.seed is None:
         # A fixed seed makes a resumed attempt reproduce the interrupted one.
         spec = spec.model_copy(update={"seed": secrets.randbelow(2**31 - 1)})

@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from lco_core.config import TrainConfig
+from lco_spec.train_config import TrainConfig
 
 # CPU: activation budget of one micro-batch, and of one chunk of logits (float32 bytes).
 MICRO_BATCH_ACTIVATION_BYTES = 256 * 1024**2

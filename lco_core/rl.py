@@ -21,7 +21,7 @@ from transformers import PreTrainedModel
 
 from lco_core.advantages import equal_groups, gae_advantages, sequence_advantages, whiten
 from lco_core.callbacks import Callbacks
-from lco_core.config import TrainConfig
+from lco_spec.train_config import TrainConfig
 from lco_core.data import encode_prompt, example_indices
 from lco_core.fused import chunked_loss
 from lco_core.losses import LossConfig, TokenData

@@ -15,7 +15,7 @@ import torch
 from transformers import PreTrainedModel
 
 from lco_core.callbacks import Callbacks
-from lco_core.config import TrainConfig
+from lco_spec.train_config import TrainConfig
 from lco_core.data import SFTExample, encode_sft, example_indices
 from lco_core.fused import chunked_loss
 from lco_core.losses import LossConfig, TokenData

@@ -20,7 +20,7 @@ from transformers import PreTrainedModel
 
 from lco_core.callbacks import Callbacks, StopReason
 from lco_core.checkpoint import save_checkpoint
-from lco_core.config import TrainConfig
+from lco_spec.train_config import TrainConfig
 from lco_core.metrics import MetricsLog
 from lco_core.result import RunResult, RunStatus
 

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from lco_core.config import TrainConfig
+from lco_spec.train_config import TrainConfig
 from lco_core.memory import (
     CUDA_ACTIVATION_SHARE,
     MICRO_BATCH_ACTIVATION_BYTES,

@@ -356,7 +356,7 @@ def test_importance_weights_in_the_updates_forward_equal_a_separate_pass(
 
 
 def test_importance_cap_only_for_ratio_losses(addition_file: Path) -> None:
-    from lco_core.config import resolve_config
+    from lco_spec.train_config import resolve_config
 
     spec = parse_job_spec(rl_job(str(addition_file), importance_cap=2.0))  # lco
     with pytest.raises(SpecError) as err:

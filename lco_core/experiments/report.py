@@ -323,7 +323,7 @@ def write_report(
     lines += ["## Setup", ""]
     lines += [f"- {k}: {v}" for k, v in cfg.describe().items()]
     lines += [
-        "- learning rates (lco-tiny defaults of `lco_core/config.py`, not tuned per "
+        "- learning rates (lco-tiny defaults of `lco_spec/train_config.py`, not tuned per "
         "algorithm): " + ", ".join(f"{a} {lr:g}" for a, lr in result.learning_rates.items()),
         "- everything else: the job spec's defaults (AdamW, no grad clipping, temperature 1, "
         "token-mean aggregation; group advantages for LCO/GRPO/REINFORCE, GAE with a value "

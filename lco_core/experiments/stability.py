@@ -7,7 +7,7 @@ Every run is an ordinary job: the study writes each run's `job.yaml` (the body `
 and `POST /v1/fine_tuning/jobs` take) and trains it through `lco_core.runner.run_job`, so
 one run can be reproduced alone with `lco train --config RUN/job.yaml --output RUN2`.
 All algorithms get the same rollout budget (steps x prompts x samples) and the lco-tiny
-default learning rates of `lco_core.config` (no per-algorithm tuning). Settings: one
+default learning rates of `lco_spec.train_config` (no per-algorithm tuning). Settings: one
 update per rollout batch (`single`), and the stress setting that reuses each batch for
 several updates (`reuse`, `ppo_epochs` 4).
 
@@ -278,7 +278,7 @@ def _run_all(dirs: Sequence[Path], workers: int) -> Iterator[tuple[Path, dict[st
 def learning_rates(cfg: StudyConfig, dirs: dict[RunKey, Path]) -> dict[str, float]:
     """The learning rate each algorithm resolves to (the model's defaults, untuned)."""
     from lco_core.cli_train import load_config
-    from lco_core.config import resolve_config
+    from lco_spec.train_config import resolve_config
 
     rates = {}
     for key, run_dir in dirs.items():

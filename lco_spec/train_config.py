@@ -1,8 +1,11 @@
 """The resolved training config: a JobSpec with every "auto" replaced by a concrete value.
 
-`resolve_config(spec, n_train=..., n_val=...)` is the one place defaults live; the
-trainers read only `TrainConfig`, never the raw spec. Its `describe()` is logged whole at
-the start of a run so a run's log says exactly what it did.
+`resolve_config(spec, n_train=...)` is the one place defaults live; the trainers read only
+`TrainConfig`, never the raw spec. Its `describe()` is logged whole at the start of a run so
+a run's log says exactly what it did. Pure Python, so job submission
+(`jobs.lifecycle.submit_job`) runs it too: a job the trainer would refuse (a warmup as long
+as the run, `importance_cap` on a loss without a ratio, ...) is a 400 at submission, not a
+failure on the worker.
 """
 
 from __future__ import annotations
@@ -101,7 +104,10 @@ def _common(
     epochs_default: int,
     key: str,
     model: str,
+    prefix: str,
 ) -> dict[str, Any]:
+    """The hyperparameters SFT and RL share; `prefix` is their path in the job body, for the
+    `param` of an error."""
     batch_size = int(_auto(hp.batch_size, min(batch_default, max(1, n_train))))
     n_epochs = int(_auto(hp.n_epochs, epochs_default))
     total = hp.max_steps or max(1, math.ceil(n_train * n_epochs / batch_size))
@@ -115,7 +121,7 @@ def _common(
     if hp.warmup_steps >= total and hp.warmup_steps > 0:
         raise SpecError(
             f"must be smaller than the number of steps ({total})",
-            param="hyperparameters.warmup_steps",
+            param=f"{prefix}.warmup_steps",
         )
     return {
         "learning_rate": lr,
@@ -143,7 +149,13 @@ def resolve_config(spec: JobSpec, *, n_train: int) -> TrainConfig:
     if not spec.method.is_rl:
         hp = spec.method.sft.hyperparameters
         common = _common(
-            hp, n_train=n_train, batch_default=8, epochs_default=3, key="sft", model=spec.model
+            hp,
+            n_train=n_train,
+            batch_default=8,
+            epochs_default=3,
+            key="sft",
+            model=spec.model,
+            prefix="method.supervised.hyperparameters",
         )
         return TrainConfig(kind="sft", model=spec.model, seed=seed, **common)
 
@@ -175,7 +187,13 @@ def resolve_config(spec: JobSpec, *, n_train: int) -> TrainConfig:
             param="method.reinforcement.hyperparameters.importance_cap",
         )
     common = _common(
-        rl, n_train=n_train, batch_default=8, epochs_default=1, key=algorithm, model=spec.model
+        rl,
+        n_train=n_train,
+        batch_default=8,
+        epochs_default=1,
+        key=algorithm,
+        model=spec.model,
+        prefix="method.reinforcement.hyperparameters",
     )
     return TrainConfig(
         kind="rl",
