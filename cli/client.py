@@ -1,5 +1,5 @@
-"""`lco files ...`, `lco jobs ...` and `lco pools`: HTTP client commands against a running
-service.
+"""`lco files ...`, `lco jobs ...`, `lco pools` and `lco admin jobs ...`: HTTP client
+commands against a running service (`admin` ones with an admin key: any team's jobs).
 
 Settings: `--base-url` (or LCO_BASE_URL, default http://127.0.0.1:8000/v1) and `--api-key`
 (or LCO_API_KEY). Responses are printed as JSON; `jobs watch` prints progress lines.
@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 
+from jobs.states import JobStatus
 from lco_spec.metrics import HEADLINE_METRICS
 
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -176,6 +177,43 @@ def jobs_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
+def _team_id(http: httpx.Client, team: str) -> str:
+    """The id of the team named `team` (a name or an id), from the admin team list."""
+    for row in _check(http.get("/admin/teams"))["data"]:
+        if team in (row["id"], row["name"]):
+            return str(row["id"])
+    raise ClientError(f"no team named {team!r}")
+
+
+def admin_jobs_list(args: argparse.Namespace) -> int:
+    params: dict[str, Any] = {"limit": args.limit}
+    if args.status:
+        params["status"] = args.status
+    if args.after:
+        params["after"] = args.after
+    with _client(args) as http:
+        if args.team:
+            params["team_id"] = _team_id(http, args.team)
+        page = _check(http.get("/admin/jobs", params=params))
+    for job in page["data"]:
+        print(
+            f"{job['id']}  {job['status']:<10} team {job['organization_id']}  {job['model']}"
+            + _queue_text(job)
+        )
+    if page["has_more"] and page["data"]:
+        print(f"(more: --after {page['data'][-1]['id']})", file=sys.stderr)
+    return 0
+
+
+def _admin_job_action(action: str) -> Any:
+    def run(args: argparse.Namespace) -> int:
+        with _client(args) as http:
+            _show(_check(http.post(f"/admin/jobs/{args.job_id}/{action}")))
+        return 0
+
+    return run
+
+
 def progress_line(job: dict[str, Any], metrics: dict[str, Any] | None = None) -> str:
     """One line for a job's progress: `running   step 5/32  reward_mean=0.5  loss=0.1`, or,
     before its first step, its phase and what it is doing (never `step 0/?`)."""
@@ -270,3 +308,20 @@ def add_commands(sub: Any) -> None:
         p.add_argument("job_id")
         p.add_argument("--interval", type=float, default=2.0)
         p.set_defaults(func=func)
+
+    admin = sub.add_parser("admin", help="admin key: any team's jobs").add_subparsers(
+        dest="resource", required=True
+    )
+    admin_jobs = admin.add_parser(
+        "jobs", help="list, cancel, pause and resume any team's jobs"
+    ).add_subparsers(dest="action", required=True)
+    p = common(admin_jobs.add_parser("list", help="every team's jobs, newest first"))
+    p.add_argument("--team", help="only this team's (a name or an id)")
+    p.add_argument("--status", choices=[s.value for s in JobStatus])
+    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--after", help="the last job id of the previous page")
+    p.set_defaults(func=admin_jobs_list)
+    for action in ("cancel", "pause", "resume"):
+        p = common(admin_jobs.add_parser(action, help=f"{action} any team's job"))
+        p.add_argument("job_id")
+        p.set_defaults(func=_admin_job_action(action))

@@ -15,6 +15,8 @@
     lco files upload PATH                             client commands (LCO_BASE_URL, LCO_API_KEY)
     lco jobs submit [--config] JOB.json|yaml | list | get ID | watch ID | cancel ID
     lco pools [NAME]                                  capacity, running and queued jobs
+    lco admin jobs list [--team T --status S] | cancel ID | pause ID | resume ID
+                                                      any team's jobs (an admin key)
     lco train --config job.yaml --output DIR          train locally, no service
     lco tasks list                                    built-in tasks and reasoning-gym datasets
     lco tasks export NAME --out DIR                   write a built-in task's datasets

@@ -1,17 +1,24 @@
-"""`/v1/admin/...`: teams with their quotas and shares, and API keys. Admin keys only (403
-for any other key); the same operations as `lco team ...` and `lco key ...`.
+"""`/v1/admin/...`: teams with their quotas and shares, API keys, and every team's jobs.
+Admin keys only (403 for any other key); the same operations as `lco team ...`,
+`lco key ...` and `lco admin jobs ...`.
 
     GET/POST   /v1/admin/teams                    list / create (with a policy)
     GET/PATCH  /v1/admin/teams/{team_id}          read / change share, quotas, policy
     GET/POST   /v1/admin/teams/{team_id}/keys     list / create (the secret shown once)
     DELETE     /v1/admin/keys/{key_id}            revoke
+    GET        /v1/admin/jobs[?team_id&status]    every team's jobs, newest first (paginated)
+    GET        /v1/admin/jobs/{job_id}            any team's job
+    POST       /v1/admin/jobs/{job_id}/cancel     cancel, pause, resume any team's job, by
+    POST       /v1/admin/jobs/{job_id}/pause        the lifecycle's rules; the job's events
+    POST       /v1/admin/jobs/{job_id}/resume       name the admin key (`jobs.admin_jobs`)
 """
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
-from api.deps import AdminKey, SessionDep
+from api.deps import AdminKey, ServicesDep, SessionDep
+from api.routers.jobs import _changed, public_jobs
 from api.schemas.admin import (
     KeyCreate,
     KeyCreated,
@@ -23,6 +30,9 @@ from api.schemas.admin import (
     TeamsPublic,
     TeamUpdate,
 )
+from api.schemas.common import After, Limit
+from api.schemas.jobs import JobPublic, JobsPublic
+from jobs.admin_jobs import act_on_job, list_all_jobs, scope_of_job
 from jobs.auth import (
     create_api_key,
     create_team,
@@ -33,6 +43,7 @@ from jobs.auth import (
 )
 from jobs.models import Team
 from jobs.quotas import set_policy
+from jobs.states import Action, JobStatus
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
 
@@ -98,3 +109,42 @@ def revoke_key(session: SessionDep, _: AdminKey, key_id: str) -> KeyPublic:
     row = revoke_api_key(session, key_id)
     session.commit()
     return KeyPublic.from_row(row)
+
+
+# Jobs: what follows a state change (commit, scheduler pass, fresh read) and the job objects
+# with their queue place come from the team's own job routes, so both answer alike.
+@router.get("/jobs", response_model=JobsPublic)
+def jobs(
+    session: SessionDep,
+    _: AdminKey,
+    services: ServicesDep,
+    team_id: str | None = None,
+    status: JobStatus | None = None,
+    after: After = None,
+    limit: Limit = 20,
+) -> JobsPublic:
+    page = list_all_jobs(session, team_id=team_id, status=status, after=after, limit=limit)
+    return JobsPublic(
+        data=public_jobs(session, services.queue_slots, page.items), has_more=page.has_more
+    )
+
+
+@router.get("/jobs/{job_id}", response_model=JobPublic)
+def job(session: SessionDep, _: AdminKey, services: ServicesDep, job_id: str) -> JobPublic:
+    row = scope_of_job(session, job_id).job(job_id)
+    return public_jobs(session, services.queue_slots, [row])[0]
+
+
+@router.post("/jobs/{job_id}/cancel", response_model=JobPublic)
+def cancel_job(session: SessionDep, key: AdminKey, services: ServicesDep, job_id: str) -> JobPublic:
+    return _changed(session, services, act_on_job(session, key, job_id, Action.CANCEL))
+
+
+@router.post("/jobs/{job_id}/pause", response_model=JobPublic)
+def pause_job(session: SessionDep, key: AdminKey, services: ServicesDep, job_id: str) -> JobPublic:
+    return _changed(session, services, act_on_job(session, key, job_id, Action.PAUSE))
+
+
+@router.post("/jobs/{job_id}/resume", response_model=JobPublic)
+def resume_job(session: SessionDep, key: AdminKey, services: ServicesDep, job_id: str) -> JobPublic:
+    return _changed(session, services, act_on_job(session, key, job_id, Action.RESUME))
