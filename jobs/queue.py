@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import select, text
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, load_only, sessionmaker
 
 from jobs.changes import track_writes, version
 from jobs.db import transaction
@@ -49,7 +49,29 @@ class QueueView:
     state: QueueState
     plan: Plan
     teams: dict[str, Team]
-    jobs: dict[str, Job]  # running and queued
+    jobs: dict[str, Job]  # running and queued; only `_SNAPSHOT_COLUMNS` loaded
+
+
+# The columns a pass reads: planning, admission (`Dispatcher.mark`) and the pool view. The
+# spec (with the metadata), the error and the phase message are large JSON and text that
+# no pass needs, read for every queued and running job on every pass (and status GET that
+# plans); they stay unloaded (a load on access, if ever, rather than a wrong answer).
+_SNAPSHOT_COLUMNS = (
+    Job.id,
+    Job.team_id,
+    Job.created_at,
+    Job.pool,
+    Job.gpus,
+    Job.priority,
+    Job.status,
+    Job.status_since,
+    Job.step,
+    Job.total_steps,
+    Job.not_before,
+    Job.admitted_at,
+    Job.dispatched_at,
+    Job.dispatch_count,
+)
 
 
 def _seconds(dt: datetime) -> float:
@@ -77,6 +99,7 @@ def snapshot(session: Session, settings: Settings, now: datetime) -> QueueView:
     rows = list(
         session.scalars(
             select(Job)
+            .options(load_only(*_SNAPSHOT_COLUMNS))
             .where(Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]))
             .order_by(Job.pk)
         )

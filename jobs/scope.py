@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar
 
-from sqlalchemy import Row, Select, bindparam, select
+from sqlalchemy import ColumnElement, Row, Select, bindparam, exists, func, select
 from sqlalchemy.orm import Session
 
 from jobs.errors import NotFound
@@ -50,6 +50,31 @@ _JOB_FOR_UPDATE = _JOB.with_for_update()
 _JOB_ROW = select(Job.__table__).where(
     Job.__table__.c.id == bindparam("job_id"), Job.__table__.c.team_id == bindparam("team_id")
 )
+
+
+@dataclass(frozen=True)
+class MetadataFilter:
+    """OpenAI's list filter: `metadata[k]=v` pairs, all of which a job's metadata must hold
+    (`pairs`), or `metadata=null`: only jobs created without metadata (`null`)."""
+
+    pairs: dict[str, str]
+    null: bool = False
+
+    def conditions(self, dialect: str) -> list[ColumnElement[bool]]:
+        """WHERE clauses on `Job.spec["metadata"]` for `dialect` (sqlite or postgresql)."""
+        if self.null:
+            # A JSON null and a missing key both read as SQL NULL on either database.
+            return [Job.spec["metadata"].as_string().is_(None)]
+        return [self._has(dialect, key, value) for key, value in self.pairs.items()]
+
+    @staticmethod
+    def _has(dialect: str, key: str, value: str) -> ColumnElement[bool]:
+        if dialect == "postgresql":
+            # `spec -> 'metadata' ->> :key`: the key is a bound parameter, so any key works.
+            return Job.spec["metadata"][key].as_string() == value
+        # SQLite's JSON paths cannot spell a key holding '"'; json_each compares keys as values.
+        entries = func.json_each(Job.spec, "$.metadata").table_valued("key", "value")
+        return exists().select_from(entries).where(entries.c.key == key, entries.c.value == value)
 
 
 def _no_job(job_id: str) -> NotFound:
@@ -110,8 +135,14 @@ class TeamScope:
             raise _no_job(job_id)
         return row
 
-    def jobs(self, *, after: str | None, limit: int) -> Page[Job]:
+    def jobs(
+        self, *, after: str | None, limit: int, metadata: MetadataFilter | None = None
+    ) -> Page[Job]:
+        """A page of the team's jobs; `metadata` keeps only those it matches."""
         stmt = select(Job).where(Job.team_id == self.team_id)
+        if metadata is not None:
+            dialect = self.session.get_bind().dialect.name
+            stmt = stmt.where(*metadata.conditions(dialect))
         after_pk = self.job(after).pk if after else None
         return _page(self.session, stmt, Job, after_pk, limit)
 

@@ -31,11 +31,12 @@ def pydantic_error_to_spec_error(exc: object, prefix: str = "") -> SpecError:
     first = errors[0]
     loc = [str(p) for p in first.get("loc", ())]
     # Discriminated unions insert the chosen tag (a grader type) after the field that holds
-    # the union, and validators their function name: both are noise to a user.
+    # the union, plain unions the member's type (`n_epochs.constrained-int` of `int | "auto"`),
+    # and validators their function name: all noise to a user.
     parts = [
         p
         for i, p in enumerate(loc)
-        if not p.startswith("function-")
+        if not p.startswith(("function-", "constrained-", "literal["))
         and not (
             p in GRADER_TYPES
             and i > 0

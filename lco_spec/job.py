@@ -13,13 +13,26 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from lco_spec.errors import SpecError, pydantic_error_to_spec_error
 from lco_spec.graders import GraderSpec
 
 Auto = Literal["auto"]
 Name = Annotated[str, Field(min_length=1, max_length=256)]
+
+# OpenAI's documented limits on the create body.
+SEED_MAX = 2**31 - 1
+METADATA_MAX_PAIRS = 16
+METADATA_MAX_KEY = 64
+METADATA_MAX_VALUE = 512
 
 ALGORITHMS = ("lco", "grpo", "ppo", "reinforce")
 LCO_LOSSES = ("lco_kld", "lco_mse", "lco_logcosh")
@@ -160,12 +173,17 @@ class JobSpec(Strict):
     model: Name
     training_file: Name
     validation_file: Name | None = None
+    # OpenAI: up to 64 characters; it becomes part of the model name, so no ':'.
     suffix: Annotated[str, Field(max_length=64, pattern=r"^[A-Za-z0-9_.-]*$")] | None = None
-    seed: Annotated[int, Field(ge=0, le=2**31 - 1)] | None = None
-    metadata: (
-        Annotated[dict[str, Annotated[str, Field(max_length=512)]], Field(max_length=16)] | None
-    ) = None
+    # Strict: OpenAI's integer does not take "5", true or 5.0.
+    seed: Annotated[int, Field(strict=True, ge=0, le=SEED_MAX)] | None = None
+    # OpenAI's limits (checked in `_check_metadata`, so every violation names `metadata`).
+    metadata: dict[str, str] | None = None
     method: Method = Method(type="supervised")
+    # Deprecated by OpenAI in favour of `method` but still accepted by it: a body without
+    # `method` that gives these trains supervised with them (`normalized()` moves them into
+    # `method.supervised.hyperparameters`; never stored).
+    hyperparameters: SupervisedHyperparameters | None = Field(default=None, exclude=True)
     # Extensions for the shared GPU pools: scheduling only, they do not change the training.
     priority: Literal["low", "normal", "high"] = "normal"
     pool: (
@@ -173,8 +191,47 @@ class JobSpec(Strict):
     ) = None
     resources: Resources = Resources()
 
+    @field_validator("metadata", mode="before")
+    @classmethod
+    def _check_metadata(cls, value: Any) -> Any:
+        if value is None:
+            return None
+        if not isinstance(value, dict):
+            raise ValueError("metadata must be an object of string keys and string values")
+        if len(value) > METADATA_MAX_PAIRS:
+            raise ValueError(f"metadata may have at most {METADATA_MAX_PAIRS} key-value pairs")
+        for key, item in value.items():
+            if not isinstance(key, str):  # a YAML spec may have non-string keys
+                raise ValueError(f"metadata keys must be strings: {key!r}")
+            if len(key) > METADATA_MAX_KEY:
+                raise ValueError(
+                    f"metadata keys may be at most {METADATA_MAX_KEY} characters: {key[:80]!r}"
+                )
+            if not isinstance(item, str):
+                raise ValueError(f"metadata[{key!r}] must be a string")
+            if len(item) > METADATA_MAX_VALUE:
+                raise ValueError(
+                    f"metadata values may be at most {METADATA_MAX_VALUE} characters: "
+                    f"metadata[{key!r}]"
+                )
+        return value
+
     def normalized(self) -> JobSpec:
-        """`type: lco` becomes `type: reinforcement` with `algorithm: lco`."""
+        """Top-level `hyperparameters` move into `method.supervised`; `type: lco` becomes
+        `type: reinforcement` with `algorithm: lco`."""
+        if self.hyperparameters is not None:
+            # OpenAI refuses both at once rather than guess which one wins.
+            if "method" in self.model_fields_set:
+                raise SpecError(
+                    "hyperparameters is deprecated and cannot be given with method; "
+                    "put them in method.<type>.hyperparameters",
+                    param="hyperparameters",
+                )
+            method = Method(
+                type="supervised",
+                supervised=SupervisedMethod(hyperparameters=self.hyperparameters),
+            )
+            return self.model_copy(update={"method": method, "hyperparameters": None})
         if self.method.type != "lco":
             return self
         block = self.method.rl

@@ -5,6 +5,7 @@ Creation validates the whole request (see `jobs.lifecycle.submit_job`) and team 
 (`jobs.queue.run_scheduler`), which admits the job and sends the worker message if its pool
 has room: nothing slow in the request. Cancel, pause and resume run a pass too (they free
 or take a place). Queued jobs show their place in the queue (`queue`, `status_details`).
+The list takes OpenAI's metadata filter (`metadata[k]=v`, `metadata=null`).
 """
 
 from __future__ import annotations
@@ -13,16 +14,17 @@ import logging
 from collections.abc import Sequence
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body
+from fastapi import APIRouter, Body, Depends
 from sqlalchemy import Row, select
 from sqlalchemy.orm import Session
 
 from api.deps import ScopeDep, ServicesDep, SessionDep, run_reads
 from api.schemas.common import After, Limit
-from api.schemas.jobs import JobCreate, JobPublic, JobsPublic
+from api.schemas.jobs import JobCreate, JobPublic, JobsPublic, metadata_filter
 from jobs.lifecycle import cancel_job, pause_job, resume_job, submit_job
 from jobs.models import Job
 from jobs.queue import QueueSlots, run_scheduler
+from jobs.scope import MetadataFilter
 from jobs.states import JobStatus
 
 log = logging.getLogger(__name__)
@@ -80,10 +82,11 @@ def list_jobs(
     session: SessionDep,
     scope: ScopeDep,
     services: ServicesDep,
+    metadata: Annotated[MetadataFilter | None, Depends(metadata_filter)],
     after: After = None,
     limit: Limit = 20,
 ) -> JobsPublic:
-    page = scope.jobs(after=after, limit=limit)
+    page = scope.jobs(after=after, limit=limit, metadata=metadata)
     return JobsPublic(
         data=public_jobs(session, services.queue_slots, page.items), has_more=page.has_more
     )

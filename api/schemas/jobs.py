@@ -9,16 +9,56 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+from fastapi import Request
 from pydantic import BaseModel
 from sqlalchemy import Row
 
+from jobs.errors import InvalidRequest
 from jobs.ids import epoch
 from jobs.models import Checkpoint, Job, JobEvent, JobMetric
 from jobs.scheduling import Slot
+from jobs.scope import MetadataFilter
 from jobs.states import allowed_actions
-from lco_spec.job import JobSpec
+from lco_spec.job import METADATA_MAX_PAIRS, JobSpec
 
 JobCreate = JobSpec
+
+
+def metadata_filter(request: Request) -> MetadataFilter | None:
+    """`GET /v1/fine_tuning/jobs`' metadata filter, as OpenAI takes it: `metadata[k]=v`
+    pairs (the SDK's `jobs.list(metadata={...})`; `metadata[k]=` asks for an empty value)
+    or the literal `metadata=null`; neither: no filter. FastAPI has no deep-object query
+    parameters, so this reads the raw query."""
+    pairs: dict[str, str] = {}
+    null = False
+    for name, value in request.query_params.multi_items():
+        if name == "metadata":
+            if value != "null":
+                raise InvalidRequest(
+                    "metadata filters are metadata[key]=value, or metadata=null",
+                    param="metadata",
+                )
+            null = True
+        elif name.startswith("metadata["):
+            if not name.endswith("]") or len(name) == len("metadata[]"):
+                raise InvalidRequest(f"invalid metadata filter: {name}", param="metadata")
+            key = name[len("metadata[") : -1]
+            if pairs.get(key, value) != value:
+                raise InvalidRequest(f"{name} is given twice", param=name)
+            pairs[key] = value
+    if null and pairs:
+        raise InvalidRequest(
+            "metadata=null cannot be combined with metadata[key]", param="metadata"
+        )
+    if len(pairs) > METADATA_MAX_PAIRS:
+        # No job can match more pairs than metadata holds; this also bounds the query.
+        raise InvalidRequest(
+            f"at most {METADATA_MAX_PAIRS} metadata filters (metadata holds at most that many)",
+            param="metadata",
+        )
+    if null:
+        return MetadataFilter({}, null=True)
+    return MetadataFilter(pairs) if pairs else None
 
 
 class JobError(BaseModel):
