@@ -21,7 +21,6 @@ from transformers import PreTrainedModel
 
 from lco_core.advantages import equal_groups, gae_advantages, sequence_advantages, whiten
 from lco_core.callbacks import Callbacks
-from lco_spec.train_config import TrainConfig
 from lco_core.data import encode_prompt, example_indices
 from lco_core.fused import chunked_loss
 from lco_core.losses import LossConfig, TokenData
@@ -30,6 +29,7 @@ from lco_core.metrics import PhaseTimer, grad_norm, grad_norm_of, peak_memory_mb
 from lco_core.rollout import Completion, RolloutEngine, SamplingParams
 from lco_core.trainer import Trainer, trunk_and_head
 from lco_spec.graders import GraderError, build_grader
+from lco_spec.train_config import TrainConfig
 
 
 @dataclass

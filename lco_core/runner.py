@@ -22,7 +22,6 @@ from transformers import PreTrainedModel
 
 from lco_core.callbacks import Callbacks
 from lco_core.checkpoint import latest_checkpoint, load_train_state, prune_temp_dirs
-from lco_spec.train_config import resolve_config
 from lco_core.data import load_items
 from lco_core.models import load_model_and_tokenizer, pick_device, resolve_model
 from lco_core.result import RunResult
@@ -30,6 +29,7 @@ from lco_core.rollout import RolloutEngine
 from lco_core.trainer import Trainer
 from lco_spec.graders import check_grader_against_item
 from lco_spec.job import JobSpec
+from lco_spec.train_config import resolve_config
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,6 @@ import torch
 from transformers import PreTrainedModel
 
 from lco_core.callbacks import Callbacks
-from lco_spec.train_config import TrainConfig
 from lco_core.data import SFTExample, encode_sft, example_indices
 from lco_core.fused import chunked_loss
 from lco_core.losses import LossConfig, TokenData
@@ -24,6 +23,7 @@ from lco_core.metrics import grad_norm, peak_memory_mb
 from lco_core.result import RunResult
 from lco_core.trainer import Trainer, trunk_and_head
 from lco_spec.errors import SpecError
+from lco_spec.train_config import TrainConfig
 
 
 class SFTTrainer(Trainer):

@@ -20,9 +20,9 @@ from transformers import PreTrainedModel
 
 from lco_core.callbacks import Callbacks, StopReason
 from lco_core.checkpoint import save_checkpoint
-from lco_spec.train_config import TrainConfig
 from lco_core.metrics import MetricsLog
 from lco_core.result import RunResult, RunStatus
+from lco_spec.train_config import TrainConfig
 
 log = logging.getLogger(__name__)
 

@@ -59,9 +59,9 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     from lco_core.callbacks import Callbacks
-    from lco_spec.train_config import TrainConfig
     from lco_core.rl import RLTrainer, Rollouts
     from lco_core.tokenizer import build_byte_tokenizer
+    from lco_spec.train_config import TrainConfig
 
     torch.manual_seed(0)
     device = torch.device(args.device)

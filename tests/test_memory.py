@@ -8,7 +8,6 @@ from types import SimpleNamespace
 
 import pytest
 
-from lco_spec.train_config import TrainConfig
 from lco_core.memory import (
     CUDA_ACTIVATION_SHARE,
     MICRO_BATCH_ACTIVATION_BYTES,
@@ -16,6 +15,7 @@ from lco_core.memory import (
     budgets,
     fit_to_model,
 )
+from lco_spec.train_config import TrainConfig
 
 # SmolLM2-135M's and Qwen2.5-0.5B's shapes, as their config.json give them.
 SMOLLM2 = SimpleNamespace(
