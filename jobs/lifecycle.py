@@ -11,7 +11,6 @@ request here, and the supervisor moves the job to its final state.
 
 from __future__ import annotations
 
-import json
 import re
 import secrets
 from dataclasses import dataclass
@@ -118,17 +117,12 @@ def _check_file(
 
 
 def _check_grader(spec: JobSpec, data: bytes) -> None:
+    from lco_spec.datasets import first_examples
     from lco_spec.graders import check_grader_against_item
 
     grader = spec.method.rl.grader
-    n = 0
-    for raw in data.splitlines():
-        if not raw.strip():
-            continue
-        check_grader_against_item(grader, json.loads(raw), "method.reinforcement.grader")
-        n += 1
-        if n >= _GRADER_CHECK_ITEMS:
-            break
+    for item in first_examples(data, _GRADER_CHECK_ITEMS):
+        check_grader_against_item(grader, item, "method.reinforcement.grader")
 
 
 def submit_job(session: Session, scope: TeamScope, settings: Settings, body: Any) -> Job:

@@ -30,6 +30,7 @@ kind, so a file mixing kinds fails on the lines that differ from the first.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
@@ -191,6 +192,29 @@ def _load_line(raw: bytes) -> dict[str, Any]:
     return obj
 
 
+def jsonl_lines(data: bytes) -> Iterator[tuple[int, bytes]]:
+    """(1-based line number, raw line) of every non-blank line of a JSONL file, without a
+    leading byte order mark. The one line rule for a dataset everywhere (upload, job
+    creation, training): lines end at LF only, so a raw CR inside a JSON string (which
+    `bytes.splitlines` would split on) stays part of its line."""
+    if data.startswith(_BOM):  # editors on Windows add one; it is not part of the JSON
+        data = data[len(_BOM) :]
+    for lineno, raw in enumerate(data.split(b"\n"), start=1):
+        if raw.strip():
+            yield lineno, raw
+
+
+def first_examples(data: bytes, n: int) -> list[dict[str, Any]]:
+    """The first `n` lines of a JSONL file as JSON objects (the file was validated at
+    upload; ValueError if a line is not an object)."""
+    out: list[dict[str, Any]] = []
+    for _, raw in jsonl_lines(data):
+        if len(out) >= n:
+            break
+        out.append(_load_line(raw))
+    return out
+
+
 def _scan(
     data: bytes, kind: Kind, max_errors: int, keep: bool
 ) -> tuple[DatasetReport, list[dict[str, Any]]]:
@@ -199,8 +223,6 @@ def _scan(
     report = DatasetReport(n_examples=0, kind_detected=None if kind == "any" else kind)
     examples: list[dict[str, Any]] = []
     detected_at = 0
-    if data.startswith(_BOM):  # editors on Windows add one; it is not part of the JSON
-        data = data[len(_BOM) :]
     # Checked up front so a huge file is refused before any line is parsed.
     n_lines = data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
     if n_lines > MAX_LINES:
@@ -208,9 +230,7 @@ def _scan(
             SpecError(f"the file has more than {MAX_LINES} lines", line=MAX_LINES + 1)
         )
         return report, examples
-    for lineno, raw in enumerate(data.split(b"\n"), start=1):
-        if not raw.strip():
-            continue
+    for lineno, raw in jsonl_lines(data):
         try:
             obj = _load_line(raw)
         except ValueError as exc:

@@ -82,3 +82,27 @@ def test_what_the_trainer_would_refuse_is_a_400_at_submission(
     assert response.status_code == 400, response.text
     assert response.json()["error"]["param"] == param
     assert api.get("/v1/fine_tuning/jobs", headers=api.headers).json()["data"] == before
+
+
+def test_a_raw_cr_between_json_tokens_is_one_line_at_upload_and_at_submission(
+    api: ApiClient,
+) -> None:
+    """One line rule for a dataset everywhere: a raw CR between JSON tokens (whitespace to
+    JSON, a line break to `bytes.splitlines`) is part of its line at upload, at job
+    creation's grader check and in the trainer's parser (`lco_spec.datasets.jsonl_lines`)."""
+    from lco_spec.datasets import parse_dataset
+
+    rows = rl_lines().decode().splitlines()
+    rows[0] = rows[0].replace(', "answer"', ',\r"answer"')
+    data = ("\n".join(rows) + "\n").encode()
+    assert b"\r" in data
+    uploaded = api.upload(data).json()
+    assert uploaded["status"] == "processed", uploaded
+    assert len(parse_dataset(data, "reinforcement")) == 4
+    body = {
+        "model": "lco-tiny",
+        "training_file": uploaded["id"],
+        "method": {"type": "lco", "lco": {"grader": STRING_CHECK}},
+    }
+    response = api.post("/v1/fine_tuning/jobs", json=body, headers=api.headers)
+    assert response.status_code == 200, response.text
