@@ -32,6 +32,7 @@ from api.routers import (
     stream,
 )
 from api.routers.dashboard import install_dashboard
+from api.stream_slots import StreamSlots
 from jobs.auth import AuthCache
 from jobs.db import make_engine, make_session_factory
 from jobs.dispatch import Dispatcher, make_producer
@@ -94,6 +95,10 @@ def create_app(settings: Settings) -> FastAPI:
         per_minute=settings.rate_limit_per_minute, burst=settings.rate_limit_burst
     )
     app.add_middleware(RateLimit, buckets=app.state.rate_buckets, auth=services.auth)
+    # Open SSE streams per key and in total, in this process (read by api.routers.stream).
+    app.state.stream_slots = StreamSlots(
+        per_key=settings.max_streams_per_key, total=settings.max_streams_total
+    )
     app.add_middleware(JsonTextGuard)  # inside the body limit: it reads the JSON body
     app.add_middleware(
         BodyLimitByRoute,

@@ -74,6 +74,10 @@ class Settings(BaseSettings):
     # the slowest request (validating a full-size upload), yet a client retrying with
     # back-off gets through within minutes rather than after idempotency_ttl_s.
     request_timeout_s: Annotated[float, Field(gt=0)] = 120.0
+    # Open Server-Sent Event streams (each polls the database every second), counted per
+    # API process (api.stream_slots): per API key, and in total; one more answers 429.
+    max_streams_per_key: Annotated[int, Field(ge=1)] = 8
+    max_streams_total: Annotated[int, Field(ge=1)] = 256
 
     # How long an API process may reuse what it read (0: never). An authenticated key: a key
     # revoked by another process stops working within this (this process's own revocations

@@ -18,6 +18,10 @@ After a resume the metric steps restart below the last one sent (the store dropp
 later points): a client replaces its points from that step on. A comment line goes out
 when nothing did for `KEEPALIVE_S` (proxies close idle connections). A stream lasts at
 most `MAX_S`; clients reconnect and get the whole history again.
+
+Open streams are capped per API key and in total, counted per API process (see
+`api.stream_slots`): one more answers 429 `too_many_streams`. A stream's slot is freed when
+it ends for any reason: the job finished, the client went away, an error.
 """
 
 from __future__ import annotations
@@ -33,11 +37,13 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
+from starlette.types import Receive, Scope, Send
 
-from api.deps import ScopeDep, Services, ServicesDep
+from api.deps import CurrentKey, ScopeDep, Services, ServicesDep
 from api.routers.jobs import public_jobs
 from api.schemas.jobs import CheckpointPublic, JobEventPublic, MetricPointPublic
 from api.schemas.live import StepSamplesPublic
+from api.stream_slots import StreamSlot, StreamSlots
 from jobs.errors import NotFound
 from jobs.events import SAMPLES_EVENT
 from jobs.scope import TeamScope
@@ -132,18 +138,44 @@ async def _feed(
             await asyncio.sleep(POLL_S)
 
 
+async def _held(feed: AsyncIterator[str], slot: StreamSlot) -> AsyncIterator[str]:
+    """`feed`, holding `slot` until it ends: done, disconnected, failed or cancelled."""
+    try:
+        async for chunk in feed:
+            yield chunk
+    finally:
+        slot.release()
+
+
+class _SlotResponse(StreamingResponse):
+    """Frees the slot even when the body never started (the client left before its first
+    byte): a generator that never ran has no `finally` to run."""
+
+    def __init__(self, feed: AsyncIterator[str], slot: StreamSlot):
+        super().__init__(
+            _held(feed, slot),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+        self.slot = slot
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.slot.release()
+
+
 @router.get(
     "/{job_id}/stream",
     response_class=StreamingResponse,
     responses={200: {"content": {"text/event-stream": {}}}},
 )
 def stream_job(
-    request: Request, scope: ScopeDep, services: ServicesDep, job_id: str
+    request: Request, key: CurrentKey, scope: ScopeDep, services: ServicesDep, job_id: str
 ) -> StreamingResponse:
     scope.job(job_id)  # 404 (another team's job too) before the stream starts
     scope.session.rollback()  # each poll reads in its own short session
-    return StreamingResponse(
-        _feed(request, services, scope.team_id, job_id),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    slots: StreamSlots = request.app.state.stream_slots
+    slot = slots.acquire(key.id)  # 429 too_many_streams when a cap is reached
+    return _SlotResponse(_feed(request, services, scope.team_id, job_id), slot)
