@@ -36,6 +36,7 @@ from api.stream_slots import StreamSlots
 from jobs.auth import AuthCache
 from jobs.db import make_engine, make_session_factory
 from jobs.dispatch import Dispatcher, make_producer
+from jobs.links import load_link_secret
 from jobs.queue import QueueSlots
 from jobs.settings import Settings
 from jobs.storage import Storage
@@ -52,6 +53,7 @@ def create_app(settings: Settings) -> FastAPI:
         dispatcher=Dispatcher(make_producer(settings)),
         auth=AuthCache(read_sessions, settings.auth_cache_s),
         queue_slots=QueueSlots(settings),
+        link_secret=load_link_secret(settings),
     )
 
     @asynccontextmanager

@@ -42,6 +42,8 @@ class Services:
     dispatcher: Dispatcher
     auth: AuthCache
     queue_slots: QueueSlots
+    # Signs download links (jobs.links); read once, it is fixed for the deployment.
+    link_secret: bytes
 
 
 _READS = frozenset({"GET", "HEAD"})

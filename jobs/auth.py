@@ -90,7 +90,7 @@ def create_api_key(
 @dataclass(frozen=True)
 class AuthenticatedKey:
     """What a request's key grants: the key's id, its team (which exists), whether it is an
-    admin key, and its stored hash (download links are signed with it). Immutable, so the
+    admin key, and its stored hash (the auth cache's index). Immutable, so the
     API may share one between requests."""
 
     id: str

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 EMBEDDED_BROKER = "filesystem://"
@@ -89,6 +89,11 @@ class Settings(BaseSettings):
     # FastAPI's /docs and /redoc pages, which load Swagger UI / ReDoc from a CDN into this
     # origin (see api.app). Off by default; /openapi.json is always served.
     api_docs: bool = False
+
+    # The HMAC key of signed download links (jobs.links). Unset: a random one generated once
+    # and kept in data_dir/link_secret (0600), which every API process sharing data_dir reads,
+    # so links survive restarts. Set it when API processes do not share data_dir.
+    link_secret: Annotated[SecretStr | None, Field(min_length=32)] = None
 
     @model_validator(mode="after")
     def _safe_in_production(self) -> Settings:

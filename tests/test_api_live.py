@@ -20,7 +20,7 @@ from jobs.auth import revoke_api_key
 from jobs.db import make_engine, make_session_factory
 from jobs.events import SAMPLES_EVENT, add_event
 from jobs.leases import Lease, claim, fenced, finish, record_checkpoint, record_metrics
-from jobs.links import sign_download
+from jobs.links import load_link_secret, sign_download
 from jobs.models import ApiKey, Job
 from jobs.states import JobStatus
 from jobs.storage import Storage
@@ -169,8 +169,13 @@ def test_signed_download_links(api: ApiClient) -> None:
     with sessions() as session, session.begin():
         key = session.get(ApiKey, key_id)
         assert key is not None
-        expired, _ = sign_download(key, ckpt_id, now=time.time() - 3600)
+        secret = load_link_secret(api.settings)  # the app's: both read data_dir/link_secret
+        expired, _ = sign_download(secret, key, ckpt_id, now=time.time() - 3600)
         assert api.client.get(f"/v1/downloads/{expired}").status_code == 404
+        # The link does not depend on the key's stored hash (rehashed, rotated in place).
+        key.key_hash = hashlib.sha256(b"another").hexdigest()
+    assert api.client.get(link["url"]).status_code == 200
+    with sessions() as session, session.begin():
         revoke_api_key(session, key_id)
     assert api.client.get(link["url"]).status_code == 404  # dies with its key
 

@@ -29,16 +29,16 @@ router = APIRouter(tags=["fine-tuning"])
     response_model=DownloadLinkPublic,
 )
 def create_download_link(
-    scope: ScopeDep, key: CurrentKey, job_id: str, checkpoint_id: str
+    scope: ScopeDep, services: ServicesDep, key: CurrentKey, job_id: str, checkpoint_id: str
 ) -> DownloadLinkPublic:
     ckpt = scope.checkpoint(scope.job(job_id), checkpoint_id)
-    token, expires_at = sign_download(key, ckpt.id, now=time.time())
+    token, expires_at = sign_download(services.link_secret, key, ckpt.id, now=time.time())
     return DownloadLinkPublic(url=f"/v1/downloads/{token}", expires_at=expires_at)
 
 
 @router.get("/v1/downloads/{token}")
 def download(session: SessionDep, services: ServicesDep, token: str) -> StreamingResponse:
-    found = verify_download(session, token, now=time.time())
+    found = verify_download(services.link_secret, session, token, now=time.time())
     ckpt = None
     if found is not None:
         key, checkpoint_id = found
