@@ -14,7 +14,7 @@ one hop, or none on SQLite.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, TypeVar
 
 from fastapi import Depends, Request
@@ -43,7 +43,7 @@ class Services:
     auth: AuthCache
     queue_slots: QueueSlots
     # Signs download links (jobs.links); read once, it is fixed for the deployment.
-    link_secret: bytes
+    link_secret: bytes = field(repr=False)
 
 
 _READS = frozenset({"GET", "HEAD"})
