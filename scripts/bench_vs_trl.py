@@ -146,10 +146,10 @@ def measure_ours(args: argparse.Namespace) -> list[dict[str, float]]:
     """Warm-up + timed steps of our trainer (`RLTrainer.train_step`), `args.variant`."""
     from lco_core.callbacks import Callbacks
     from lco_core.runner import build_trainer
+    from lco_core.tasks import get_task
     from lco_spec.job import parse_job_spec
 
-    grader = {"type": "string_check", "name": "exact", "input": "{{sample.output_text}}",
-              "reference": "{{item.answer}}", "operation": "eq"}  # fmt: skip
+    grader = get_task("addition").grader()  # exact match, as TRL's reward function below
     hp = {
         "algorithm": args.variant,
         "rollout_engine": "hf",
