@@ -1,4 +1,5 @@
-"""Public object ids (`file-...`, `ftjob-...`) and the one clock every row uses."""
+"""Public object ids (`file-...`, `ftjob-...`), API keys (`lco-...`, see `jobs.auth`) and
+the one clock every row uses."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ _ALPHABET = string.ascii_letters + string.digits
 
 
 def new_id(prefix: str, n: int = 24) -> str:
-    """`prefix-` plus n random base62 characters (OpenAI's id shape)."""
+    """`prefix-` plus n random base62 characters (OpenAI's id shape), drawn with `secrets`."""
     return f"{prefix}-" + "".join(secrets.choice(_ALPHABET) for _ in range(n))
 
 

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from jobs.auth import authenticate, create_api_key, create_team, revoke_api_key
+from jobs.auth import authenticate_key, create_api_key, create_team, revoke_api_key
 from jobs.db import make_engine, make_session_factory, transaction
 from jobs.dispatch import stale_queued_jobs
 from jobs.errors import IllegalTransition
@@ -181,17 +181,19 @@ def test_api_keys_are_hashed_and_revocable(sessions: sessionmaker[Session]) -> N
     with transaction(sessions) as session:
         team = create_team(session, "keys")
         row, key = create_api_key(session, team)
+        team_id = team.id
     with sessions() as session:
         stored = session.get(ApiKey, row.id)
         assert stored is not None and key not in (stored.key_hash, stored.prefix)
-        found = authenticate(session, key)
-        assert found is not None and found.name == "keys"
-        assert authenticate(session, key[:-1] + ("A" if key[-1] != "A" else "B")) is None
-        assert authenticate(session, "") is None
+        found = authenticate_key(session, key)
+        assert found is not None and (found.id, found.team_id) == (row.id, team_id)
+        assert not found.is_admin
+        assert authenticate_key(session, key[:-1] + ("A" if key[-1] != "A" else "B")) is None
+        assert authenticate_key(session, "") is None
     with transaction(sessions) as session:
         revoke_api_key(session, row.id)
     with sessions() as session:
-        assert authenticate(session, key) is None
+        assert authenticate_key(session, key) is None
 
 
 def test_storage_paths_stay_under_the_team_root(tmp_path: Path) -> None:
