@@ -27,7 +27,6 @@ fast on big micro-batches. `scripts/bench_real.py` measures the resulting peak R
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 import torch
@@ -109,4 +108,4 @@ def fit_to_model(
         model_config, seq_len, checkpointing=cfg.gradient_checkpointing, budget_bytes=activations
     )
     chunk = cfg.loss_chunk_size or auto_loss_chunk_size(int(model_config.vocab_size), logits)
-    return replace(cfg, micro_batch_size=micro, loss_chunk_size=chunk)
+    return cfg.model_copy(update={"micro_batch_size": micro, "loss_chunk_size": chunk})

@@ -181,8 +181,8 @@ class RLTrainer(Trainer):
         )
         self.loss_cfg = LossConfig(
             beta=cfg.beta,
-            vocab_advantage=cfg.vocab_advantage,  # type: ignore[arg-type]
-            target_base=cfg.target_base,  # type: ignore[arg-type]
+            vocab_advantage=cfg.vocab_advantage,
+            target_base=cfg.target_base,
             old_source="current" if cfg.updates_per_batch == 1 else "topk",
             clip_eps=cfg.clip_eps,
             clip_eps_high=cfg.clip_eps_high,

@@ -13,7 +13,6 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -144,10 +143,10 @@ def build_trainer(
     callbacks.on_phase("preparing_model", f"preparing the model {spec.model}")
     torch_device = pick_device(device)
     if torch_device.type != "cuda" and cfg.dtype == "bfloat16":
-        cfg = replace(cfg, dtype="float32")
+        cfg = cfg.model_copy(update={"dtype": "float32"})
     elif cfg.dtype == "auto":
         bf16 = torch_device.type == "cuda" and torch.cuda.is_bf16_supported()
-        cfg = replace(cfg, dtype="bfloat16" if bf16 else "float32")
+        cfg = cfg.model_copy(update={"dtype": "bfloat16" if bf16 else "float32"})
 
     base_path = model_path or resolve_model(spec.model)
     # This run owns the dir now: what an interrupted save left behind is never resumed from

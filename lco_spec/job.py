@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AliasChoices,
     BaseModel,
     ConfigDict,
     Field,
@@ -35,6 +36,7 @@ METADATA_MAX_KEY = 64
 METADATA_MAX_VALUE = 512
 
 ALGORITHMS = ("lco", "grpo", "ppo", "reinforce")
+
 LCO_LOSSES = ("lco_kld", "lco_mse", "lco_logcosh")
 
 
@@ -86,10 +88,19 @@ class ReinforcementHyperparameters(CommonHyperparameters):
     vocab_advantage: Literal["sampled", "estimate"] = "sampled"
     target_base: Literal["old", "current"] = "old"
     split_pos_neg: bool = False
-    n_samples: Annotated[int, Field(ge=1, le=256)] | Auto = "auto"
+    # TRL's names are accepted as aliases where the knob is the same
+    # (GRPOConfig's num_generations, max_completion_length, epsilon, epsilon_high). TRL's
+    # `beta` is NOT ours: there it is the KL coefficient (`kl_coef` here); ours is LCO's
+    # target temperature.
+    n_samples: Annotated[int, Field(ge=1, le=256)] | Auto = Field(
+        default="auto", validation_alias=AliasChoices("n_samples", "num_generations")
+    )
     temperature: Annotated[float, Field(gt=0, le=10)] = 1.0
     top_p: Annotated[float, Field(gt=0, le=1)] = 1.0
-    max_completion_tokens: Annotated[int, Field(ge=1, le=65_536)] | Auto = "auto"
+    max_completion_tokens: Annotated[int, Field(ge=1, le=65_536)] | Auto = Field(
+        default="auto",
+        validation_alias=AliasChoices("max_completion_tokens", "max_completion_length"),
+    )
     rollout_engine: Literal["vllm", "hf", "auto"] = "auto"
     # Truncated importance sampling for the ratio losses (grpo, ppo): each token's advantage
     # is weighted by min(pi_trainer / pi_engine, cap), correcting for the rollout engine's
@@ -100,8 +111,12 @@ class ReinforcementHyperparameters(CommonHyperparameters):
     token_aggregation: Literal["token_mean", "sequence_mean", "constant"] = "token_mean"
     ppo_epochs: Annotated[int, Field(ge=1, le=64)] = 1
     mini_batches: Annotated[int, Field(ge=1, le=1024)] = 1
-    clip_eps: Annotated[float, Field(gt=0, le=10)] = 0.2
-    clip_eps_high: Annotated[float, Field(gt=0, le=10)] | None = None
+    clip_eps: Annotated[float, Field(gt=0, le=10)] = Field(
+        default=0.2, validation_alias=AliasChoices("clip_eps", "epsilon")
+    )
+    clip_eps_high: Annotated[float, Field(gt=0, le=10)] | None = Field(
+        default=None, validation_alias=AliasChoices("clip_eps_high", "epsilon_high")
+    )
     kl_coef: Annotated[float, Field(ge=0, le=100)] = 0.0
     topk_old: Annotated[int, Field(ge=1, le=1024)] = 20
     gamma: Annotated[float, Field(ge=0, le=1)] = 1.0

@@ -11,11 +11,12 @@ failure on the worker.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+from pydantic import ConfigDict
+
 from lco_spec.errors import SpecError
-from lco_spec.job import CommonHyperparameters, JobSpec
+from lco_spec.job import CommonHyperparameters, JobSpec, ReinforcementHyperparameters
 
 # Learning rates for multiplier 1.0. The paper's reference runs use 1e-5 for LCO and 1e-6
 # for PPO/GRPO (LCO's per-token gradient is damped by p(a)(e^{A/beta}-1)/(1+...), so it
@@ -30,55 +31,38 @@ BASE_LR: dict[str, dict[str, float]] = {
 LOSS_FOR_ALGORITHM = {"grpo": "grpo", "ppo": "ppo_clip", "reinforce": "reinforce"}
 
 
-@dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(ReinforcementHyperparameters):
+    """A job's hyperparameters with every "auto" resolved, plus what the spec holds elsewhere.
+
+    It *is* the spec's hyperparameter model (`ReinforcementHyperparameters`, which holds
+    every common and RL field with its one default and bound): only the fields that can be
+    "auto" are re-declared here, narrowed to the concrete type `resolve_config` gives them.
+    A new hyperparameter is therefore declared once, in `lco_spec/job.py`, and reaches the
+    trainers without touching this file. An SFT config carries the RL fields at their
+    defaults; the SFT trainer never reads them.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
     kind: Literal["sft", "rl"]
     model: str
     seed: int
+    total_steps: int
+    # The loss the RL trainer minimises (`lco_kld`, ... or the baseline's); "sft" for SFT.
+    loss: str = "sft"
+    # Resolved from "auto" by `resolve_config`.
     learning_rate: float
     batch_size: int  # SFT: examples per step; RL: prompts per step
-    total_steps: int
     n_epochs: int
-    lr_schedule: str
-    warmup_steps: int
-    weight_decay: float
-    max_grad_norm: float | None
     checkpoint_interval: int
     eval_interval: int
     eval_samples: int
-    max_seq_len: int
-    dtype: str
     # 0: auto, resolved from the model and the data by `memory.fit_to_model`.
     micro_batch_size: int = 0
     loss_chunk_size: int = 0
-    gradient_checkpointing: bool = False
-    # RL only (ignored by SFT).
-    algorithm: str = "lco"
-    loss: str = "sft"
-    beta: float = 2.0
-    vocab_advantage: str = "sampled"
-    target_base: str = "old"
-    split_pos_neg: bool = False
     n_samples: int = 1
-    temperature: float = 1.0
-    top_p: float = 1.0
     max_completion_tokens: int = 64
-    importance_cap: float | None = None
-    rollout_engine: str = "auto"  # resolved when the engine starts (runner.start_rollout_engine)
-    advantage: str = "group"
-    advantage_scale: str = "std"
-    token_aggregation: str = "token_mean"
-    ppo_epochs: int = 1
-    mini_batches: int = 1
-    clip_eps: float = 0.2
-    clip_eps_high: float | None = None
-    kl_coef: float = 0.0
-    topk_old: int = 20
-    gamma: float = 1.0
-    gae_lambda: float = 0.95
-    value_coef: float = 0.5
-    split_grad_norm: bool = True
-    diagnostic_interval: int = 10
+    advantage: Literal["group", "rloo", "raw", "gae"] = "group"
 
     @property
     def updates_per_batch(self) -> int:
@@ -89,7 +73,7 @@ class TrainConfig:
         return step == 1 or step % self.diagnostic_interval == 0
 
     def describe(self) -> dict[str, Any]:
-        return asdict(self)
+        return self.model_dump()
 
 
 def _auto(value: Any, default: Any) -> Any:
@@ -123,23 +107,18 @@ def _common(
             f"must be smaller than the number of steps ({total})",
             param=f"{prefix}.warmup_steps",
         )
+    # Only what "auto" or the spec's layout decides; every other field passes through as is.
     return {
+        **hp.model_dump(),
         "learning_rate": lr,
         "batch_size": batch_size,
         "n_epochs": n_epochs,
         "total_steps": total,
-        "lr_schedule": hp.lr_schedule,
-        "warmup_steps": hp.warmup_steps,
-        "weight_decay": hp.weight_decay,
-        "max_grad_norm": hp.max_grad_norm,
         "checkpoint_interval": int(_auto(hp.checkpoint_interval, max(1, math.ceil(total / 4)))),
         "eval_interval": int(_auto(hp.eval_interval, max(1, math.ceil(total / 4)))),
         "eval_samples": int(_auto(hp.eval_samples, 64)),
-        "max_seq_len": hp.max_seq_len,
-        "dtype": hp.dtype,
         "micro_batch_size": int(_auto(hp.micro_batch_size, 0)),
         "loss_chunk_size": int(_auto(hp.loss_chunk_size, 0)),
-        "gradient_checkpointing": hp.gradient_checkpointing,
     }
 
 
@@ -199,31 +178,11 @@ def resolve_config(spec: JobSpec, *, n_train: int) -> TrainConfig:
         kind="rl",
         model=spec.model,
         seed=seed,
-        **common,
-        algorithm=algorithm,
-        loss=rl.lco_loss if algorithm == "lco" else LOSS_FOR_ALGORITHM[algorithm],
-        beta=rl.beta,
-        vocab_advantage=rl.vocab_advantage,
-        target_base=rl.target_base,
-        split_pos_neg=rl.split_pos_neg,
-        n_samples=n_samples,
-        temperature=rl.temperature,
-        top_p=rl.top_p,
-        max_completion_tokens=int(_auto(rl.max_completion_tokens, 64)),
-        rollout_engine=rl.rollout_engine,
-        importance_cap=rl.importance_cap,
-        advantage=advantage,
-        advantage_scale=rl.advantage_scale,
-        token_aggregation=rl.token_aggregation,
-        ppo_epochs=rl.ppo_epochs,
-        mini_batches=rl.mini_batches,
-        clip_eps=rl.clip_eps,
-        clip_eps_high=rl.clip_eps_high,
-        kl_coef=rl.kl_coef,
-        topk_old=rl.topk_old,
-        gamma=rl.gamma,
-        gae_lambda=rl.gae_lambda,
-        value_coef=rl.value_coef,
-        split_grad_norm=rl.split_grad_norm,
-        diagnostic_interval=rl.diagnostic_interval,
+        **{
+            **common,
+            "loss": rl.lco_loss if algorithm == "lco" else LOSS_FOR_ALGORITHM[algorithm],
+            "n_samples": n_samples,
+            "max_completion_tokens": int(_auto(rl.max_completion_tokens, 64)),
+            "advantage": advantage,
+        },
     )
