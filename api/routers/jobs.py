@@ -11,33 +11,24 @@ The list takes OpenAI's metadata filter (`metadata[k]=v`, `metadata=null`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends
-from sqlalchemy import Row, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api.deps import ScopeDep, ServicesDep, SessionDep, run_reads
+from api.public_jobs import public_jobs
 from api.schemas.common import After, Limit
 from api.schemas.jobs import JobCreate, JobPublic, JobsPublic, metadata_filter
 from jobs.lifecycle import cancel_job, pause_job, resume_job, submit_job
 from jobs.models import Job
-from jobs.queue import QueueSlots, run_scheduler
+from jobs.queue import run_scheduler
 from jobs.scope import MetadataFilter
-from jobs.states import JobStatus
 
 log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
-
-
-def public_jobs(
-    session: Session, places: QueueSlots, jobs: Sequence[Job | Row[Any]]
-) -> list[JobPublic]:
-    """Job objects; queued ones with their place in the queue (one plan for all of them)."""
-    slots = places.slots(session, [j.id for j in jobs if j.status == JobStatus.QUEUED])
-    return [JobPublic.from_row(j, slots.get(j.id)) for j in jobs]
 
 
 def _schedule(services: ServicesDep) -> None:

@@ -40,7 +40,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Scope, Send
 
 from api.deps import CurrentKey, ScopeDep, Services, ServicesDep
-from api.routers.jobs import public_jobs
+from api.public_jobs import public_jobs
 from api.schemas.jobs import CheckpointPublic, JobEventPublic, MetricPointPublic
 from api.schemas.live import StepSamplesPublic
 from api.stream_slots import StreamSlot, StreamSlots
