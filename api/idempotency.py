@@ -32,9 +32,11 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.deps import Services
 from api.errors import error_response
 from jobs.ids import utcnow
 from jobs.models import IdempotencyRecord
+from jobs.settings import Settings
 
 HEADER = b"idempotency-key"
 _CHUNK = 1024 * 1024
@@ -89,7 +91,7 @@ class Idempotency:
             )
             return
         try:
-            services = scope["app"].state.services
+            services: Services = scope["app"].state.services
             claim = await run_in_threadpool(_reserve, services, principal, key.decode(), digest)
             if not isinstance(claim, Claim):
                 await claim(scope, receive, send)
@@ -129,7 +131,7 @@ class Idempotency:
         return spool, digest.hexdigest()
 
     async def _run_and_store(
-        self, scope: Scope, send: Send, body: Any, services: Any, claim: Claim
+        self, scope: Scope, send: Send, body: Any, services: Services, claim: Claim
     ) -> None:
         """Run the request; store its response in the row it reserved (`claim`)."""
 
@@ -187,7 +189,7 @@ def _mine(claim: Claim) -> Any:
     return (IdempotencyRecord.pk == claim.pk) & (IdempotencyRecord.created_at == claim.created_at)
 
 
-def _expired(row: IdempotencyRecord, settings: Any, now: datetime) -> bool:
+def _expired(row: IdempotencyRecord, settings: Settings, now: datetime) -> bool:
     """A stored response past `idempotency_ttl_s`, or a reservation past `request_timeout_s`
     (its request died without storing or forgetting: it must not hold the key all day)."""
     if row.status_code is None:
@@ -195,7 +197,7 @@ def _expired(row: IdempotencyRecord, settings: Any, now: datetime) -> bool:
     return row.created_at < now - timedelta(seconds=settings.idempotency_ttl_s)
 
 
-def _reserve(services: Any, principal: str, key: str, digest: str) -> Any:
+def _reserve(services: Services, principal: str, key: str, digest: str) -> Any:
     """Claim the key for this request; or the response to give instead (a replay or a 409)."""
     now = utcnow()
     with services.sessions() as session, session.begin():
@@ -246,7 +248,9 @@ def _conflict(kind: str) -> Any:
     return error_response(409, message, param="Idempotency-Key", code=f"idempotency_key_{kind}")
 
 
-def _store(services: Any, claim: Claim, status: int, content_type: str | None, body: bytes) -> None:
+def _store(
+    services: Services, claim: Claim, status: int, content_type: str | None, body: bytes
+) -> None:
     """Fill in this request's own reservation. Not found by key: a request that outlived
     `request_timeout_s` may have lost its key to a retry, whose row is not its to write."""
     with services.sessions() as session, session.begin():
@@ -257,7 +261,7 @@ def _store(services: Any, claim: Claim, status: int, content_type: str | None, b
             row.body = body.decode(errors="replace")
 
 
-def _forget(services: Any, claim: Claim) -> None:
+def _forget(services: Services, claim: Claim) -> None:
     """Drop this request's own reservation (nothing was stored), so a retry runs again."""
     with services.sessions() as session, session.begin():
         session.execute(
