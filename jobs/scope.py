@@ -112,7 +112,7 @@ class TeamScope:
         return _page(self.session, stmt, File, after_pk, limit, ascending)
 
     def active_jobs_using(self, file_id: str) -> int:
-        active = (JobStatus.VALIDATING_FILES, JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.PAUSED)
+        active = (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.PAUSED)
         stmt = select(Job.id).where(
             Job.team_id == self.team_id,
             Job.status.in_([s.value for s in active]),

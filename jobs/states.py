@@ -1,7 +1,9 @@
 """The job state machine: the states of OpenAI's job object plus `paused`, and the only
 legal moves between them. Every status write goes through `check_transition`.
 
-    validating_files -> queued | failed | cancelled
+OpenAI's `validating_files` is not one: a job's files are checked while it is submitted
+(`jobs.lifecycle.submit_job`), so a job starts `queued` or is refused with a 400.
+
     queued  -> running | paused | cancelled | failed
     running -> succeeded | failed | cancelled | paused | queued (requeued after a crash
                or preemption; the next attempt resumes from the newest checkpoint)
@@ -21,7 +23,6 @@ from jobs.errors import IllegalTransition
 
 
 class JobStatus(StrEnum):
-    VALIDATING_FILES = "validating_files"
     QUEUED = "queued"
     RUNNING = "running"
     SUCCEEDED = "succeeded"
@@ -33,9 +34,6 @@ class JobStatus(StrEnum):
 TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
 
 TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
-    JobStatus.VALIDATING_FILES: frozenset(
-        {JobStatus.QUEUED, JobStatus.FAILED, JobStatus.CANCELLED}
-    ),
     JobStatus.QUEUED: frozenset(
         {JobStatus.RUNNING, JobStatus.PAUSED, JobStatus.CANCELLED, JobStatus.FAILED}
     ),
@@ -81,7 +79,6 @@ class Action(StrEnum):
 # are requests its worker acts on (`Job.requested_action`), and resume withdraws a pending
 # pause; elsewhere each is the move to cancelled, paused or queued.
 ACTIONS: dict[JobStatus, frozenset[Action]] = {
-    JobStatus.VALIDATING_FILES: frozenset({Action.CANCEL}),
     JobStatus.QUEUED: frozenset({Action.CANCEL, Action.PAUSE}),
     JobStatus.RUNNING: frozenset({Action.CANCEL, Action.PAUSE}),
     JobStatus.PAUSED: frozenset({Action.CANCEL, Action.RESUME}),
