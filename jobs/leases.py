@@ -1,4 +1,4 @@
-"""The worker's side of the job row: claim, heartbeat, fenced writes, finish, and the reaper.
+"""The worker's side of the job row: claim, heartbeat, fenced writes, and the reaper.
 
     lease = claim(session, job_id, owner="host:pid", ttl_s=60)   # None: someone else has it
     with fenced(sessions, lease) as session:                      # raises LeaseLost if stale
@@ -11,13 +11,15 @@ A claim that misses is explained by `refuse_claim`, which fails a job that can n
 claimed (no attempts left) rather than leave it queued in silence.
 
 `attempt` counts the attempts that ran and were not given back: an attempt that ends in a
-pause or a preemption (not the job's fault) is returned by `finish(attempt_spent=False)`,
-so only crashes and failures count against `max_attempts`. The fencing token is not given
+pause or a preemption (not the job's fault) is given back by the final move
+(`jobs.transitions`, `attempt_spent=False`), so only crashes and failures count against
+`max_attempts`. The fencing token is not given
 back: every claim still takes a new, higher one.
 
 Every later write first re-checks
 `(id, fencing_token, status = running)` with an UPDATE in the same transaction, so a worker
-that lost its lease (paused past its expiry, say) has its writes rejected (invariant I7).
+that lost its lease (paused past its expiry, say) has its writes rejected (invariant I7);
+its final move is made on `leased_job(session, lease)` inside the same fence.
 """
 
 from __future__ import annotations
@@ -31,11 +33,12 @@ from typing import Any
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from jobs import transitions
 from jobs.events import add_event
 from jobs.ids import new_id, utcnow
 from jobs.models import Checkpoint, Job, JobMetric
-from jobs.states import JobStatus, check_transition
-from jobs.usage import close_usage, open_usage
+from jobs.states import JobStatus
+from jobs.usage import open_usage
 
 
 class LeaseLost(Exception):
@@ -119,26 +122,11 @@ def refuse_claim(session: Session, job_id: str) -> str:
 
 
 def _fail_exhausted(session: Session, job: Job) -> None:
-    check_transition(job.status, JobStatus.FAILED)
-    now = utcnow()
     message = (
         f"no attempts left ({job.attempt} of {job.max_attempts} used), so no worker may run "
         "the job again"
     )
-    job.status = JobStatus.FAILED
-    job.finished_at = job.updated_at = now
-    job.phase = None
-    job.requested_action = None
-    job.admitted_at = None  # gives back the GPUs the scheduler held for it
-    job.not_before = None
-    job.error = {"code": ATTEMPTS_EXHAUSTED, "message": message, "param": None}
-    add_event(
-        session,
-        job.id,
-        f"Fine-tuning job failed: {message}",
-        level="error",
-        data={"status": JobStatus.FAILED},
-    )
+    transitions.fail(session, job, code=ATTEMPTS_EXHAUSTED, message=message)
 
 
 def _guard(session: Session, lease: Lease, *, extend: bool = False) -> None:
@@ -275,6 +263,14 @@ def record_checkpoint(
     return row
 
 
+def leased_job(session: Session, lease: Lease) -> Job:
+    """The job row `lease` holds, for a final move (`jobs.transitions`) inside `fenced`."""
+    job = session.scalar(select(Job).where(Job.id == lease.job_id))
+    if job is None:
+        raise LeaseLost(lease.job_id)
+    return job
+
+
 def finish(
     session: Session,
     lease: Lease,
@@ -286,33 +282,18 @@ def finish(
     values: dict[str, Any] | None = None,
     attempt_spent: bool = True,
 ) -> None:
-    """Move the job out of `running` and release the lease (inside a fenced transaction).
-
-    `attempt_spent=False` gives the attempt back: the run was stopped (paused, preempted)
-    through no fault of the job's, so it must not bring the job closer to `max_attempts`."""
-    job = session.scalar(select(Job).where(Job.id == lease.job_id))
-    if job is None:
-        raise LeaseLost(lease.job_id)
-    check_transition(job.status, status)
-    now = utcnow()
-    job.status = status
-    job.updated_at = now
-    job.lease_owner = None
-    job.lease_expires_at = None
-    job.requested_action = None
-    job.phase = None
-    # It frees its GPUs; queued again, it waits for the scheduler like any queued job.
-    job.admitted_at = None
-    close_usage(session, job.id, now)
-    if status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED):
-        job.finished_at = now
-    if error is not None:
-        job.error = error
-    if not attempt_spent:
-        job.attempt = max(job.attempt - 1, 0)
-    for key, value in (values or {}).items():
-        setattr(job, key, value)
-    add_event(session, lease.job_id, message, level=level, data={"status": status})
+    """Move the leased job out of `running` to any `status` (inside a fenced transaction);
+    the worker itself uses the named moves of `jobs.transitions`."""
+    transitions.leave(
+        session,
+        leased_job(session, lease),
+        status,
+        message=message,
+        level=level,
+        error=error,
+        values=values,
+        attempt_spent=attempt_spent,
+    )
 
 
 def reap_expired(session: Session, *, retry_backoff_s: float) -> list[Job]:
@@ -330,33 +311,26 @@ def reap_expired(session: Session, *, retry_backoff_s: float) -> list[Job]:
     )
     requeued = []
     for job in rows:
-        job.lease_owner = None
-        job.lease_expires_at = None
-        job.updated_at = now
         # Bump the token so the vanished worker, if it comes back, cannot write.
         job.fencing_token = job.fencing_token + 1
-        job.admitted_at = None
-        close_usage(session, job.id, now)
         if job.requested_action == "cancel":
-            job.status, job.finished_at = JobStatus.CANCELLED, now
-            message, level = "Fine-tuning job cancelled (worker lost)", "info"
+            transitions.cancel(session, job, message="Fine-tuning job cancelled (worker lost)")
         elif job.attempt >= job.max_attempts:
-            job.status, job.finished_at = JobStatus.FAILED, now
-            job.error = {
-                "code": "worker_lost",
-                "message": f"the worker running this job was lost {job.attempt} times",
-                "param": None,
-            }
-            message, level = "Fine-tuning job failed: worker lost", "error"
+            transitions.fail(
+                session,
+                job,
+                code="worker_lost",
+                message=f"the worker running this job was lost {job.attempt} times",
+                event="Fine-tuning job failed: worker lost",
+            )
         elif job.requested_action == "pause":
-            job.status = JobStatus.PAUSED
-            message, level = "Fine-tuning job paused (worker lost)", "info"
+            transitions.pause(session, job, message="Fine-tuning job paused (worker lost)")
         else:
-            job.status = JobStatus.QUEUED
-            job.phase = "requeued"
-            job.not_before = now + timedelta(seconds=retry_backoff_s * job.attempt)
-            message, level = "Worker lost; job requeued", "warn"
+            transitions.requeue(
+                session,
+                job,
+                delay_s=retry_backoff_s * job.attempt,
+                message="Worker lost; job requeued",
+            )
             requeued.append(job)
-        add_event(session, job.id, message, level=level, data={"status": job.status})
-        job.requested_action = None
     return requeued

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from sqlalchemy.orm import Session
 
+from jobs import transitions
 from jobs.errors import InvalidRequest, NotFound
 from jobs.events import add_event
 from jobs.ids import new_id, utcnow
@@ -200,17 +201,6 @@ def submit_job(session: Session, scope: TeamScope, settings: Settings, body: Any
     return job
 
 
-def _finish(session: Session, job: Job, status: JobStatus, message: str) -> None:
-    check_transition(job.status, status)
-    job.status = status
-    job.requested_action = None
-    job.admitted_at = None  # an admitted job that never started gives its GPUs back
-    job.updated_at = utcnow()
-    if status in (JobStatus.CANCELLED, JobStatus.FAILED, JobStatus.SUCCEEDED):
-        job.finished_at = job.updated_at
-    add_event(session, job.id, message, data={"status": status})
-
-
 def cancel_job(session: Session, scope: TeamScope, job_id: str) -> Job:
     """Cancel now if nothing runs it; if running, ask the worker to stop it between steps."""
     job = scope.job(job_id, for_update=True)
@@ -222,8 +212,7 @@ def cancel_job(session: Session, scope: TeamScope, job_id: str) -> Job:
         job.phase = "cancelling"
         add_event(session, job.id, "Cancellation requested")
     else:
-        _finish(session, job, JobStatus.CANCELLED, "Fine-tuning job cancelled")
-        job.phase = None
+        transitions.cancel(session, job)
     return job
 
 
@@ -237,8 +226,7 @@ def pause_job(session: Session, scope: TeamScope, job_id: str) -> Job:
         job.phase = "pausing"
         add_event(session, job.id, "Pause requested")
     else:
-        _finish(session, job, JobStatus.PAUSED, "Fine-tuning job paused")
-        job.phase = None
+        transitions.pause(session, job)
     return job
 
 

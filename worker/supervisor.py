@@ -27,19 +27,21 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
 
+from jobs import transitions
 from jobs.db import db_unreachable
 from jobs.events import SAMPLES_EVENT, add_event
 from jobs.leases import (
     Lease,
     LeaseLost,
     fenced,
-    finish,
     heartbeat,
+    leased_job,
     record_checkpoint,
     record_metrics,
     record_phase,
@@ -49,13 +51,15 @@ from jobs.leases import (
 from jobs.lifecycle import model_name, team_name
 from jobs.model_store import base_model_path
 from jobs.models import Checkpoint, Job
-from jobs.states import JobStatus, is_terminal
+from jobs.states import is_terminal
 from worker.context import WorkerContext
 from worker.protocol import decode
 
 log = logging.getLogger(__name__)
 
 _KILL_WAIT_S = 10.0
+# How a run ended, short of a failure (None): each has its one final move (`_finish_in`).
+Ending = Literal["succeeded", "cancel", "pause", "preempt"]
 _BATCH = 200
 
 
@@ -128,8 +132,6 @@ class Supervisor:
         self.result: dict[str, Any] | None = None
         self.error: dict[str, Any] | None = None
         self.stop_sent: str | None = None
-        self.killed = False
-        self.requeue_delay: float | None = None
         # Child messages not yet written (kept across database errors, in order).
         self.pending: list[dict[str, Any]] = []
         # When the lease was last known renewed (the claim has just happened); a renewal
@@ -254,7 +256,7 @@ class Supervisor:
                 elif kind == "error":
                     self.error = message
 
-    def _note_total_steps(self, session: Any, data: Any) -> None:
+    def _note_total_steps(self, session: Session, data: Any) -> None:
         """The run announces its resolved config (with `total_steps`) in an event; the job's
         progress uses it before the first metric arrives."""
         if not isinstance(data, dict):
@@ -267,7 +269,7 @@ class Supervisor:
             )
 
     def _record_checkpoint(
-        self, session: Any, path: Path, step: int, metrics: dict[str, Any]
+        self, session: Session, path: Path, step: int, metrics: dict[str, Any]
     ) -> Checkpoint:
         rel = self.ctx.storage.relative_to_job(self.info.team_id, self.info.job_id, path)
         return record_checkpoint(
@@ -325,7 +327,6 @@ class Supervisor:
                         return
                 if stop_deadline is not None and now > stop_deadline and child.poll() is None:
                     log.warning("job.child_killed", extra={"job_id": self.lease.job_id})
-                    self.killed = True
                     self._kill(child)
                 if done_reading and self.inbox.empty() and not self.pending:
                     break
@@ -404,54 +405,70 @@ class Supervisor:
         # Its GPUs are free (and a requeued job waits again): admit the next jobs now.
         self.ctx.schedule_now()
 
-    def _finish_in(self, session: Any, returncode: int | None) -> None:
-        result, lease = self.result, self.lease
-        if result is not None:
-            status = result.get("status")
-            values: dict[str, Any] = {
-                "step": int(result.get("step") or 0),
-                "total_steps": int(result.get("total_steps") or 0) or None,
-                "trained_tokens": int(result.get("trained_tokens") or 0),
+    def _finish_in(self, session: Session, returncode: int | None) -> None:
+        """The one final move, chosen from how the run ended (`_ending`)."""
+        job = leased_job(session, self.lease)
+        ending, values = self._ending()
+        if ending == "succeeded":
+            self._succeed(session, job, values)
+        elif ending == "cancel":
+            transitions.cancel(session, job, values=values)
+        elif ending == "pause":
+            # Paused or preempted through no fault of the job's: the attempt is given back,
+            # so any number of pauses and preemptions never exhaust `max_attempts`.
+            transitions.pause(session, job, values=values, attempt_spent=False)
+        elif ending == "preempt":
+            transitions.requeue(
+                session,
+                job,
+                delay_s=0.0,
+                message="Fine-tuning job preempted; requeued",
+                level="info",
+                values=values,
+                attempt_spent=False,
+            )
+        else:
+            self._failed(session, job, returncode)
+
+    def _ending(self) -> tuple[Ending | None, dict[str, Any]]:
+        """How the run ended: `succeeded`, `cancel`, `pause`, `preempt`, or None for a
+        failure; with the values the child's result reported (none if it sent no result)."""
+        result = self.result
+        if result is None:
+            # Stopped by a request (and killed when it outstayed the grace), or a failure.
+            stops: dict[str | None, Ending] = {
+                "cancel": "cancel",
+                "pause": "pause",
+                "preempt": "preempt",
             }
-            if status == "succeeded":
-                final = result.get("final_checkpoint")
-                if final:
-                    ckpt = self._record_checkpoint(
-                        session, Path(final), values["step"], result.get("summary") or {}
-                    )
-                    values["final_checkpoint_id"] = ckpt.id
-                values["fine_tuned_model"] = self.info.model_name
-                finish(
-                    session,
-                    lease,
-                    JobStatus.SUCCEEDED,
-                    values=values,
-                    message="The job has successfully completed",
-                )
-                if result.get("summary"):
-                    add_event(
-                        session, lease.job_id, "Run summary", type="metrics", data=result["summary"]
-                    )
-                return
-            if status == "cancelled":
-                finish(
-                    session,
-                    lease,
-                    JobStatus.CANCELLED,
-                    values=values,
-                    message="Fine-tuning job cancelled",
-                )
-                return
-            # Paused, or preempted (the run stopped for the worker's shutdown).
-            self._stopped(session, "pause" if status == "paused" else "preempt", values)
-            return
-        # No result: the user stopped it (and it had to be killed), a user error, or a crash.
-        if self.stop_sent == "cancel":
-            finish(session, lease, JobStatus.CANCELLED, message="Fine-tuning job cancelled")
-            return
-        if self.stop_sent in ("pause", "preempt"):
-            self._stopped(session, self.stop_sent, {})
-            return
+            return stops.get(self.stop_sent), {}
+        values: dict[str, Any] = {
+            "step": int(result.get("step") or 0),
+            "total_steps": int(result.get("total_steps") or 0) or None,
+            "trained_tokens": int(result.get("trained_tokens") or 0),
+        }
+        # A run stopped for any other reason was preempted (the worker's shutdown).
+        endings: dict[str, Ending] = {
+            "succeeded": "succeeded",
+            "cancelled": "cancel",
+            "paused": "pause",
+        }
+        return endings.get(str(result.get("status")), "preempt"), values
+
+    def _succeed(self, session: Session, job: Job, values: dict[str, Any]) -> None:
+        result = self.result or {}
+        summary = result.get("summary") or {}
+        final = result.get("final_checkpoint")
+        if final:
+            ckpt = self._record_checkpoint(session, Path(final), values["step"], summary)
+            values["final_checkpoint_id"] = ckpt.id
+        values["fine_tuned_model"] = self.info.model_name
+        transitions.succeed(session, job, values=values)
+        if summary:
+            add_event(session, job.id, "Run summary", type="metrics", data=summary)
+
+    def _failed(self, session: Session, job: Job, returncode: int | None) -> None:
+        """A user error fails at once; a crash is retried while attempts are left."""
         error = self.error or {}
         message = str(error.get("message") or exit_reason(returncode))
         if self.unrenewed_at is not None:
@@ -459,65 +476,19 @@ class Supervisor:
                 f"the training process was stopped: the lease went unrenewed for over "
                 f"{self.lease.ttl_s:g}s (database unreachable or worker frozen)"
             )
+        attempt = self.lease.attempt
         if error.get("category") == "user":
-            finish(
-                session,
-                lease,
-                JobStatus.FAILED,
-                level="error",
-                message=f"Fine-tuning job failed: {message}",
-                error={"code": "invalid_request", "message": message, "param": error.get("param")},
+            transitions.fail(
+                session, job, code="invalid_request", message=message, param=error.get("param")
             )
-            return
-        job = session.scalar(select(Job).where(Job.id == lease.job_id))
-        if lease.attempt < job.max_attempts:
-            delay = self.settings.retry_backoff_s * lease.attempt
-            finish(
+        elif attempt < job.max_attempts:
+            delay = self.settings.retry_backoff_s * attempt
+            transitions.requeue(
                 session,
-                lease,
-                JobStatus.QUEUED,
-                level="warn",
-                message=f"Attempt {lease.attempt} failed ({message}); retrying in {delay:.0f}s",
+                job,
+                delay_s=delay,
+                message=f"Attempt {attempt} failed ({message}); retrying in {delay:.0f}s",
             )
-            self._requeue(session, delay)
-            return
-        message = f"{message} (attempt {lease.attempt} of {job.max_attempts})"
-        finish(
-            session,
-            lease,
-            JobStatus.FAILED,
-            level="error",
-            message=f"Fine-tuning job failed: {message}",
-            error={"code": "training_failed", "message": message, "param": None},
-        )
-
-    def _stopped(self, session: Any, word: str, values: dict[str, Any]) -> None:
-        """Paused by the user, or preempted (worker shutdown): the attempt is given back, so
-        any number of pauses and preemptions never exhaust `max_attempts`."""
-        if word == "pause":
-            finish(
-                session,
-                self.lease,
-                JobStatus.PAUSED,
-                values=values,
-                message="Fine-tuning job paused",
-                attempt_spent=False,
-            )
-            return
-        finish(
-            session,
-            self.lease,
-            JobStatus.QUEUED,
-            values=values,
-            message="Fine-tuning job preempted; requeued",
-            attempt_spent=False,
-        )
-        self._requeue(session, 0.0)
-
-    def _requeue(self, session: Any, delay: float) -> None:
-        from jobs.queue import hold_for_retry
-
-        job = session.scalar(select(Job).where(Job.id == self.lease.job_id))
-        job.phase = "requeued"
-        hold_for_retry(job, delay)
-        self.requeue_delay = delay
+        else:
+            message = f"{message} (attempt {attempt} of {job.max_attempts})"
+            transitions.fail(session, job, code="training_failed", message=message)
