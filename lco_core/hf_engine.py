@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
-from lco_core.rollout import Completion, SamplingParams
+from lco_core.rollout import Completion, SamplingParams, check_request
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -120,12 +120,7 @@ class HFEngine:
         self, prompts: Sequence[list[int]], params: SamplingParams
     ) -> list[list[Completion]]:
         model = self._require_model()
-        if params.n < 1 or params.max_tokens < 1:
-            raise ValueError("n and max_tokens must be >= 1")
-        if not params.greedy and not (params.temperature > 0 and 0 < params.top_p <= 1):
-            raise ValueError("sampling needs temperature > 0 and 0 < top_p <= 1")
-        if any(len(p) == 0 for p in prompts):
-            raise ValueError("every prompt needs at least one token")
+        check_request(prompts, params)
         # Row r of the flattened batch is sample r % n of prompt r // n.
         rows = [list(p) for p in prompts for _ in range(params.n)]
         flat: list[Completion] = []

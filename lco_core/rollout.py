@@ -26,6 +26,17 @@ class SamplingParams:
     greedy: bool = False
 
 
+def check_request(prompts: Sequence[list[int]], params: SamplingParams) -> None:
+    """Raise ValueError for a request no engine can serve (both engines call it first, so
+    they refuse exactly the same requests with the same messages)."""
+    if params.n < 1 or params.max_tokens < 1:
+        raise ValueError("n and max_tokens must be >= 1")
+    if not params.greedy and not (params.temperature > 0 and 0 < params.top_p <= 1):
+        raise ValueError("sampling needs temperature > 0 and 0 < top_p <= 1")
+    if any(len(p) == 0 for p in prompts):
+        raise ValueError("every prompt needs at least one token")
+
+
 @dataclass
 class Completion:
     token_ids: list[int]

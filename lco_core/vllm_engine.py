@@ -56,7 +56,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from lco_core.hf_engine import eos_ids_of
-from lco_core.rollout import Completion, SamplingParams
+from lco_core.rollout import Completion, SamplingParams, check_request
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -375,12 +375,7 @@ class VLLMEngine:
         from vllm.inputs import TokensPrompt
 
         self._require_usable()
-        if params.n < 1 or params.max_tokens < 1:
-            raise ValueError("n and max_tokens must be >= 1")
-        if not params.greedy and not (params.temperature > 0 and 0 < params.top_p <= 1):
-            raise ValueError("sampling needs temperature > 0 and 0 < top_p <= 1")
-        if any(len(p) == 0 for p in prompts):
-            raise ValueError("every prompt needs at least one token")
+        check_request(prompts, params)
         self._wake()
         per_prompt = []
         for i in range(len(prompts)):
