@@ -9,6 +9,7 @@ so a duplicate or stale message is a no-op, and a lost one is re-sent by the rec
 from __future__ import annotations
 
 import logging
+import random
 from datetime import timedelta
 from typing import Any
 
@@ -16,6 +17,7 @@ from celery import Celery
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from jobs.backoff import backoff_s
 from jobs.ids import utcnow
 from jobs.models import Job
 from jobs.settings import Settings
@@ -87,7 +89,8 @@ class Dispatcher:
 
 def stale_queued_jobs(session: Session, settings: Settings, limit: int = 100) -> list[Job]:
     """Admitted queued jobs whose last message is old enough to be presumed lost (with
-    back-off); jobs not admitted yet wait for the scheduler, not for a message."""
+    back-off, `jobs.backoff`); jobs not admitted yet wait for the scheduler, not for a
+    message."""
     now = utcnow()
     rows = session.scalars(
         select(Job)
@@ -99,7 +102,9 @@ def stale_queued_jobs(session: Session, settings: Settings, limit: int = 100) ->
     for job in rows:
         if job.not_before is not None and job.not_before > now:
             continue
-        wait = settings.redispatch_after_s * 2 ** min(max(job.dispatch_count - 1, 0), 6)
+        # Seeded per message, so every pass compares against the same jittered wait.
+        rng = random.Random(f"{job.id}:{job.dispatch_count}")
+        wait = backoff_s(settings.redispatch_after_s, job.dispatch_count, rng=rng)
         if job.dispatched_at is None or (now - job.dispatched_at).total_seconds() >= wait:
             stale.append(job)
     return stale

@@ -34,6 +34,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from jobs import transitions
+from jobs.backoff import backoff_s
 from jobs.events import add_event
 from jobs.ids import new_id, utcnow
 from jobs.models import Checkpoint, Job, JobMetric
@@ -329,7 +330,7 @@ def reap_expired(session: Session, *, retry_backoff_s: float) -> list[Job]:
             transitions.requeue(
                 session,
                 job,
-                delay_s=retry_backoff_s * job.attempt,
+                delay_s=backoff_s(retry_backoff_s, job.attempt),
                 message="Worker lost; job requeued",
             )
             requeued.append(job)

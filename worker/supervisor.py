@@ -34,6 +34,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from jobs import transitions
+from jobs.backoff import backoff_s
 from jobs.db import db_unreachable
 from jobs.events import SAMPLES_EVENT, add_event
 from jobs.leases import (
@@ -482,7 +483,7 @@ class Supervisor:
                 session, job, code="invalid_request", message=message, param=error.get("param")
             )
         elif attempt < job.max_attempts:
-            delay = self.settings.retry_backoff_s * attempt
+            delay = backoff_s(self.settings.retry_backoff_s, attempt)
             transitions.requeue(
                 session,
                 job,
