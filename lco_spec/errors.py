@@ -1,6 +1,8 @@
-"""The one error type for invalid user input, carrying the offending field or line.
+"""Error types: `SpecError` for invalid user input, carrying the offending field or line,
+and `GraderError`/`GraderTimeout` for one sample that could not be graded.
 
-The API turns it into OpenAI's error envelope (`param` = `field`); the CLI prints it.
+The API turns a SpecError into OpenAI's error envelope (`param` = `field`); the CLI prints
+it. The trainer scores a sample whose grader raised GraderError as 0 and counts it.
 """
 
 from __future__ import annotations
@@ -19,6 +21,14 @@ class SpecError(ValueError):
         if param:
             where.append(param)
         super().__init__(f"{': '.join(where)}: {message}" if where else message)
+
+
+class GraderError(Exception):
+    """One sample could not be graded (missing item field, bad reference, formula error)."""
+
+
+class GraderTimeout(GraderError):
+    """A grader call ran past its time limit and was killed (counted apart from errors)."""
 
 
 def pydantic_error_to_spec_error(exc: object, prefix: str = "") -> SpecError:

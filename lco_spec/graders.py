@@ -28,6 +28,7 @@ import re
 import types
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, fields
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
@@ -44,13 +45,9 @@ from pydantic import (
 from rapidfuzz import fuzz
 from rapidfuzz.distance import LCSseq
 
-from lco_spec.errors import SpecError
+from lco_spec import sandbox
+from lco_spec.errors import GraderError, GraderTimeout, SpecError
 from lco_spec.expr import FUNCTIONS, ExprError, parse_expression
-
-
-class GraderError(Exception):
-    """One sample could not be graded (missing item field, bad reference, formula error)."""
-
 
 # --- templates ---------------------------------------------------------------------------
 
@@ -133,11 +130,21 @@ Metric = Literal[
 ]
 
 
+# Our extension to OpenAI's grader JSON: the hard limit on one call of a grader, in seconds.
+DEFAULT_TIMEOUT_S = 2.0
+MAX_TIMEOUT_S = 60.0
+TimeoutS = Annotated[float, Field(gt=0, le=MAX_TIMEOUT_S)]
+
+
 class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class StringCheckGrader(_Spec):
+class _SimpleSpec(_Spec):
+    timeout_s: TimeoutS = DEFAULT_TIMEOUT_S
+
+
+class StringCheckGrader(_SimpleSpec):
     """1.0 if `input` eq/ne `reference`, or contains it (like; ilike ignores case)."""
 
     type: Literal["string_check"]
@@ -147,7 +154,7 @@ class StringCheckGrader(_Spec):
     operation: Literal["eq", "ne", "like", "ilike"] = "eq"
 
 
-class TextSimilarityGrader(_Spec):
+class TextSimilarityGrader(_SimpleSpec):
     """A similarity in [0, 1] between `input` and `reference` (see `similarity`)."""
 
     type: Literal["text_similarity"]
@@ -157,7 +164,7 @@ class TextSimilarityGrader(_Spec):
     evaluation_metric: Metric = "fuzzy_match"
 
 
-class MathVerifyGrader(_Spec):
+class MathVerifyGrader(_SimpleSpec):
     """1.0 if the math answer in `input` equals `reference` (`math_verify` package)."""
 
     type: Literal["math_verify"]
@@ -166,13 +173,14 @@ class MathVerifyGrader(_Spec):
     reference: Template
 
 
-class RegexMatchGrader(_Spec):
-    """1.0 if `pattern` is found anywhere in `input` (`re.search`; anchor with ^...$)."""
+class RegexMatchGrader(_SimpleSpec):
+    """1.0 if `pattern` is found anywhere in `input` (a search; anchor with ^...$). Runs on
+    RE2 (linear time, no catastrophic backtracking); a pattern RE2 cannot run (back
+    references, lookaround) runs on Python's `re` in a worker process under `timeout_s`."""
 
     type: Literal["regex_match"]
     name: Name = "regex_match"
     input: Template
-    # stdlib `re` has no match timeout: a pathological pattern can only slow its own job.
     pattern: Annotated[str, Field(min_length=1, max_length=1024)]
     flags: Literal["", "i"] = ""
 
@@ -186,7 +194,7 @@ class RegexMatchGrader(_Spec):
         return value
 
 
-class JsonValidGrader(_Spec):
+class JsonValidGrader(_SimpleSpec):
     """1.0 if `input` is JSON (and, with `required_keys`, an object holding all of them)."""
 
     type: Literal["json_valid"]
@@ -200,7 +208,7 @@ class JsonValidGrader(_Spec):
 RgExtract = Literal["answer_tag", "last_number"]
 
 
-class ReasoningGymGrader(_Spec):
+class ReasoningGymGrader(_SimpleSpec):
     """reasoning-gym's own scorer for `dataset` (see `reasoning_gym_score`), built from
     `config` (fields of the dataset's config; some scorers read it, as decimal_arithmetic's
     tolerance): the config the items were exported with. `extract` says which part of an
@@ -249,10 +257,12 @@ SimpleGraderSpec = Annotated[_Simple, Field(discriminator="type")]
 
 
 class MultiGrader(_Spec):
-    """Sub-graders combined by `calculate_output`, a formula over their names (lco_spec.expr)."""
+    """Sub-graders combined by `calculate_output`, a formula over their names (lco_spec.expr).
+    `timeout_s`, when given, is the limit of each sub-grader that sets none of its own."""
 
     type: Literal["multi"]
     name: Name = "multi"
+    timeout_s: TimeoutS | None = None
     graders: Annotated[dict[SubName, SimpleGraderSpec], Field(min_length=1, max_length=16)]
     calculate_output: Annotated[str, Field(min_length=1, max_length=1024)]
 
@@ -727,55 +737,164 @@ def _json_score(text: str, required_keys: tuple[str, ...]) -> float:
     return float(isinstance(value, dict) and all(k in value for k in required_keys))
 
 
-class Grader:
-    """A built grader. `grade` raises nothing but GraderError: one bad sample costs one
-    zero reward, never a crashed training step."""
+def _compile_re2(pattern: str, flags: str) -> Any | None:
+    """`pattern` compiled by RE2, or None when RE2's grammar lacks what it uses."""
+    import re2
 
-    def __init__(self, spec: AnyGraderSpec) -> None:
+    options = re2.Options()
+    options.case_sensitive = flags != "i"
+    options.log_errors = False  # a refused pattern is expected, not worth a log line
+    try:
+        return re2.compile(pattern, options)
+    except re2.error:
+        return None
+
+
+@functools.lru_cache(maxsize=64)
+def _backtracking_regex(pattern: str, flags: str) -> re.Pattern[str]:
+    return re.compile(pattern, re.IGNORECASE if flags == "i" else 0)
+
+
+def _regex_search(pattern: str, flags: str, text: str) -> float:
+    return float(_backtracking_regex(pattern, flags).search(text) is not None)
+
+
+_POOLED: dict[str, Callable[..., float]] = {
+    "math_verify": lambda text, reference: float(math_equal(text, reference)),
+    "reasoning_gym": lambda *args: reasoning_gym_score(*args),
+    "text_similarity": lambda *args: similarity(*args),
+    "regex_match": _regex_search,
+}
+
+
+def _pooled_score(kind: str, args: tuple[Any, ...]) -> float:
+    """Runs in a grader worker process. Only GraderError crosses back: an exception from
+    sympy may not even pickle."""
+    try:
+        return float(_POOLED[kind](*args))
+    except GraderError:
+        raise
+    except MemoryError:
+        raise GraderError("out of memory") from None
+    except Exception as exc:
+        raise GraderError(f"{type(exc).__name__}: {exc}") from None
+
+
+# What `Grader._start` returns: a score, the sample's error, a call running in a worker,
+# or (multi) one of those per sub-grader.
+_Started = Union[float, GraderError, "Future[float]", dict[str, Any]]
+
+
+class Grader:
+    """A built grader. `grade` raises nothing but GraderError (GraderTimeout when a call
+    ran out of time): one bad sample costs one zero reward, never a crashed training step.
+
+    Every call is bounded by the grader's `timeout_s`: string_check, json_valid and RE2
+    regexes run here in linear time; math_verify, reasoning_gym, text_similarity and
+    backtracking regexes run in `lco_spec.sandbox`'s worker processes, killed at the limit.
+    """
+
+    def __init__(self, spec: AnyGraderSpec, default_timeout_s: float | None = None) -> None:
         self.spec = spec
         self.name = spec.name
+        explicit = spec.timeout_s if "timeout_s" in spec.model_fields_set else None
+        self.timeout_s = explicit or default_timeout_s or spec.timeout_s or DEFAULT_TIMEOUT_S
         # Templates, pattern and formula are parsed once here rather than per sample.
         self._input = _parse_template(getattr(spec, "input", ""))
         self._reference = _parse_template(getattr(spec, "reference", ""))
-        self._regex = None
+        self._re2 = None
         if isinstance(spec, RegexMatchGrader):
-            self._regex = re.compile(spec.pattern, re.IGNORECASE if spec.flags == "i" else 0)
+            self._re2 = _compile_re2(spec.pattern, spec.flags)
+        if isinstance(spec, MathVerifyGrader):
+            sandbox.warm("math_verify", "sympy")
+        elif isinstance(spec, ReasoningGymGrader):
+            sandbox.warm("reasoning_gym")
         self._subs: dict[str, Grader] = {}
         self._formula = None
         if isinstance(spec, MultiGrader):
-            self._subs = {key: Grader(sub) for key, sub in spec.graders.items()}
+            self._subs = {key: Grader(sub, spec.timeout_s) for key, sub in spec.graders.items()}
             self._formula = parse_expression(spec.calculate_output)
 
     def grade(self, output_text: str, item: Mapping[str, Any]) -> GradeResult:
-        if self._formula is not None:
-            subs = {key: g.grade(output_text, item).score for key, g in self._subs.items()}
-            try:
-                return GradeResult(score=self._formula.evaluate(subs), sub_scores=subs)
-            except ExprError as exc:
-                raise GraderError(f"{self.name}: {exc}") from None
-        try:
-            score = float(self._score(output_text, item))
-        except GraderError:
-            raise
-        except Exception as exc:  # math_verify/sympy and friends: one bad sample, not a crash
-            raise GraderError(f"{self.name}: {type(exc).__name__}: {exc}") from exc
-        return GradeResult(score=score, sub_scores={self.name: score})
+        (outcome,) = self.grade_many([(output_text, item)])
+        if isinstance(outcome, GraderError):
+            raise outcome
+        return outcome
 
-    def _score(self, output_text: str, item: Mapping[str, Any]) -> float:
-        if isinstance(self.spec, ReasoningGymGrader):
-            rg = self.spec
-            return reasoning_gym_score(rg.dataset, output_text, item, rg.config, rg.extract)
-        spec, text = self.spec, _render(self._input, output_text, item)
-        if self._regex is not None:
-            return float(self._regex.search(text) is not None)
+    def grade_many(
+        self, samples: Sequence[tuple[str, Mapping[str, Any]]]
+    ) -> list[GradeResult | GraderError]:
+        """Grade (output_text, item) pairs, the pooled calls all in flight at once: a batch
+        of hostile samples costs about one limit per worker, not one per sample. Each
+        sample's outcome is its GradeResult or its GraderError (see `grade_stats`)."""
+        started = [self._start(text, item) for text, item in samples]
+        return [self._finish(one) for one in started]
+
+    def _start(self, output_text: str, item: Mapping[str, Any]) -> _Started:
+        if self._formula is not None:
+            return {key: g._start(output_text, item) for key, g in self._subs.items()}
+        try:
+            return self._start_simple(output_text, item)
+        except GraderError as exc:
+            return exc
+        except Exception as exc:  # one bad sample, not a crash
+            return GraderError(f"{self.name}: {type(exc).__name__}: {exc}")
+
+    def _start_simple(self, output_text: str, item: Mapping[str, Any]) -> _Started:
+        spec = self.spec
+        if isinstance(spec, ReasoningGymGrader):
+            args: tuple[Any, ...] = (spec.dataset, output_text, dict(item), spec.config)
+            return self._submit("reasoning_gym", (*args, spec.extract))
+        text = _render(self._input, output_text, item)
+        if isinstance(spec, RegexMatchGrader):
+            if self._re2 is not None:
+                return float(self._re2.search(text) is not None)
+            return self._submit("regex_match", (spec.pattern, spec.flags, text))
         if isinstance(spec, JsonValidGrader):
             return _json_score(text, spec.required_keys)
         reference = _render(self._reference, output_text, item)
         if isinstance(spec, StringCheckGrader):
             return float(_OPERATIONS[spec.operation](text, reference))
         if isinstance(spec, TextSimilarityGrader):
-            return similarity(spec.evaluation_metric, text, reference)
-        return float(math_equal(text, reference))
+            return self._submit("text_similarity", (spec.evaluation_metric, text, reference))
+        return self._submit("math_verify", (text, reference))
+
+    def _submit(self, kind: str, args: tuple[Any, ...]) -> Future[float]:
+        return sandbox.submit(_pooled_score, (kind, args), self.timeout_s)
+
+    def _finish(self, started: _Started) -> GradeResult | GraderError:
+        if self._formula is not None:
+            assert isinstance(started, dict)
+            outcomes = {key: g._finish(started[key]) for key, g in self._subs.items()}
+            failed = [o for o in outcomes.values() if isinstance(o, GraderError)]
+            if failed:  # a timeout is what the step's metrics should count
+                return next((o for o in failed if isinstance(o, GraderTimeout)), failed[0])
+            subs = {key: o.score for key, o in outcomes.items() if isinstance(o, GradeResult)}
+            try:
+                return GradeResult(score=self._formula.evaluate(subs), sub_scores=subs)
+            except ExprError as exc:
+                return GraderError(f"{self.name}: {exc}")
+        if isinstance(started, GraderError):
+            return started
+        if isinstance(started, Future):
+            try:
+                score = sandbox.result(started, self.name, self.timeout_s)
+            except GraderTimeout as exc:
+                return exc
+            except GraderError as exc:
+                return GraderError(f"{self.name}: {exc}")
+        else:
+            assert isinstance(started, float)
+            score = started
+        return GradeResult(score=score, sub_scores={self.name: score})
+
+
+def grade_stats(outcomes: Sequence[GradeResult | GraderError]) -> dict[str, float]:
+    """A step's grader counters: `grader_errors` (every sample scored 0 for an error,
+    timeouts included) and `grader_timeouts` (those killed at their limit)."""
+    errors = sum(isinstance(o, GraderError) for o in outcomes)
+    timeouts = sum(isinstance(o, GraderTimeout) for o in outcomes)
+    return {"grader_errors": float(errors), "grader_timeouts": float(timeouts)}
 
 
 def build_grader(spec: AnyGraderSpec | Mapping[str, Any]) -> Grader:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import doctest
 import math
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lco_spec import graders as graders_module
+from lco_spec import sandbox
 from lco_spec.errors import SpecError
 from lco_spec.graders import (
     GraderError,
@@ -373,7 +375,18 @@ def test_check_grader_against_item() -> None:
     assert info.value.param == "grader.reference"
 
 
-def test_unexpected_exception_becomes_grader_error(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def fresh_pool() -> Iterator[None]:
+    """Grader workers forked after the test's monkeypatches (and gone after it), so the
+    patches reach the calls that run in them."""
+    sandbox.shutdown()
+    yield
+    sandbox.shutdown()
+
+
+def test_unexpected_exception_becomes_grader_error(
+    monkeypatch: pytest.MonkeyPatch, fresh_pool: None
+) -> None:
     def boom(*args: Any) -> float:
         raise RuntimeError("kaput")
 
@@ -550,7 +563,7 @@ def test_reasoning_gym_grader_checked_against_items() -> None:
 
 
 def test_reasoning_gym_scores_are_clipped_and_nan_is_an_error(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, fresh_pool: None
 ) -> None:
     scores = iter([1.5, -0.5, math.nan])
 
@@ -561,6 +574,8 @@ def test_reasoning_gym_scores_are_clipped_and_nan_is_an_error(
     grader = build_grader(rg_spec())
     monkeypatch.setattr(graders_module, "_rg_dataset", lambda name, config=None: Scorer())
     item = rg_item("basic_arithmetic")
+    # Each call may land on another worker, each with its own copy of `scores`: one worker.
+    monkeypatch.setenv("LCO_GRADER_WORKERS", "1")
     assert grader.grade("x", item).score == 1.0
     assert grader.grade("x", item).score == 0.0
     with pytest.raises(GraderError, match="returned nan"):
