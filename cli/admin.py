@@ -1,7 +1,7 @@
 """Operator commands on the database: teams with their fair-share policy, and API keys.
 
-    lco team create NAME [--share S --max-gpus N --max-queued-jobs N --max-priority P
-                          --quota-policy queue|reject]
+    lco team create NAME [--share S --max-gpus N --max-queued-jobs N (default 100)
+                          --max-priority P --quota-policy queue|reject]
     lco team set NAME [the same options; `none` removes a limit]
     lco team list
     lco key create --team NAME [--name N] [--admin]   prints the new key as the last line
@@ -19,6 +19,26 @@ from typing import Any
 
 from cli.options import DATA_DIR, transaction_for
 
+# Queued jobs a team made by `lco team create` may have unless told otherwise: a bound, so
+# that one careless or hostile tenant cannot fill the queue (each queued job costs every
+# scheduler pass and every queue view), and far above what a team queues in normal use.
+# `--max-queued-jobs none` lifts it; `lco team set` changes it later.
+DEFAULT_MAX_QUEUED_JOBS = 100
+
+
+NO_LIMIT = "none"
+
+
+def _limit(text: str) -> int | str:
+    """A limit option's value: a whole number, or `none` (no limit). Anything else is a
+    usage error (exit status 2), before the database is opened."""
+    if text.lower() == NO_LIMIT:
+        return NO_LIMIT
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a whole number nor `none`") from None
+
 
 def _policy_args(args: argparse.Namespace) -> dict[str, Any]:
     """The policy options given on the command line (`none` removes a limit)."""
@@ -28,7 +48,7 @@ def _policy_args(args: argparse.Namespace) -> dict[str, Any]:
     for name in ("max_gpus", "max_queued_jobs"):
         value = getattr(args, name)
         if value is not None:
-            policy[name] = None if value.lower() == "none" else int(value)
+            policy[name] = None if value == NO_LIMIT else value
     for name in ("max_priority", "quota_policy"):
         if getattr(args, name) is not None:
             policy[name] = getattr(args, name)
@@ -115,8 +135,21 @@ def add_parsers(sub: Any) -> None:
         p = team.add_parser(action, parents=[DATA_DIR], help=f"{action} a team and its policy")
         p.add_argument("name")
         p.add_argument("--share", type=float, help="fair-share weight (default 1)")
-        p.add_argument("--max-gpus", help="GPUs its jobs may hold at once (`none`: no limit)")
-        p.add_argument("--max-queued-jobs", help="queued jobs it may have (`none`: no limit)")
+        p.add_argument(
+            "--max-gpus", type=_limit, help="GPUs its jobs may hold at once (`none`: no limit)"
+        )
+        if action == "create":  # a new team gets a bound; `set` changes only what it is given
+            p.add_argument(
+                "--max-queued-jobs",
+                type=_limit,
+                default=DEFAULT_MAX_QUEUED_JOBS,
+                help=f"queued jobs it may have (default {DEFAULT_MAX_QUEUED_JOBS}; "
+                "`none`: no limit)",
+            )
+        else:
+            p.add_argument(
+                "--max-queued-jobs", type=_limit, help="queued jobs it may have (`none`: no limit)"
+            )
         p.add_argument("--max-priority", choices=["low", "normal", "high"])
         p.add_argument("--quota-policy", choices=["queue", "reject"])
         p.set_defaults(func=func)

@@ -4,8 +4,8 @@
     lco worker [--pools default] [--gpus 1]           a Celery worker (production)
     lco scheduler                                     reaper, reconciler, admissions (production)
     lco migrate [--data-dir D]                        create or upgrade the database
-    lco team create NAME [--share S --max-gpus N --max-queued-jobs N --max-priority P
-                          --quota-policy queue|reject]
+    lco team create NAME [--share S --max-gpus N --max-queued-jobs N (default 100)
+                          --max-priority P --quota-policy queue|reject]
     lco team set NAME [same options; `none` removes a limit] | list
     lco key create --team NAME [--admin]              prints the new key as the last line
     lco key list [--team NAME] | revoke KEY_ID

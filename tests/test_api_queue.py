@@ -240,7 +240,8 @@ def test_admin_cli_teams_keys_quotas(
         return capsys.readouterr().out
 
     run("team", "create", "nlp", "--share", "2", "--max-gpus", "4", "--max-priority", "normal")
-    assert "share=2 max_gpus=4 max_queued_jobs=None max_priority=normal" in run("team", "list")
+    # A team made by the CLI gets a bound on its queued jobs unless told otherwise.
+    assert "share=2 max_gpus=4 max_queued_jobs=100 max_priority=normal" in run("team", "list")
     out = run("team", "set", "nlp", "--max-gpus", "none", "--max-queued-jobs", "10")
     assert "max_gpus=None max_queued_jobs=10" in out
     key = run("key", "create", "--team", "nlp", "--admin").strip().splitlines()[-1]

@@ -154,6 +154,23 @@ def test_migrate_creates_the_database_the_other_commands_then_use(tmp_path: Path
     assert listed.stdout.startswith("nlp (") and listed.stderr.splitlines() == [db_line]
 
 
+def test_teams_made_by_the_cli_get_a_queued_jobs_bound_unless_told_otherwise(
+    tmp_path: Path,
+) -> None:
+    assert lco("migrate", "--data-dir", str(tmp_path)).returncode == 0
+    assert lco("team", "create", "default", "--data-dir", str(tmp_path)).returncode == 0
+    unbounded = lco(
+        "team", "create", "open", "--max-queued-jobs", "none", "--data-dir", str(tmp_path)
+    )
+    assert unbounded.returncode == 0
+    bad = lco("team", "create", "x", "--max-queued-jobs", "lots", "--data-dir", str(tmp_path))
+    assert bad.returncode == 2  # a usage error, before the database is touched
+    assert "'lots' is neither a whole number nor `none`" in bad.stderr.splitlines()[-1]
+    teams = lco("team", "list", "--data-dir", str(tmp_path)).stdout.splitlines()
+    assert [line.split()[0] for line in teams] == ["default", "open"]
+    assert "max_queued_jobs=100 " in teams[0] and "max_queued_jobs=None " in teams[1]
+
+
 def test_an_empty_database_file_is_refused(tmp_path: Path) -> None:
     (tmp_path / "lco.db").touch()
     result = lco("team", "list", "--data-dir", str(tmp_path))
