@@ -10,13 +10,13 @@ step N, and resuming from it runs step N+1 next with the same data and sampling 
 from __future__ import annotations
 
 import logging
-import math
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import PreTrainedModel
+from transformers import PreTrainedModel, get_scheduler
 
 from lco_core.callbacks import Callbacks, StopReason
 from lco_core.checkpoint import save_checkpoint
@@ -43,21 +43,27 @@ def trunk_and_head(model: PreTrainedModel) -> tuple[torch.nn.Module, torch.nn.Li
     return trunk, head
 
 
-def lr_lambda(cfg: TrainConfig) -> Any:
-    """Multiplier of the base LR at a given optimiser step (linear warm-up, then schedule)."""
+def lr_scheduler(
+    optimizer: torch.optim.Optimizer, schedule: str, warmup_steps: int, total_steps: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """transformers' `constant` / `linear` / `cosine` schedule (with linear warm-up), one
+    step ahead: the optimiser step numbered s (from 1) runs at the schedule's step s.
 
-    def factor(step: int) -> float:
-        if step < cfg.warmup_steps:
-            return (step + 1) / (cfg.warmup_steps + 1)
-        span = max(1, cfg.total_steps - cfg.warmup_steps)
-        progress = min(1.0, (step - cfg.warmup_steps) / span)
-        if cfg.lr_schedule == "linear":
-            return 1.0 - progress
-        if cfg.lr_schedule == "cosine":
-            return 0.5 * (1.0 + math.cos(math.pi * progress))
-        return 1.0
-
-    return factor
+    transformers warms up from lr 0 (step 0 of W), so a job's first update would not move
+    the weights; here warm-up lasts W + 1 schedule steps and the run T + 1, which makes step
+    s's factor s / (W + 1) during warm-up and leaves the decay after it what W and T say.
+    The scheduler's `last_epoch` is therefore the trainer's step + 1."""
+    name = {"constant": "constant_with_warmup" if warmup_steps else "constant"}.get(
+        schedule, schedule
+    )
+    scheduler = get_scheduler(
+        name, optimizer, num_warmup_steps=warmup_steps + 1, num_training_steps=total_steps + 1
+    )
+    with warnings.catch_warnings():
+        # The step ahead is taken before any optimiser step, which torch warns about.
+        warnings.filterwarnings("ignore", r"Detected call of `lr_scheduler\.step\(\)`", UserWarning)
+        scheduler.step()
+    return scheduler
 
 
 class Trainer:
@@ -95,7 +101,9 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(
             params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, fused=True
         )
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
+        self.scheduler = lr_scheduler(
+            self.optimizer, cfg.lr_schedule, cfg.warmup_steps, cfg.total_steps
+        )
         self.last_metrics: dict[str, float] = {}
         self.summary: dict[str, float] = {}
 
@@ -131,6 +139,10 @@ class Trainer:
         self.trained_tokens = int(state.get("trained_tokens", 0))
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        # Checkpoints written while the schedule was a LambdaLR of our own hold the step
+        # itself; `lr_scheduler` runs one ahead. The lr the optimiser resumes with is the
+        # same either way.
+        self.scheduler.last_epoch = self.step + 1
         self.summary = dict(state.get("summary", {}))
         self.load_extra_state(state.get("extra", {}))
         dropped = self.metrics_log.truncate_after(self.step)
