@@ -31,28 +31,37 @@ class GraderTimeout(GraderError):
     """A grader call ran past its time limit and was killed (counted apart from errors)."""
 
 
-def pydantic_error_to_spec_error(exc: object, prefix: str = "") -> SpecError:
-    """Turn the first error of a pydantic ValidationError into a SpecError naming its field."""
-    from lco_spec.graders import GRADER_TYPES  # graders imports this module
-
+def pydantic_error_to_spec_error(
+    exc: object, prefix: str = "", *, tagged_root: bool = False
+) -> SpecError:
+    """Turn the first error of a pydantic ValidationError into a SpecError naming its field.
+    `tagged_root`: the validated value is itself a discriminated union (a grader), so the
+    location starts with its tag, and a bad or missing tag is the `type` field's fault."""
     errors = exc.errors() if hasattr(exc, "errors") else []
     if not errors:
         return SpecError(str(exc), param=prefix or None)
     first = errors[0]
     loc = [str(p) for p in first.get("loc", ())]
+    if tagged_root:
+        loc = ["grader", *loc]
     # Discriminated unions insert the chosen tag (a grader type) after the field that holds
-    # the union, plain unions the member's type (`n_epochs.constrained-int` of `int | "auto"`),
-    # and validators their function name: all noise to a user.
-    parts = [
-        p
-        for i, p in enumerate(loc)
-        if not p.startswith(("function-", "constrained-", "literal["))
-        and not (
-            p in GRADER_TYPES
-            and i > 0
-            and (loc[i - 1] == "grader" or (i >= 2 and loc[i - 2] == "graders"))
-        )
-    ]
+    # the union (`grader`, and each entry of a multi's `graders`), plain unions the member's
+    # type (`n_epochs.constrained-int` of `int | "auto"`), and validators their function
+    # name: all noise to a user. The tag's place is known, so no list of tags is needed.
+    parts: list[str] = []
+    i = 0
+    while i < len(loc):
+        if loc[i] == "graders":  # graders.<key>.<tag>: keep the key, whatever its name
+            parts.extend(loc[i : i + 2])
+            i += 3
+            continue
+        if not loc[i].startswith(("function-", "constrained-", "literal[")):
+            parts.append(loc[i])
+        i += 2 if loc[i] == "grader" else 1
+    if tagged_root:
+        parts = parts[1:]
+        if first.get("type") in ("union_tag_invalid", "union_tag_not_found"):
+            parts.append("type")
     param = ".".join([prefix, *parts] if prefix else parts) or None
     msg = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
     return SpecError(msg, param=param)

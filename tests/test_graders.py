@@ -14,8 +14,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from lco_spec import grader_specs, grading, math_answers, rg_scoring, sandbox, templates
 from lco_spec import graders as graders_module
-from lco_spec import sandbox
+from lco_spec import similarity as similarity_module
 from lco_spec.errors import SpecError
 from lco_spec.graders import (
     GraderError,
@@ -390,7 +391,7 @@ def test_unexpected_exception_becomes_grader_error(
     def boom(*args: Any) -> float:
         raise RuntimeError("kaput")
 
-    monkeypatch.setattr(graders_module, "similarity", boom)
+    monkeypatch.setattr(grading, "similarity", boom)
     spec = {"type": "text_similarity", "name": "t", "input": OUT, "reference": "x"}
     with pytest.raises(GraderError, match="t: RuntimeError: kaput"):
         build_grader(spec).grade("x", {})
@@ -407,9 +408,13 @@ def test_job_spec_accepts_grader() -> None:
     assert spec.method.rl.grader.graders["exact"].type == "string_check"
 
 
-def test_docstring_examples() -> None:
-    result = doctest.testmod(graders_module)
-    assert result.attempted > 0 and result.failed == 0
+@pytest.mark.parametrize(
+    "module",
+    [graders_module, grading, grader_specs, templates, similarity_module, math_answers, rg_scoring],
+)
+def test_docstring_examples(module: Any) -> None:
+    result = doctest.testmod(module)
+    assert result.failed == 0
 
 
 # --- reasoning_gym -----------------------------------------------------------------------
@@ -572,7 +577,7 @@ def test_reasoning_gym_scores_are_clipped_and_nan_is_an_error(
             return next(scores)
 
     grader = build_grader(rg_spec())
-    monkeypatch.setattr(graders_module, "_rg_dataset", lambda name, config=None: Scorer())
+    monkeypatch.setattr(rg_scoring, "_rg_dataset", lambda name, config=None: Scorer())
     item = rg_item("basic_arithmetic")
     # Each call may land on another worker, each with its own copy of `scores`: one worker.
     monkeypatch.setenv("LCO_GRADER_WORKERS", "1")
