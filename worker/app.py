@@ -7,6 +7,8 @@ explicit task names, one queue per GPU pool (see docs/reliability.md).
 One job per worker process (`--pool solo`): the training runs in a child process anyway,
 and the supervisor then shares the worker's main thread, so a warm shutdown (SIGTERM)
 reaches it: the run checkpoints, and the job is requeued without spending an attempt.
+From the first SIGTERM on, the worker withdraws its GPUs and claims no job: a message it
+still receives is put back for another worker.
 Once ready, the worker heartbeats its pools (`worker.heartbeat`): that is their capacity.
 """
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
+from celery.exceptions import Reject
 from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 from kombu import Queue
 
@@ -38,7 +41,9 @@ def create_worker_app(
     app.conf.task_queues = [Queue(pool, routing_key=pool) for pool in settings.pools]
 
     def _preempt_running_jobs(**_: Any) -> None:
+        # Runs in the signal handler, once per SIGTERM: only flags, no I/O.
         ctx.shutting_down.set()
+        beats.withdraw()
 
     worker_shutting_down.connect(_preempt_running_jobs, weak=False)
     worker_ready.connect(lambda **_: beats.start(), weak=False)
@@ -46,6 +51,9 @@ def create_worker_app(
 
     @app.task(name=RUN_JOB_TASK, ignore_result=True, acks_late=True)
     def run_job(job_id: str) -> None:
-        tasks.run_job(ctx, job_id)
+        if not tasks.run_job(ctx, job_id) and ctx.shutting_down.is_set():
+            # Not claimed because this worker is stopping: the message goes back to the
+            # queue for another worker (else only the reconciler's re-send would find it).
+            raise Reject("worker shutting down", requeue=True)
 
     return app

@@ -3,10 +3,13 @@ what gives the pools their capacity (`jobs.workers`).
 
     beats = Heartbeats(ctx, pools=["default"], gpus=1)
     beats.start()        # at worker_ready: registers, then beats every heartbeat_s
+    beats.withdraw()     # at the first SIGTERM: the thread removes the rows and ends
     beats.stop()         # at worker_shutdown: the rows are removed
 
 Registering runs a scheduler pass, so jobs waiting for capacity start as soon as a worker
-comes up rather than at the scheduler loop's next turn.
+comes up rather than at the scheduler loop's next turn. A worker told to stop withdraws at
+once: the job it preempts, and the jobs behind it, must be admitted onto other workers'
+GPUs, not onto those of a worker that will claim nothing more.
 """
 
 from __future__ import annotations
@@ -50,15 +53,25 @@ class Heartbeats:
             except Exception:
                 log.warning("worker.heartbeat_failed", exc_info=True)
             self._stop.wait(self.ctx.settings.heartbeat_s)
+        self._leave()
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="lco-heartbeat", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
+    def _leave(self) -> None:
         try:
             with transaction(self.ctx.sessions) as session:
                 leave(session, self.owner)
         except Exception:
             log.warning("worker.leave_failed", exc_info=True)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="lco-heartbeat", daemon=True)
+        self._thread.start()
+
+    def withdraw(self) -> None:
+        """Stop offering this worker's GPUs. Safe in a signal handler: it only sets an event
+        (the main thread may be inside a database call); the heartbeat thread, woken by it,
+        removes the rows."""
+        self._stop.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._leave()
