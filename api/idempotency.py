@@ -34,6 +34,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.deps import Services
 from api.errors import error_response
+from api.ratelimit import bearer_key
 from jobs.ids import utcnow
 from jobs.models import IdempotencyRecord
 from jobs.settings import Settings
@@ -59,6 +60,16 @@ def _valid_key(key: bytes) -> bool:
     return 0 < len(key) <= 255 and all(0x21 <= c <= 0x7E for c in key)
 
 
+async def _known_key(scope: Scope, auth: bytes) -> bool:
+    """Whether the Authorization header carries a live API key (the auth cache, else the
+    database in a worker thread, as `api.deps.get_current_key` does)."""
+    key = bearer_key(auth.decode("latin-1"))
+    if key is None:
+        return False
+    cache = scope["app"].state.services.auth
+    return (cache.get(key) or await run_in_threadpool(cache.load, key)) is not None
+
+
 class Idempotency:
     def __init__(self, app: ASGIApp):
         self.app = app
@@ -79,8 +90,11 @@ class Idempotency:
             await response(scope, receive, send)
             return
         auth = headers.get(b"authorization")
-        if not auth:
-            await self.app(scope, receive, send)  # answered 401 below; nothing to remember
+        # The key is checked before the body is read (spooled, up to a whole upload): a
+        # request with no valid key passes on untouched and is answered 401 below, its body
+        # never read. Nothing to remember for it either.
+        if not auth or not await _known_key(scope, auth):
+            await self.app(scope, receive, send)
             return
         principal = hashlib.sha256(auth).hexdigest()
         try:

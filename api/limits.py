@@ -13,7 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api.errors import error_response
 
 # Multipart boundaries and headers around the file itself.
-_MULTIPART_SLACK = 64 * 1024
+MULTIPART_SLACK = 64 * 1024
 
 
 def _too_large() -> HTTPException:
@@ -24,7 +24,7 @@ class BodyLimitByRoute:
     def __init__(self, app: ASGIApp, *, upload_path: str, max_upload: int, max_json: int):
         self.app = app
         self.upload_path = upload_path
-        self.max_upload = max_upload + _MULTIPART_SLACK
+        self.max_upload = max_upload + MULTIPART_SLACK
         self.max_json = max_json
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

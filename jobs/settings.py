@@ -33,6 +33,8 @@ class Settings(BaseSettings):
     max_upload_bytes: Annotated[int, Field(ge=1)] = 512 * 1024 * 1024
     max_json_bytes: Annotated[int, Field(ge=1024)] = 1024 * 1024
     max_dataset_errors: Annotated[int, Field(ge=1, le=1000)] = 20
+    # A team's stored files together (jobs.uploads); an upload past it answers 429.
+    team_storage_bytes: Annotated[int, Field(ge=0)] = 10 * 1024**3
     # All of a request's headers together (names and values); over it answers 431.
     max_header_bytes: Annotated[int, Field(ge=4096)] = 32 * 1024
 

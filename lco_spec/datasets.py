@@ -32,7 +32,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal, get_args
+from typing import Any, BinaryIO, Literal, get_args
 
 from lco_spec.errors import SpecError
 
@@ -174,7 +174,7 @@ def _reject_constant(name: str) -> Any:
 def _load_line(raw: bytes) -> dict[str, Any]:
     """One line as a JSON object, or ValueError with a message for the user."""
     if len(raw) > MAX_LINE_BYTES:
-        raise ValueError(f"line is {len(raw)} bytes; at most {MAX_LINE_BYTES} are allowed")
+        raise ValueError(f"line is too long: at most {MAX_LINE_BYTES} bytes are allowed")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -192,19 +192,37 @@ def _load_line(raw: bytes) -> dict[str, Any]:
     return obj
 
 
-def jsonl_lines(data: bytes) -> Iterator[tuple[int, bytes]]:
-    """(1-based line number, raw line) of every non-blank line of a JSONL file, without a
-    leading byte order mark. The one line rule for a dataset everywhere (upload, job
-    creation, training): lines end at LF only, so a raw CR inside a JSON string (which
-    `bytes.splitlines` would split on) stays part of its line."""
-    if data.startswith(_BOM):  # editors on Windows add one; it is not part of the JSON
-        data = data[len(_BOM) :]
-    for lineno, raw in enumerate(data.split(b"\n"), start=1):
+def _read_lines(source: BinaryIO) -> Iterator[bytes]:
+    """The LF-separated lines of a binary stream, reading at most MAX_LINE_BYTES + 1 bytes of
+    any one line into memory: the rest of an over-long line is skipped in chunks, and the
+    line is given as its first MAX_LINE_BYTES + 1 bytes (enough for `_load_line` to refuse
+    it). So a file of any size, even a single line of hundreds of MB, is read in bounded
+    memory."""
+    while raw := source.readline(MAX_LINE_BYTES + 1):
+        if raw.endswith(b"\n"):
+            yield raw[:-1]
+            continue
+        if len(raw) > MAX_LINE_BYTES:
+            while (rest := source.readline(1 << 16)) and not rest.endswith(b"\n"):
+                pass
+        yield raw
+
+
+def jsonl_lines(data: bytes | BinaryIO) -> Iterator[tuple[int, bytes]]:
+    """(1-based line number, raw line) of every non-blank line of a JSONL file (its bytes, or
+    a binary stream read line by line), without a leading byte order mark. The one line
+    rule for a dataset everywhere (upload, job creation, training): lines end at LF only, so
+    a raw CR inside a JSON string (which `bytes.splitlines` would split on) stays part of
+    its line."""
+    lines = data.split(b"\n") if isinstance(data, bytes) else _read_lines(data)
+    for lineno, raw in enumerate(lines, start=1):
+        if lineno == 1 and raw.startswith(_BOM):  # Windows editors add one; it is not JSON
+            raw = raw[len(_BOM) :]
         if raw.strip():
             yield lineno, raw
 
 
-def first_examples(data: bytes, n: int) -> list[dict[str, Any]]:
+def first_examples(data: bytes | BinaryIO, n: int) -> list[dict[str, Any]]:
     """The first `n` lines of a JSONL file as JSON objects (the file was validated at
     upload; ValueError if a line is not an object)."""
     out: list[dict[str, Any]] = []
@@ -216,21 +234,19 @@ def first_examples(data: bytes, n: int) -> list[dict[str, Any]]:
 
 
 def _scan(
-    data: bytes, kind: Kind, max_errors: int, keep: bool
+    data: bytes | BinaryIO, kind: Kind, max_errors: int, keep: bool
 ) -> tuple[DatasetReport, list[dict[str, Any]]]:
     if kind not in get_args(Kind):
         raise ValueError(f"kind must be one of {get_args(Kind)}, got {kind!r}")
     report = DatasetReport(n_examples=0, kind_detected=None if kind == "any" else kind)
     examples: list[dict[str, Any]] = []
     detected_at = 0
-    # Checked up front so a huge file is refused before any line is parsed.
-    n_lines = data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
-    if n_lines > MAX_LINES:
-        report.errors.append(
-            SpecError(f"the file has more than {MAX_LINES} lines", line=MAX_LINES + 1)
-        )
-        return report, examples
     for lineno, raw in jsonl_lines(data):
+        if lineno > MAX_LINES:
+            report.errors.append(
+                SpecError(f"the file has more than {MAX_LINES} lines", line=lineno)
+            )
+            break
         try:
             obj = _load_line(raw)
         except ValueError as exc:
@@ -257,8 +273,9 @@ def _scan(
     return report, examples
 
 
-def validate_dataset(data: bytes, kind: Kind, max_errors: int = 20) -> DatasetReport:
-    """Check every line of a JSONL file; stops after `max_errors` errors."""
+def validate_dataset(data: bytes | BinaryIO, kind: Kind, max_errors: int = 20) -> DatasetReport:
+    """Check every line of a JSONL file (its bytes, or a binary stream read line by line in
+    bounded memory); stops after `max_errors` errors."""
     return _scan(data, kind, max(1, max_errors), keep=False)[0]
 
 

@@ -16,12 +16,12 @@ from sqlalchemy import select
 
 from api import idempotency
 from api.app import create_app
-from api.routers import files as files_router
 from jobs.db import make_engine, make_session_factory, transaction
 from jobs.ids import utcnow
 from jobs.migrate import upgrade
 from jobs.models import File, IdempotencyRecord
 from jobs.settings import Settings
+from jobs.uploads import Upload
 from tests.service_fixtures import ApiClient, fast_settings, new_key, sft_lines
 
 
@@ -33,7 +33,7 @@ def _die_mid_request(monkeypatch: pytest.MonkeyPatch) -> None:
     def crash(*_: Any) -> Any:
         raise RuntimeError("process killed")
 
-    monkeypatch.setattr(files_router, "_dataset_report", crash)
+    monkeypatch.setattr(Upload, "_validate", crash)
     monkeypatch.setattr(idempotency, "_forget", lambda *_: None)
 
 

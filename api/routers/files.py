@@ -1,4 +1,5 @@
-"""`/v1/files`: upload (validated line by line), list, retrieve, content, delete.
+"""`/v1/files`: upload (streamed to storage, validated line by line), list, retrieve,
+content, delete.
 
 The bytes are stored under the file's id (`jobs.storage`); the client's filename is only a
 label, kept as a cleaned display name (`display_name`) and never part of any path.
@@ -6,25 +7,23 @@ label, kept as a cleaned display name (`display_name`) and never part of any pat
 
 from __future__ import annotations
 
-import hashlib
-import os
 import unicodedata
-from typing import Annotated, Literal
+from typing import Literal
 
-from fastapi import APIRouter, Form, UploadFile
+from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse
+from starlette.concurrency import run_in_threadpool
 
 from api.deps import ScopeDep, ServicesDep, SessionDep
+from api.limits import MULTIPART_SLACK
+from api.multipart import UPLOAD_BODY, read_upload
 from api.schemas.common import After, Limit
 from api.schemas.files import FileDeleted, FilePublic, FilesPublic
 from jobs.errors import Conflict, InvalidRequest
-from jobs.ids import new_id
-from jobs.models import File
+from jobs.uploads import Upload, check_purpose, check_quota
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
 
-_CHUNK = 1024 * 1024
-_PURPOSES = ("fine-tune",)
 _DEFAULT_NAME = "upload.jsonl"
 # Fits File.filename (String(256)); the longest name common filesystems allow.
 _MAX_NAME = 255
@@ -53,62 +52,31 @@ def display_name(raw: str | None) -> str:
     return name
 
 
-def _dataset_report(data: bytes, max_errors: int) -> tuple[str, str | None, str | None, int]:
-    """(status, status_details, kind, n_examples) for an uploaded JSONL dataset."""
-    from lco_spec.datasets import validate_dataset
-
-    report = validate_dataset(data, "any", max_errors=max_errors)
-    if report.errors:
-        details = "; ".join(str(e) for e in report.errors)
-        return "error", f"Invalid file format: {details}"[:8000], None, report.n_examples
-    return "processed", None, report.kind_detected, report.n_examples
-
-
-@router.post("", response_model=FilePublic)
-def upload_file(
-    session: SessionDep,
-    scope: ScopeDep,
-    services: ServicesDep,
-    file: UploadFile,
-    purpose: Annotated[str, Form(max_length=64)],
-) -> FilePublic:
-    if purpose not in _PURPOSES:
-        raise InvalidRequest(
-            f"purpose must be one of {list(_PURPOSES)}", param="purpose", code="invalid_purpose"
-        )
-    file_id = new_id("file")
-    path = services.storage.file_path(scope.team_id, file_id)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".part")
-    digest, size = hashlib.sha256(), 0
+@router.post("", response_model=FilePublic, openapi_extra=UPLOAD_BODY)
+async def upload_file(request: Request, scope: ScopeDep, services: ServicesDep) -> FilePublic:
+    """Authenticated (the dependencies) before a byte of the body is read; the file is written
+    to storage as it arrives, then validated line by line (`jobs.uploads`)."""
+    settings = services.settings
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit():  # refuse what cannot fit before receiving it
+        # The body is the file plus at most MULTIPART_SLACK of form framing.
+        least = max(0, int(declared) - MULTIPART_SLACK)
+        await run_in_threadpool(check_quota, scope.session, settings, scope.team_id, least)
+        await run_in_threadpool(scope.session.rollback)
+    upload = await run_in_threadpool(Upload.begin, services.storage, settings, scope.team_id)
     try:
-        with tmp.open("wb") as out:
-            while chunk := file.file.read(_CHUNK):
-                digest.update(chunk)
-                size += len(chunk)
-                if size > services.settings.max_upload_bytes:
-                    raise InvalidRequest("file too large")  # the body limit normally fires first
-                out.write(chunk)
-        data = tmp.read_bytes()
-        status, details, kind, n = _dataset_report(data, services.settings.max_dataset_errors)
-        os.replace(tmp, path)
+        form = await read_upload(request, "file", upload.write)
+        purpose = check_purpose(form.fields.get("purpose"))
+        if not form.has_file:
+            raise InvalidRequest(
+                "file is required", param="file", code="missing_required_parameter"
+            )
+        row = await run_in_threadpool(
+            upload.finish, scope.session, filename=display_name(form.filename), purpose=purpose
+        )
+        return FilePublic.from_row(row)
     finally:
-        tmp.unlink(missing_ok=True)
-    row = File(
-        id=file_id,
-        team_id=scope.team_id,
-        filename=display_name(file.filename),
-        purpose=purpose,
-        bytes=size,
-        sha256=digest.hexdigest(),
-        status=status,
-        status_details=details,
-        kind=kind,
-        n_examples=n,
-    )
-    session.add(row)
-    session.commit()
-    return FilePublic.from_row(row)
+        await run_in_threadpool(upload.abort)
 
 
 @router.get("", response_model=FilesPublic)
