@@ -25,7 +25,7 @@ from pydantic import (
 from lco_spec.errors import SpecError, pydantic_error_to_spec_error
 from lco_spec.expr import FUNCTIONS, ExprError, parse_expression
 from lco_spec.rg_scoring import RG_ITEM_FIELDS, RgExtract, check_rg_dataset, rg_source
-from lco_spec.templates import check_template, lookup, parse_template
+from lco_spec.templates import Ref, Step, check_template, lookup, parse_template, path_text
 
 Name = Annotated[str, Field(min_length=1, max_length=128)]
 Template = Annotated[str, Field(max_length=16_384), AfterValidator(check_template)]
@@ -200,7 +200,7 @@ def parse_grader(data: Any, param: str = "grader") -> AnyGraderSpec:
         raise pydantic_error_to_spec_error(exc, prefix=param, tagged_root=True) from None
 
 
-def _item_refs(spec: AnyGraderSpec, where: str = "") -> Iterator[tuple[str, tuple[str, ...], str]]:
+def _item_refs(spec: AnyGraderSpec, where: str = "") -> Iterator[tuple[str, tuple[Step, ...], str]]:
     """(param path relative to the grader, item field path, how it is read) for every item
     field `spec` reads: its templates' `{{item.x}}`, and a reasoning_gym grader's fields."""
     if isinstance(spec, MultiGrader):
@@ -215,19 +215,18 @@ def _item_refs(spec: AnyGraderSpec, where: str = "") -> Iterator[tuple[str, tupl
         text = getattr(spec, name, None)
         if isinstance(text, str):
             for part in parse_template(text):
-                if isinstance(part, tuple) and part[0] == "item":
-                    used = f"used as {{{{item.{'.'.join(part[1:])}}}}}"
-                    yield f"{where}{name}", part[1:], used
+                if isinstance(part, Ref) and part.namespace == "item":
+                    yield f"{where}{name}", part.path, f"used as {{{{item.{part.text()}}}}}"
 
 
 def template_fields(spec: AnyGraderSpec) -> set[str]:
-    """The dotted item fields a grader reads.
+    """The item fields a grader reads, as paths (`gold.answer`, `answers[0]`).
 
     >>> template_fields(parse_grader({"type": "string_check", "input": "{{sample.output_text}}",
     ...                               "reference": "{{ item.gold.answer }}"}))
     {'gold.answer'}
     """
-    return {".".join(path) for _, path, _ in _item_refs(spec)}
+    return {path_text(path) for _, path, _ in _item_refs(spec)}
 
 
 def check_grader_against_item(
@@ -239,7 +238,7 @@ def check_grader_against_item(
         try:
             lookup(item, path)
         except KeyError:
-            field = ".".join(path)
+            field = path_text(path)
             raise SpecError(
                 f"the dataset item has no field {field!r} ({used})",
                 param=f"{param_prefix}.{where}",

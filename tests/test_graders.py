@@ -150,9 +150,10 @@ def test_missing_item_field_is_grader_error(path: str) -> None:
     [
         ("{{answer}}", "unknown template reference"),
         ("{{itm.answer}}", "unknown template reference"),
-        ("{{item}}", "unknown template reference"),
-        ("{{item..a}}", "unknown template reference"),
-        ("{{sample.output_json}}", "only sample.output_text"),
+        ("{{item}}", "names no field"),
+        ("{{item..a}}", "cannot read template reference"),
+        ("{{sample.output_tools}}", "unknown sample field"),
+        ("{{sample.output_text.x}}", "has no fields"),
     ],
 )
 def test_bad_template_is_spec_error(reference: str, message: str) -> None:
