@@ -11,8 +11,7 @@ the one the rollouts were drawn from.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 import torch
 import torch.nn.functional as F
@@ -20,14 +19,12 @@ from torch import Tensor
 from transformers import PreTrainedModel
 
 from lco_core.advantages import equal_groups, gae_advantages, sequence_advantages, whiten
-from lco_core.callbacks import Callbacks
 from lco_core.data import encode_prompt, example_indices
 from lco_core.fused import chunked_loss
 from lco_core.losses import LossConfig, TokenData
-from lco_core.memory import fit_to_model
 from lco_core.metrics import PhaseTimer, grad_norm, grad_norm_of, peak_memory_mb
 from lco_core.rollout import Completion, RolloutEngine, SamplingParams
-from lco_core.trainer import Trainer, trunk_and_head
+from lco_core.trainer import Trainer, TrainerInputs, trunk_and_head
 from lco_spec.graders import GraderError, build_grader
 from lco_spec.train_config import TrainConfig
 
@@ -138,19 +135,11 @@ class RLTrainer(Trainer):
         model: PreTrainedModel,
         tokenizer: Any,
         *,
-        items: list[dict[str, Any]],
-        eval_items: list[dict[str, Any]],
         grader_spec: Any,
         engine: RolloutEngine,
         ref_model: PreTrainedModel | None,
-        output_dir: Path,
-        callbacks: Callbacks,
-        device: torch.device,
+        **inputs: Unpack[TrainerInputs],
     ) -> None:
-        # Micro-batch and loss-chunk sizes for this model and these prompts (the longest of
-        # the first 512 prompts plus the completion budget).
-        longest = max(len(encode_prompt(tokenizer, item["messages"])) for item in items[:512])
-        cfg = fit_to_model(cfg, model.config, longest + cfg.max_completion_tokens, device)
         hidden_size = trunk_and_head(model)[1].weight.shape[1]
         # PPO's value head reads the policy's hidden states detached, so value errors never
         # push the shared trunk: the policy sees exactly the gradients of its loss.
@@ -158,27 +147,15 @@ class RLTrainer(Trainer):
         if cfg.algorithm == "ppo":
             # Zero-initialised (values start at 0) so that a run does not depend on the global
             # RNG state at construction: resumed and uninterrupted runs stay identical.
-            self.value_head = torch.nn.Linear(hidden_size, 1).to(device)
+            self.value_head = torch.nn.Linear(hidden_size, 1).to(inputs["device"])
             torch.nn.init.zeros_(self.value_head.weight)
             torch.nn.init.zeros_(self.value_head.bias)
-        super().__init__(
-            cfg,
-            model,
-            tokenizer,
-            output_dir=output_dir,
-            callbacks=callbacks,
-            device=device,
-            extra_params=list(self.value_head.parameters()) if self.value_head else None,
-        )
-        self.items = items
-        self.eval_items = eval_items[: cfg.eval_samples]
+        extra = list(self.value_head.parameters()) if self.value_head else None
+        super().__init__(cfg, model, tokenizer, extra_params=extra, **inputs)
+        cfg = self.cfg
         self.grader = build_grader(grader_spec)
         self.engine = engine
         self.ref_model = ref_model
-        self.base, self.head = trunk_and_head(model)
-        self.pad_id = (
-            tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        )
         self.loss_cfg = LossConfig(
             beta=cfg.beta,
             vocab_advantage=cfg.vocab_advantage,
@@ -194,10 +171,14 @@ class RLTrainer(Trainer):
         # batch or PPO needs values for GAE; otherwise the update's forward is pi_old (TRL
         # does the same), and the importance weights are taken there too (`fused.py`).
         self.separate_old_pass = cfg.updates_per_batch > 1 or self.value_head is not None
-        self.autocast = cfg.dtype == "bfloat16"
         self._prompt_cache: dict[int, list[int]] = {}
 
     # -- pieces of a step -------------------------------------------------------------
+    def prepare_data(self) -> int:
+        # The longest of the first 512 prompts plus the completion budget.
+        longest = max(len(encode_prompt(self.tokenizer, i["messages"])) for i in self.items[:512])
+        return longest + self.cfg.max_completion_tokens
+
     def prompt(self, index: int, items: list[dict[str, Any]] | None = None) -> list[int]:
         if items is not None:
             return encode_prompt(self.tokenizer, items[index]["messages"])
@@ -225,13 +206,6 @@ class RLTrainer(Trainer):
         stats = {f"reward_{name}_mean": sum(v) / len(v) for name, v in sub.items() if len(sub) > 1}
         stats["grader_errors"] = float(errors)
         return torch.tensor(rewards, dtype=torch.float32), stats
-
-    def hidden(self, model_base: torch.nn.Module, input_ids: Tensor, attention: Tensor) -> Tensor:
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-            out = model_base(
-                input_ids=input_ids.to(self.device), attention_mask=attention.to(self.device)
-            )
-        return out.last_hidden_state
 
     @torch.no_grad()
     def token_logprobs(

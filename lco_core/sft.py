@@ -8,51 +8,24 @@ Rows longer than `max_seq_len` are cut (see `encode_sft`): counted in the summar
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import PreTrainedModel
 
-from lco_core.callbacks import Callbacks
 from lco_core.data import SFTExample, encode_sft, example_indices
 from lco_core.fused import chunked_loss
 from lco_core.losses import LossConfig, TokenData
-from lco_core.memory import fit_to_model
 from lco_core.metrics import grad_norm, peak_memory_mb
 from lco_core.result import RunResult
-from lco_core.trainer import Trainer, trunk_and_head
+from lco_core.trainer import Trainer
 from lco_spec.errors import SpecError
-from lco_spec.train_config import TrainConfig
 
 
 class SFTTrainer(Trainer):
-    def __init__(
-        self,
-        cfg: TrainConfig,
-        model: PreTrainedModel,
-        tokenizer: Any,
-        *,
-        items: list[dict[str, Any]],
-        eval_items: list[dict[str, Any]],
-        output_dir: Path,
-        callbacks: Callbacks,
-        device: torch.device,
-    ) -> None:
-        super().__init__(
-            cfg, model, tokenizer, output_dir=output_dir, callbacks=callbacks, device=device
-        )
-        self.examples = [self._encode(item, i) for i, item in enumerate(items)]
-        longest = max(len(e.input_ids) for e in self.examples)
-        self.cfg = cfg = fit_to_model(cfg, model.config, longest, device)
-        self.eval_examples = [
-            self._encode(item, i) for i, item in enumerate(eval_items[: cfg.eval_samples])
-        ]
-        self.base, self.head = trunk_and_head(model)
-        self.pad_id = (
-            tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        )
-        self.autocast = cfg.dtype == "bfloat16"
+    def prepare_data(self) -> int:
+        self.examples = [self._encode(item, i) for i, item in enumerate(self.items)]
+        self.eval_examples = [self._encode(item, i) for i, item in enumerate(self.eval_items)]
+        return max(len(e.input_ids) for e in self.examples)
 
     def _encode(self, item: dict[str, Any], index: int) -> SFTExample:
         try:
@@ -105,11 +78,7 @@ class SFTTrainer(Trainer):
                     rows.append(i)
                     cols.append(t - 1)  # the state at t-1 predicts token t
                     targets.append(e.input_ids[t])
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-            out = self.base(
-                input_ids=input_ids.to(self.device), attention_mask=attention.to(self.device)
-            )
-        h = out.last_hidden_state[
+        h = self.hidden(self.base, input_ids, attention)[
             torch.tensor(rows, device=self.device), torch.tensor(cols, device=self.device)
         ]
         n = len(targets)

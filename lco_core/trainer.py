@@ -1,9 +1,10 @@
 """The training skeleton shared by the RL and SFT loops: optimiser, LR schedule, the step
 loop with callbacks, evaluation, checkpoints and exact resume.
 
-A subclass supplies `train_step(step) -> metrics` and `evaluate() -> metrics`; everything
-else (when to evaluate, checkpoint, stop, and how to save and restore training state)
-lives here once. Steps are numbered from 1; a checkpoint `step-N` holds the state after
+A subclass supplies `prepare_data() -> longest sequence`, `train_step(step) -> metrics` and
+`evaluate() -> metrics`; everything else (the constructor: data, trunk and head, micro-batch
+sizes, optimiser; when to evaluate, checkpoint, stop; how to save and restore training
+state) lives here once. Steps are numbered from 1; a checkpoint `step-N` holds the state after
 step N, and resuming from it runs step N+1 next with the same data and sampling seeds.
 """
 
@@ -13,13 +14,15 @@ import logging
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
+from torch import Tensor
 from transformers import PreTrainedModel, get_scheduler
 
 from lco_core.callbacks import Callbacks, StopReason
 from lco_core.checkpoint import save_checkpoint
+from lco_core.memory import fit_to_model
 from lco_core.metrics import MetricsLog
 from lco_core.result import RunResult, RunStatus
 from lco_spec.train_config import TrainConfig
@@ -66,6 +69,17 @@ def lr_scheduler(
     return scheduler
 
 
+class TrainerInputs(TypedDict):
+    """What every trainer is given besides its config, model and tokenizer (a subclass that
+    takes more names its own arguments and passes these on as they came)."""
+
+    items: list[dict[str, Any]]
+    eval_items: list[dict[str, Any]]
+    output_dir: Path
+    callbacks: Callbacks
+    device: torch.device
+
+
 class Trainer:
     """One run of one job. Subclasses: `rl.RLTrainer`, `sft.SFTTrainer`."""
 
@@ -75,6 +89,8 @@ class Trainer:
         model: PreTrainedModel,
         tokenizer: Any,
         *,
+        items: list[dict[str, Any]],
+        eval_items: list[dict[str, Any]],
         output_dir: Path,
         callbacks: Callbacks,
         device: torch.device,
@@ -83,6 +99,8 @@ class Trainer:
         self.cfg = cfg
         self.model = model
         self.tokenizer = tokenizer
+        self.items = items
+        self.eval_items = eval_items[: cfg.eval_samples]
         self.output_dir = output_dir
         self.checkpoint_dir = output_dir / "checkpoints"
         self.callbacks = callbacks
@@ -90,6 +108,13 @@ class Trainer:
         self.step = 0
         self.trained_tokens = 0
         self.metrics_log = MetricsLog(output_dir / "metrics.jsonl")
+        # Micro-batch and loss-chunk sizes for this model and the longest sequence of a step.
+        self.cfg = cfg = fit_to_model(cfg, model.config, self.prepare_data(), device)
+        self.base, self.head = trunk_and_head(model)
+        self.pad_id = (
+            tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        )
+        self.autocast = cfg.dtype == "bfloat16"
         if cfg.gradient_checkpointing:
             # Each decoder layer's activations are recomputed in backward (lco_core.memory).
             model.gradient_checkpointing_enable(
@@ -108,6 +133,11 @@ class Trainer:
         self.summary: dict[str, float] = {}
 
     # -- subclass hooks -------------------------------------------------------------
+    def prepare_data(self) -> int:
+        """Ready `items` and `eval_items` for training (encode them, check them); return the
+        longest sequence, in tokens, that a step will run (it sizes the micro-batches)."""
+        raise NotImplementedError
+
     def train_step(self, step: int) -> dict[str, float]:
         raise NotImplementedError
 
@@ -122,6 +152,14 @@ class Trainer:
 
     def close(self) -> None:
         """Release engines and other resources."""
+
+    def hidden(self, model_base: torch.nn.Module, input_ids: Tensor, attention: Tensor) -> Tensor:
+        """`model_base`'s last hidden states for a right-padded batch, on the device."""
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            out = model_base(
+                input_ids=input_ids.to(self.device), attention_mask=attention.to(self.device)
+            )
+        return out.last_hidden_state
 
     # -- state ------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
