@@ -7,19 +7,21 @@ Nothing is ever handed to `eval`/`exec`, and only this grammar is understood:
     expr    := term (("+" | "-") term)*
     term    := unary (("*" | "/") unary)*
     unary   := ("-" | "+") unary | power
-    power   := primary ("**" unary)?          # right-associative, binds tighter than unary -
+    power   := primary (("^" | "**") unary)?  # right-associative, binds tighter than unary -
     primary := NUMBER | NAME | NAME "(" expr ("," expr)* ")" | "(" expr ")"
 
-Names are variables (the sub-grader names) or one of the whitelisted functions
-(`FUNCTIONS`). Formulas are bounded in length and nesting depth; results must be finite,
+This is OpenAI's formula language for `calculate_output`: operators `+ - * / ^` (`^` is
+power, as in OpenAI's docs; Python's `**` is accepted too) and the functions `min`,
+`max`, `abs`, `floor`, `ceil`, `exp`, `sqrt`, `log`, plus our `clip(x, lo, hi)`.
+Names are variables (the sub-grader names) or one of those functions (`FUNCTIONS`). Formulas are bounded in length and nesting depth; results must be finite,
 so overflow (`10 ** 1000`), division by zero and domain errors raise `ExprError`.
 
     >>> parse_expression("0.5 * a + 0.5 * max(b, 0)").evaluate({"a": 1.0, "b": -2.0})
     0.5
     >>> sorted(parse_expression("clip(x - y, 0, 1)").variables)
     ['x', 'y']
-    >>> evaluate("2 ** -1", {})
-    0.5
+    >>> evaluate("2 ** -1", {}), evaluate("(a + b ^ 2) / 2", {"a": 1.0, "b": 0.5})
+    (0.5, 0.625)
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ FUNCTIONS: dict[str, tuple[Callable[..., float], int, int]] = {
 _TOKEN = re.compile(
     r"(?P<num>(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)"
     r"|(?P<name>[A-Za-z_][A-Za-z0-9_]*)"
-    r"|(?P<op>\*\*|[-+*/(),])"
+    r"|(?P<op>\*\*|[-+*/^(),])"
 )
 
 # Tree nodes are plain tuples: ("num", v) ("var", name) ("neg", x) ("bin", op, l, r)
@@ -142,7 +144,7 @@ class _Parser:
 
     def power(self) -> Node:
         base = self.primary()
-        if self.peek()[1] == "**" and self.peek()[0] == "op":
+        if self.peek()[1] in ("**", "^") and self.peek()[0] == "op":
             self.take()
             self.depth += 1  # "a ** b ** c ..." chains recurse via unary()
             if self.depth > MAX_DEPTH:

@@ -25,14 +25,26 @@ from pydantic import (
 from lco_spec.errors import SpecError, pydantic_error_to_spec_error
 from lco_spec.expr import FUNCTIONS, ExprError, parse_expression
 from lco_spec.rg_scoring import RG_ITEM_FIELDS, RgExtract, check_rg_dataset, rg_source
+from lco_spec.similarity import UNSUPPORTED_METRICS
 from lco_spec.templates import Ref, Step, check_template, lookup, parse_template, path_text
 
 Name = Annotated[str, Field(min_length=1, max_length=128)]
 Template = Annotated[str, Field(max_length=16_384), AfterValidator(check_template)]
 # Sub-grader names are formula variables, so they must be identifiers and not functions.
 SubName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")]
+# OpenAI's list; `cosine` is refused by the grader's validator, with the reason.
 Metric = Literal[
-    "fuzzy_match", "bleu", "gleu", "rouge_1", "rouge_2", "rouge_3", "rouge_4", "rouge_5", "rouge_l"
+    "fuzzy_match",
+    "bleu",
+    "gleu",
+    "meteor",
+    "cosine",
+    "rouge_1",
+    "rouge_2",
+    "rouge_3",
+    "rouge_4",
+    "rouge_5",
+    "rouge_l",
 ]
 
 
@@ -68,6 +80,13 @@ class TextSimilarityGrader(_SimpleSpec):
     input: Template
     reference: Template
     evaluation_metric: Metric = "fuzzy_match"
+
+    @field_validator("evaluation_metric")
+    @classmethod
+    def _supported(cls, value: str) -> str:
+        if value in UNSUPPORTED_METRICS:
+            raise ValueError(f"evaluation_metric {value!r}: {UNSUPPORTED_METRICS[value]}")
+        return value
 
 
 class MathVerifyGrader(_SimpleSpec):

@@ -40,6 +40,7 @@ from lco_spec.grader_specs import (
 )
 from lco_spec.math_answers import math_equal
 from lco_spec.rg_scoring import reasoning_gym_score
+from lco_spec.similarity import LIBRARIES as SIMILARITY_LIBRARIES
 from lco_spec.similarity import similarity
 from lco_spec.templates import parse_template, render
 
@@ -140,6 +141,8 @@ class Grader:
             self._re2 = _compile_re2(spec.pattern, spec.flags)
         if isinstance(spec, MathVerifyGrader):
             sandbox.warm("math_verify", "sympy")
+        elif isinstance(spec, TextSimilarityGrader):
+            sandbox.warm(*SIMILARITY_LIBRARIES)
         elif isinstance(spec, ReasoningGymGrader):
             sandbox.warm("reasoning_gym")
         self._subs: dict[str, Grader] = {}

@@ -23,6 +23,10 @@ from lco_spec.expr import MAX_DEPTH, MAX_LENGTH, ExprError, evaluate, parse_expr
         ("2 ** 3 ** 2", 512.0),  # right-associative
         ("-2 ** 2", -4.0),  # ** binds tighter than unary minus, as in Python
         ("2 ** -1", 0.5),
+        ("2 ^ 3 ^ 2", 512.0),  # OpenAI's power operator, right-associative
+        ("-2 ^ 2", -4.0),
+        ("(1 + 0.5 ^ 2) / 2", 0.625),  # issue 16's "(a + b ^ 2) / 2"
+        ("2 ^ 3 ** 2", 512.0),
         ("--3", 3.0),
         ("+3", 3.0),
         (".5 + 1.", 1.5),

@@ -33,8 +33,8 @@ from lco_spec.graders import (
 from lco_spec.job import parse_job_spec
 
 OUT = "{{sample.output_text}}"
-METRICS = ["fuzzy_match", "bleu", "gleu", "rouge_1", "rouge_2", "rouge_3", "rouge_4", "rouge_5"]
-METRICS.append("rouge_l")
+METRICS = ["fuzzy_match", "bleu", "gleu", "meteor", "rouge_1", "rouge_2", "rouge_3", "rouge_4"]
+METRICS += ["rouge_5", "rouge_l"]
 
 
 def grade(spec: dict[str, Any], output: str, item: dict[str, Any] | None = None) -> float:
@@ -95,8 +95,12 @@ HYP, REF = "the cat sat on the mat", "the cat is on the mat"
         ("rouge_l", HYP, REF, 5 / 6),
         ("rouge_l", "a b c d", "a x c y d", 2 * (3 / 4) * (3 / 5) / (3 / 4 + 3 / 5)),
         ("rouge_1", "The CAT!", "the cat !", 1.0),  # lowercased word/punctuation tokens
-        ("rouge_2", "yes", "yes", 1.0),  # shorter than n: exact match only
+        ("rouge_1", "Ça va, très bien", "ça va très bien", 1.0),  # any script's words count
+        ("rouge_2", "yes", "yes", 0.0),  # no bigram on either side: ROUGE-2 is 0 (rouge-score)
         ("rouge_2", "yes", "no", 0.0),
+        # METEOR (nltk; exact and stem matches): F-mean 1, one chunk of 6: 1 - 0.5 (1/6)^3.
+        ("meteor", HYP, HYP, 1 - 0.5 * (1 / 6) ** 3),
+        ("meteor", "the cats sat", "the cat sat", 1 - 0.5 * (1 / 3) ** 3),  # stem match
     ],
 )
 def test_similarity_values(metric: str, hyp: str, ref: str, expected: float) -> None:
@@ -105,7 +109,8 @@ def test_similarity_values(metric: str, hyp: str, ref: str, expected: float) -> 
 
 @pytest.mark.parametrize("metric", METRICS)
 def test_similarity_identity_and_empty(metric: str) -> None:
-    assert similarity(metric, "An answer, with words.", "An answer, with words.") == 1.0
+    text = "An answer, with a few more words."
+    assert similarity(metric, text, text) == pytest.approx(1.0, abs=0.01)  # METEOR: 0.998
     assert similarity(metric, "", "") == 1.0
     assert similarity(metric, "", "something") == 0.0
     assert similarity(metric, "something", "") == 0.0
@@ -115,6 +120,19 @@ def test_similarity_identity_and_empty(metric: str) -> None:
 @given(st.sampled_from(METRICS), st.text(max_size=40), st.text(max_size=40))
 def test_similarity_in_unit_interval(metric: str, a: str, b: str) -> None:
     assert 0.0 <= similarity(metric, a, b) <= 1.0
+
+
+@pytest.mark.parametrize("metric", [*METRICS, "cosine"])
+def test_every_openai_metric_works_or_is_a_400_naming_it(metric: str) -> None:
+    spec = {"type": "text_similarity", "input": OUT, "reference": "{{item.ref}}"}
+    spec["evaluation_metric"] = metric
+    if metric == "cosine":
+        with pytest.raises(SpecError, match="'cosine': cosine similarity needs") as info:
+            parse_grader(spec)
+        assert info.value.param == "grader.evaluation_metric"
+        return
+    assert grade(spec, HYP, {"ref": HYP}) == pytest.approx(1.0, abs=0.01)
+    assert grade(spec, HYP, {"ref": "entirely different words here"}) < 0.5
 
 
 def test_text_similarity_grader_uses_item() -> None:
@@ -346,8 +364,8 @@ def test_parse_grader_error_params(data: Any, param: str) -> None:
 
 def test_parse_grader_nested_param_and_idempotence() -> None:
     bad = multi("exact")
-    bad["graders"]["fuzzy"]["evaluation_metric"] = "meteor"
-    with pytest.raises(SpecError) as info:
+    bad["graders"]["fuzzy"]["evaluation_metric"] = "cosine"
+    with pytest.raises(SpecError, match="cosine similarity needs an embedding model") as info:
         parse_grader(bad)
     assert info.value.param == "grader.graders.fuzzy.evaluation_metric"
     spec = parse_grader(multi("exact"))
@@ -586,3 +604,21 @@ def test_reasoning_gym_scores_are_clipped_and_nan_is_an_error(
     assert grader.grade("x", item).score == 0.0
     with pytest.raises(GraderError, match="returned nan"):
         grader.grade("x", item)
+
+
+def test_multi_takes_openai_formula_syntax() -> None:
+    """Issue 16's `(a + b ^ 2) / 2`: `^` is power in OpenAI's calculate_output."""
+    spec = {
+        "type": "multi",
+        "graders": {
+            "a": {"type": "string_check", "input": OUT, "reference": "{{item.answer}}"},
+            "b": {"type": "text_similarity", "input": OUT, "reference": "{{item.answer}}"},
+        },
+        "calculate_output": "(a + b ^ 2) / 2",
+    }
+    result = build_grader(spec).grade("kitten", {"answer": "sitting"})
+    assert result.score == pytest.approx((0 + (8 / 13) ** 2) / 2)
+    functions = (
+        "min(a, b) + max(a, b) + abs(a) + floor(b) + ceil(b) + exp(a) + sqrt(b) + log(1 + b)"
+    )
+    assert parse_grader({**spec, "calculate_output": functions}).calculate_output == functions
