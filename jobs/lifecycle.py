@@ -22,7 +22,7 @@ from jobs import transitions
 from jobs.errors import InvalidRequest, NotFound
 from jobs.events import add_event
 from jobs.ids import new_id, utcnow
-from jobs.model_store import is_base_model
+from jobs.model_store import is_base_model, model_shape
 from jobs.models import Job, Team
 from jobs.quotas import check_submission
 from jobs.scope import TeamScope
@@ -30,7 +30,8 @@ from jobs.settings import Settings
 from jobs.states import Action, JobStatus, check_action, check_transition
 from jobs.storage import Storage
 from lco_spec.job import JobSpec, parse_job_spec
-from lco_spec.train_config import resolve_config
+from lco_spec.step_budget import check_step
+from lco_spec.train_config import hyperparameters_path, resolve_config
 
 # How many training items the grader template is checked against at submission.
 _GRADER_CHECK_ITEMS = 5
@@ -152,7 +153,16 @@ def submit_job(session: Session, scope: TeamScope, settings: Settings, body: Any
         _check_grader(spec, train)
     # What the trainer resolves from the spec and the data (steps, defaults, combinations
     # of options) is checked now, so such a job never queues only to fail on a worker.
-    resolve_config(spec, n_train=n_train)
+    cfg = resolve_config(spec, n_train=n_train)
+    # And what one step asks for: a job that no worker could run is refused now, naming the
+    # field, instead of holding a worker at step 0.
+    check_step(
+        cfg,
+        model_shape(session, settings, resolved.base_model),
+        max_step_tokens=settings.max_step_tokens,
+        max_memory_bytes=settings.max_train_memory_bytes,
+        prefix=hyperparameters_path(spec),
+    )
     # Only now, with the files read and checked (up to hundreds of MB), lock the team row:
     # it serialises one team's submissions so that its quotas hold, and is held only for
     # the quota check and the insert.

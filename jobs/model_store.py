@@ -21,6 +21,7 @@ Never imports lco_core (the API process loads this module): the CLI hands
 from __future__ import annotations
 
 import errno
+import json
 import os
 import re
 import secrets
@@ -42,6 +43,7 @@ from jobs.models import Job, RegisteredModel
 from jobs.scope import TeamScope
 from jobs.settings import Settings
 from jobs.states import TERMINAL
+from lco_spec.step_budget import ModelShape
 
 # Built-in base models and when they were made (the `created` the Models API shows).
 BUILTIN_MODELS: dict[str, datetime] = {"lco-tiny": datetime(2026, 11, 25, tzinfo=UTC)}
@@ -149,6 +151,19 @@ def base_model_path(session: Session, settings: Settings, name: str) -> Path | N
     not registered), which the training process resolves by name."""
     row = registered_model(session, name)
     return None if row is None else ModelStore(settings).path_of(row)
+
+
+def model_shape(session: Session, settings: Settings, name: str) -> ModelShape | None:
+    """The shape of base model `name` from its entry's `config.json`, for the submission's
+    step estimate (`lco_spec.step_budget`); None for the built-in model or an entry whose
+    config cannot be read (the trainer then reports what is wrong with it)."""
+    path = base_model_path(session, settings, name)
+    if path is None:
+        return None
+    try:
+        return ModelShape.from_config(json.loads((path / "config.json").read_text()))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def unfinished_jobs_on_base(session: Session, name: str) -> list[str]:

@@ -33,6 +33,10 @@ class Settings(BaseSettings):
     max_upload_bytes: Annotated[int, Field(ge=1)] = 512 * 1024 * 1024
     max_json_bytes: Annotated[int, Field(ge=1024)] = 1024 * 1024
     max_dataset_errors: Annotated[int, Field(ge=1, le=1000)] = 20
+    # What one training step may ask for, checked at submission (lco_spec.step_budget):
+    # tokens generated and trained per step, and the memory of one training process.
+    max_step_tokens: Annotated[int, Field(ge=1)] = 4 * 1024**2
+    max_train_memory_bytes: Annotated[int, Field(ge=1)] = 80 * 1024**3
     # A team's stored files together (jobs.uploads); an upload past it answers 429.
     team_storage_bytes: Annotated[int, Field(ge=0)] = 10 * 1024**3
     # All of a request's headers together (names and values); over it answers 431.

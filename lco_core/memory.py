@@ -31,7 +31,16 @@ from typing import Any
 
 import torch
 
+from lco_spec.step_budget import activation_bytes_per_token
 from lco_spec.train_config import TrainConfig
+
+__all__ = [
+    "activation_bytes_per_token",
+    "auto_loss_chunk_size",
+    "auto_micro_batch_size",
+    "budgets",
+    "fit_to_model",
+]
 
 # CPU: activation budget of one micro-batch, and of one chunk of logits (float32 bytes).
 MICRO_BATCH_ACTIVATION_BYTES = 256 * 1024**2
@@ -57,16 +66,6 @@ def budgets(
         free_bytes = torch.cuda.mem_get_info(dev)[0]
     activations = max(MICRO_BATCH_ACTIVATION_BYTES, int(free_bytes * CUDA_ACTIVATION_SHARE))
     return activations, CUDA_LOGITS_CHUNK_BYTES
-
-
-def activation_bytes_per_token(config: Any, *, dtype_bytes: int = 4) -> int:
-    """Autograd's saved activations per token for one forward of a decoder-only model
-    (`6 * hidden + 4 * intermediate` values per layer: the matmul and norm inputs of the
-    attention and MLP blocks; attention scores are not stored by SDPA's fused kernels)."""
-    hidden = int(config.hidden_size)
-    intermediate = int(getattr(config, "intermediate_size", None) or 4 * hidden)
-    layers = int(config.num_hidden_layers)
-    return layers * (6 * hidden + 4 * intermediate) * dtype_bytes
 
 
 def auto_micro_batch_size(

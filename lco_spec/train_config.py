@@ -122,6 +122,11 @@ def _common(
     }
 
 
+def hyperparameters_path(spec: JobSpec) -> str:
+    """Where a normalised spec's hyperparameters are in the job body (an error's `param`)."""
+    return f"method.{'reinforcement' if spec.method.is_rl else 'supervised'}.hyperparameters"
+
+
 def resolve_config(spec: JobSpec, *, n_train: int) -> TrainConfig:
     """Resolve every "auto" of a normalised spec, given the training set size."""
     seed = 0 if spec.seed is None else spec.seed
@@ -134,11 +139,12 @@ def resolve_config(spec: JobSpec, *, n_train: int) -> TrainConfig:
             epochs_default=3,
             key="sft",
             model=spec.model,
-            prefix="method.supervised.hyperparameters",
+            prefix=hyperparameters_path(spec),
         )
         return TrainConfig(kind="sft", model=spec.model, seed=seed, **common)
 
     rl = spec.method.rl.hyperparameters
+    prefix = hyperparameters_path(spec)
     algorithm = rl.algorithm
     n_samples = int(_auto(rl.n_samples, 8 if algorithm != "ppo" else 4))
     advantage = _auto(
@@ -147,23 +153,23 @@ def resolve_config(spec: JobSpec, *, n_train: int) -> TrainConfig:
     if advantage in ("group", "rloo") and n_samples < 2:
         raise SpecError(
             f"advantage '{advantage}' needs n_samples >= 2",
-            param="method.reinforcement.hyperparameters.n_samples",
+            param=f"{prefix}.n_samples",
         )
     if advantage == "gae" and algorithm != "ppo":
         raise SpecError(
             "advantage 'gae' needs a value head: use it with algorithm 'ppo'",
-            param="method.reinforcement.hyperparameters.advantage",
+            param=f"{prefix}.advantage",
         )
     if rl.mini_batches > int(_auto(rl.batch_size, 8)) * n_samples:
         raise SpecError(
             "more mini_batches than sequences per step",
-            param="method.reinforcement.hyperparameters.mini_batches",
+            param=f"{prefix}.mini_batches",
         )
     if rl.importance_cap is not None and algorithm not in ("grpo", "ppo"):
         raise SpecError(
             "importance_cap corrects the probability ratio of grpo and ppo; "
             f"algorithm '{algorithm}' has none",
-            param="method.reinforcement.hyperparameters.importance_cap",
+            param=f"{prefix}.importance_cap",
         )
     common = _common(
         rl,
@@ -172,7 +178,7 @@ def resolve_config(spec: JobSpec, *, n_train: int) -> TrainConfig:
         epochs_default=1,
         key=algorithm,
         model=spec.model,
-        prefix="method.reinforcement.hyperparameters",
+        prefix=prefix,
     )
     return TrainConfig(
         kind="rl",
