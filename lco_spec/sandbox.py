@@ -14,8 +14,8 @@ training child, with torch) in every worker. The workers run only pure-Python gr
 never torch or CUDA, and a worker that hangs on a lock inherited from another thread is
 killed at the limit like any other. Settings, read when the pool starts:
 `LCO_GRADER_WORKERS` (processes, default min(4, CPUs)) and `LCO_GRADER_MEMORY_MB`
-(address-space limit per worker, default 4096: a call that would build a giant number
-fails with MemoryError instead of swapping the machine).
+(address space a worker may add to what it inherited, default 4096, 0 for no limit: a
+call that would build a giant number fails with MemoryError instead of swapping).
 
     >>> call(pow, (2, 10), timeout_s=2.0, what="demo")
     1024
@@ -50,15 +50,23 @@ def _workers() -> int:
 
 
 def _init_worker(memory_mb: int) -> None:
-    """Runs once in each worker before its first call (not counted in any call's limit)."""
+    """Runs once in each worker before its first call (not counted in any call's limit).
+    The limit is on address space added to what the fork inherited: a trainer maps many
+    GB (CUDA reserves far more), and a flat limit below that would fail every call."""
     import resource
 
-    if memory_mb > 0:
-        limit = memory_mb * 1024 * 1024
-        _, hard = resource.getrlimit(resource.RLIMIT_AS)
-        if hard != resource.RLIM_INFINITY:
-            limit = min(limit, hard)
-        resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+    if memory_mb <= 0:
+        return
+    try:
+        with open("/proc/self/statm") as f:
+            inherited = int(f.read().split()[0]) * resource.getpagesize()
+    except (OSError, ValueError, IndexError):
+        return  # no /proc: no limit rather than a guess
+    limit = inherited + memory_mb * 1024 * 1024
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
 
 
 def warm(*modules: str) -> None:

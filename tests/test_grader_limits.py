@@ -4,11 +4,14 @@ regex, sympy on a product of 10^9 terms or on (x+1)^2000) each return within the
 
 from __future__ import annotations
 
+import mmap
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from lco_spec import grading, sandbox
 from lco_spec.errors import GraderError, GraderTimeout, SpecError
 from lco_spec.graders import build_grader, grade_stats, parse_grader
 
@@ -134,3 +137,31 @@ def test_pool_overhead_is_small() -> None:
     assert all(not isinstance(o, GraderError) for o in outcomes)
     print(f"pooled text_similarity: {per_call_ms:.3f} ms per call")
     assert per_call_ms < 5.0
+
+
+@pytest.fixture
+def fresh_pool() -> Iterator[None]:
+    """Grader workers forked inside the test (after its patches and settings), and gone
+    after it."""
+    sandbox.shutdown()
+    yield
+    sandbox.shutdown()
+
+
+def test_worker_memory_limit_is_on_top_of_what_it_inherited(
+    monkeypatch: pytest.MonkeyPatch, fresh_pool: None
+) -> None:
+    # A parent with a large address space (a trainer maps GBs; CUDA far more) ...
+    reserved = mmap.mmap(-1, 6 * 1024**3)  # 6 GiB reserved, never touched
+    monkeypatch.setenv("LCO_GRADER_MEMORY_MB", "256")
+    spec = {"type": "text_similarity", "input": OUT, "reference": "{{item.answer}}"}
+    try:
+        # ... still grades: the limit is 256 MB more than the fork inherited, not 256 MB.
+        assert build_grader(spec).grade("2", ITEM).score == 1.0
+        # A call that wants more than that fails at once, as an error, not a swap storm.
+        monkeypatch.setattr(grading, "similarity", lambda *args: len(bytearray(1024**3)))
+        sandbox.shutdown()
+        with pytest.raises(GraderError, match="out of memory"):
+            build_grader(spec).grade("2", ITEM)
+    finally:
+        reserved.close()
