@@ -37,7 +37,7 @@ from jobs import transitions
 from jobs.backoff import backoff_s
 from jobs.events import add_event
 from jobs.ids import new_id, utcnow
-from jobs.models import Checkpoint, Job, JobMetric
+from jobs.models import Checkpoint, Job, JobMetric, UsageRecord
 from jobs.states import JobStatus
 from jobs.usage import open_usage
 
@@ -294,6 +294,19 @@ def finish(
         error=error,
         values=values,
         attempt_spent=attempt_spent,
+    )
+
+
+def earlier_run_s(session: Session, job_id: str) -> float:
+    """Seconds the job's earlier attempts ran (its closed usage records): with the current
+    attempt's, what `max_job_runtime_s` bounds, so pausing and resuming cannot reset it."""
+    rows = session.execute(
+        select(UsageRecord.started_at, UsageRecord.ended_at).where(
+            UsageRecord.job_id == job_id, UsageRecord.ended_at.is_not(None)
+        )
+    )
+    return sum(
+        max((ended - started).total_seconds(), 0.0) for started, ended in rows if ended is not None
     )
 
 

@@ -57,6 +57,17 @@ class Settings(BaseSettings):
     reconcile_every_s: Annotated[float, Field(gt=0)] = 30.0
     device: str = "auto"
 
+    # Limits on one job's run, so that no job holds a worker forever (worker.supervisor). A
+    # run that completes no step and enters no new phase for step_timeout_s (a hung
+    # grader, a stuck collective), or whose attempts together have run max_job_runtime_s,
+    # is killed and failed without a retry (codes `step_timeout`, `max_runtime_exceeded`).
+    step_timeout_s: Annotated[float, Field(gt=0)] = 1800.0
+    max_job_runtime_s: Annotated[float, Field(gt=0)] = 7 * 24 * 3600.0
+    # The training process' address-space limit (RLIMIT_AS) in MiB; 0 means none. Running
+    # out fails the job at once (`out_of_memory`). Off by default: CUDA and vLLM reserve far
+    # more address space than they use; see worker.memory.
+    train_memory_limit_mb: Annotated[int, Field(ge=0)] = 0
+
     # Sharing the pools (jobs.scheduling). A worker offers `worker_gpus` to one job at a
     # time and stops counting `worker_ttl_s` after its last heartbeat.
     worker_gpus: Annotated[int, Field(ge=1, le=1024)] = 1

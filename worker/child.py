@@ -6,6 +6,8 @@ Started by the supervisor (never by users). Metrics, events and checkpoints go o
 events fd as JSON lines; cancel/pause/preempt requests come in on the control fd and are
 answered through `Callbacks.should_stop`, which the trainer polls between steps. If the
 supervisor vanishes (control fd closed), the run stops as preempted so nothing is orphaned.
+The run config's `memory_limit_mb` caps the process' address space before the trainer
+loads (worker.memory); running out is reported as the error category `out_of_memory`.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from typing import IO, Any
 
 from lco_core.callbacks import Callbacks, Level, Phase, StopReason
 from lco_spec.errors import SpecError
-from worker.protocol import encode
+from worker.memory import apply_limit, is_out_of_memory
+from worker.protocol import OUT_OF_MEMORY, encode
 
 
 class RelayCallbacks(Callbacks):
@@ -81,6 +84,8 @@ def main(argv: list[str] | None = None, run: Callable[..., Any] | None = None) -
     control = os.fdopen(args.control_fd, "r")
     callbacks = RelayCallbacks(out, control)
     config = json.loads(args.config.read_text())
+    # Before the trainer loads anything: the limit covers the model and all it allocates.
+    apply_limit(int(config.get("memory_limit_mb") or 0))
     try:
         from lco_spec.job import parse_job_spec
 
@@ -104,9 +109,9 @@ def main(argv: list[str] | None = None, run: Callable[..., Any] | None = None) -
         return 2
     except Exception as exc:
         traceback.print_exc(file=sys.stderr)
-        callbacks.send(
-            {"t": "error", "category": "system", "message": f"{type(exc).__name__}: {exc}"[:2000]}
-        )
+        category = OUT_OF_MEMORY if is_out_of_memory(exc) else "system"
+        message = f"{type(exc).__name__}: {exc}".rstrip(": ")
+        callbacks.send({"t": "error", "category": category, "message": message[:2000]})
         return 1
     callbacks.send(
         {

@@ -8,7 +8,8 @@ child -> supervisor (events fd):
     {"t": "checkpoint", "path": "/abs/dir", "step": 3, "metrics": {...}}
     {"t": "result", "status": "succeeded", "step": 4, "total_steps": 4,
      "final_checkpoint": "/abs/dir" | null, "trained_tokens": 123, "summary": {...}}
-    {"t": "error", "category": "user" | "system", "message": "...", "param": null}
+    {"t": "error", "category": "user" | "system" | "out_of_memory", "message": "...",
+     "param": null}
 supervisor -> child (control fd): one word per line: cancel | pause | preempt
 """
 
@@ -17,6 +18,9 @@ from __future__ import annotations
 import json
 import math
 from typing import Any
+
+# The error category of a run that ran out of memory: the job's fault, failed at once.
+OUT_OF_MEMORY = "out_of_memory"
 
 
 def clean(value: Any) -> Any:

@@ -8,6 +8,11 @@ writes the one final state. If the lease is lost, it kills the child and writes 
 (the refused write is recorded on the job, I7). A run stopped by a pause or a preemption
 gives its attempt back: only crashes and failures count against `max_attempts`.
 
+Some failures are the job's own and fail it at once, without the retries a crash gets: a
+user error (bad data or config), a run that makes no progress for `step_timeout_s` or has
+run `max_job_runtime_s` in all (the supervisor kills it), and a run out of memory (its
+`train_memory_limit_mb`, or the OOM killer: `worker.memory`).
+
 A database blip is ridden out: unwritten messages are kept and retried, and the child keeps
 training while the lease can still be ours. Once the lease has gone a whole TTL without a
 renewal (the database stayed away, or this worker was frozen) it may belong to another
@@ -40,6 +45,7 @@ from jobs.events import SAMPLES_EVENT, add_event
 from jobs.leases import (
     Lease,
     LeaseLost,
+    earlier_run_s,
     fenced,
     heartbeat,
     leased_job,
@@ -54,7 +60,8 @@ from jobs.model_store import base_model_path
 from jobs.models import Checkpoint, Job
 from jobs.states import is_terminal
 from worker.context import WorkerContext
-from worker.protocol import decode
+from worker.memory import oom_kills
+from worker.protocol import OUT_OF_MEMORY, decode
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +94,7 @@ class JobInfo:
     output_dir: Path
     model_path: str | None
     model_name: str
+    earlier_run_s: float = 0.0  # what the job's earlier attempts ran (max_job_runtime_s)
 
 
 def load_job_info(ctx: WorkerContext, job_id: str) -> JobInfo:
@@ -120,6 +128,7 @@ def load_job_info(ctx: WorkerContext, job_id: str) -> JobInfo:
             model_name=model_name(
                 job.base_model, team_name(session, job.team_id), job.spec.get("suffix"), job.id
             ),
+            earlier_run_s=earlier_run_s(session, job.id),
         )
 
 
@@ -140,6 +149,11 @@ class Supervisor:
         self.renewed_at = time.monotonic()
         self.unrenewed_at: float | None = None  # when the child was killed for it
         self.db_down = False
+        # The run's limits (`_over_limit`): progress is a step done or a phase entered.
+        self.started_at = self.progress_at = time.monotonic()
+        # Why the supervisor killed the child and fails the job (error code, message).
+        self.fatal: tuple[str, str] | None = None
+        self.oom_kills_before = oom_kills()
 
     # -- child process -------------------------------------------------------------------
     def _start_child(self) -> subprocess.Popen[bytes]:
@@ -154,6 +168,7 @@ class Supervisor:
             "output_dir": str(out),
             "model_path": self.info.model_path,
             "device": self.settings.device,
+            "memory_limit_mb": self.settings.train_memory_limit_mb,
         }
         config_path = out / f"run-attempt-{self.lease.attempt}.json"
         config_path.write_text(json.dumps(config, indent=2))
@@ -326,6 +341,14 @@ class Supervisor:
                         # requeues the job once it can.
                         log.warning("job.abandoned", extra={"job_id": self.lease.job_id})
                         return
+                if self.stop_sent is None and self.fatal is None and child.poll() is None:
+                    self.fatal = self._over_limit(now)
+                    if self.fatal is not None:
+                        log.warning(
+                            "job.limit_exceeded",
+                            extra={"job_id": self.lease.job_id, "code": self.fatal[0]},
+                        )
+                        self._kill(child)
                 if stop_deadline is not None and now > stop_deadline and child.poll() is None:
                     log.warning("job.child_killed", extra={"job_id": self.lease.job_id})
                     self._kill(child)
@@ -346,6 +369,24 @@ class Supervisor:
                 self._kill(child)
         self._finish(child.returncode)
 
+    def _over_limit(self, now: float) -> tuple[str, str] | None:
+        """(code, message) once the run broke a limit that makes it the job's fault: no
+        progress for `step_timeout_s`, or `max_job_runtime_s` used up (earlier attempts
+        included)."""
+        step_timeout = self.settings.step_timeout_s
+        if now - self.progress_at > step_timeout:
+            return "step_timeout", (
+                f"no training step completed for {step_timeout:g}s (step_timeout_s), so the "
+                "training process was stopped"
+            )
+        limit = self.settings.max_job_runtime_s
+        if self.info.earlier_run_s + (now - self.started_at) > limit:
+            return "max_runtime_exceeded", (
+                f"the job ran for more than {limit:g}s in all (max_job_runtime_s), so the "
+                "training process was stopped"
+            )
+        return None
+
     def _collect(self) -> bool:
         """Move what the child sent into `pending` (waiting up to `poll_s` for the first
         message, unless a retry is due); True once the child closed its end."""
@@ -355,6 +396,8 @@ class Supervisor:
             while True:
                 if item is None:
                     return True
+                if item.get("t") in ("metrics", "phase"):
+                    self.progress_at = time.monotonic()
                 self.pending.append(item)
                 item = self.inbox.get_nowait()
         except queue.Empty:
@@ -469,7 +512,8 @@ class Supervisor:
             add_event(session, job.id, "Run summary", type="metrics", data=summary)
 
     def _failed(self, session: Session, job: Job, returncode: int | None) -> None:
-        """A user error fails at once; a crash is retried while attempts are left."""
+        """A broken limit, running out of memory or a user error fails at once; a crash is
+        retried (with back-off) while attempts are left."""
         error = self.error or {}
         message = str(error.get("message") or exit_reason(returncode))
         if self.unrenewed_at is not None:
@@ -478,7 +522,19 @@ class Supervisor:
                 f"{self.lease.ttl_s:g}s (database unreachable or worker frozen)"
             )
         attempt = self.lease.attempt
-        if error.get("category") == "user":
+        if self.fatal is not None:
+            code, message = self.fatal
+            transitions.fail(session, job, code=code, message=message)
+        elif self._out_of_memory(returncode):
+            limit = self.settings.train_memory_limit_mb
+            if error.get("category") == OUT_OF_MEMORY:
+                message = "the training process ran out of memory" + (
+                    f" (train_memory_limit_mb {limit}): {message}" if limit else f": {message}"
+                )
+            else:
+                message = f"the training process was killed by the OOM killer ({message})"
+            transitions.fail(session, job, code=OUT_OF_MEMORY, message=message)
+        elif error.get("category") == "user":
             transitions.fail(
                 session, job, code="invalid_request", message=message, param=error.get("param")
             )
@@ -493,3 +549,14 @@ class Supervisor:
         else:
             message = f"{message} (attempt {attempt} of {job.max_attempts})"
             transitions.fail(session, job, code="training_failed", message=message)
+
+    def _out_of_memory(self, returncode: int | None) -> bool:
+        """The child reported running out of memory, or died of SIGKILL while the OOM
+        killer's count went up (a cgroup limit: no message comes from a process killed so)."""
+        if (self.error or {}).get("category") == OUT_OF_MEMORY:
+            return True
+        return (
+            returncode == -signal.SIGKILL
+            and self.unrenewed_at is None
+            and oom_kills() > self.oom_kills_before
+        )
