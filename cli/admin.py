@@ -3,9 +3,9 @@
     lco team create NAME [--share S --max-gpus N --max-queued-jobs N (default 100)
                           --max-priority P --quota-policy queue|reject]
     lco team set NAME [the same options; `none` removes a limit]
-    lco team list
+    lco team list [--json]
     lco key create --team NAME [--name N] [--admin]   prints the new key as the last line
-    lco key list [--team NAME]
+    lco key list [--team NAME] [--json]
     lco key revoke KEY_ID
 
 They work on the database directly (no service needs to run), in one transaction each; the
@@ -15,9 +15,10 @@ same changes over HTTP are the admin routes (`/v1/admin/...`).
 from __future__ import annotations
 
 import argparse
+import json
 from typing import Any
 
-from cli.options import DATA_DIR, transaction_for
+from cli.options import DATA_DIR, JSON, transaction_for
 
 # Queued jobs a team made by `lco team create` may have unless told otherwise: a bound, so
 # that one careless or hostile tenant cannot fill the queue (each queued job costs every
@@ -55,6 +56,18 @@ def _policy_args(args: argparse.Namespace) -> dict[str, Any]:
     return policy
 
 
+def _team_json(team: Any) -> dict[str, Any]:
+    return {
+        "id": team.id,
+        "name": team.name,
+        "share": team.share,
+        "max_gpus": team.max_gpus,
+        "max_queued_jobs": team.max_queued_jobs,
+        "max_priority": team.max_priority,
+        "quota_policy": team.quota_policy,
+    }
+
+
 def _show_team(team: Any) -> None:
     limits = f"max_gpus={team.max_gpus} max_queued_jobs={team.max_queued_jobs}"
     print(
@@ -88,7 +101,11 @@ def cmd_team_list(args: argparse.Namespace) -> int:
     from jobs.auth import list_teams
 
     with transaction_for(args) as session:
-        for team in list_teams(session):
+        teams = list_teams(session)
+        if args.json:
+            print(json.dumps([_team_json(team) for team in teams], indent=2))
+            return 0
+        for team in teams:
             _show_team(team)
     return 0
 
@@ -98,7 +115,22 @@ def cmd_key_list(args: argparse.Namespace) -> int:
 
     with transaction_for(args) as session:
         team_id = get_team_by_name(session, args.team).id if args.team else None
-        for key in list_api_keys(session, team_id):
+        keys = list_api_keys(session, team_id)
+        if args.json:  # never the key itself: only its hash is stored
+            rows = [
+                {
+                    "id": key.id,
+                    "prefix": key.prefix,
+                    "team_id": key.team_id,
+                    "name": key.name,
+                    "is_admin": key.is_admin,
+                    "revoked_at": key.revoked_at.isoformat() if key.revoked_at else None,
+                }
+                for key in keys
+            ]
+            print(json.dumps(rows, indent=2))
+            return 0
+        for key in keys:
             state = f"revoked {key.revoked_at:%Y-%m-%d %H:%M}" if key.revoked_at else "active"
             admin = " admin" if key.is_admin else ""
             print(
@@ -153,7 +185,7 @@ def add_parsers(sub: Any) -> None:
         p.add_argument("--max-priority", choices=["low", "normal", "high"])
         p.add_argument("--quota-policy", choices=["queue", "reject"])
         p.set_defaults(func=func)
-    team.add_parser("list", parents=[DATA_DIR]).set_defaults(func=cmd_team_list)
+    team.add_parser("list", parents=[DATA_DIR, JSON]).set_defaults(func=cmd_team_list)
 
     key = sub.add_parser("key", help="manage API keys").add_subparsers(dest="action", required=True)
     p = key.add_parser("create", parents=[DATA_DIR])
@@ -161,7 +193,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--name")
     p.add_argument("--admin", action="store_true", help="may manage teams, keys and quotas")
     p.set_defaults(func=cmd_key_create)
-    p = key.add_parser("list", parents=[DATA_DIR])
+    p = key.add_parser("list", parents=[DATA_DIR, JSON])
     p.add_argument("--team")
     p.set_defaults(func=cmd_key_list)
     p = key.add_parser("revoke", parents=[DATA_DIR])

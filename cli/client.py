@@ -12,17 +12,21 @@ import json
 import os
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 
 from lco_spec.metrics import HEADLINE_METRICS
 
-TERMINAL = ("succeeded", "failed", "cancelled")
-
 
 class ClientError(Exception):
-    """The service answered with an error (its message is shown to the user)."""
+    """The service answered with an error, or a command could not do its part (its message
+    is shown to the user as one line; exit status 1)."""
+
+
+class UsageError(ClientError):
+    """The command was not given what it needs, such as an API key (exit status 2)."""
 
 
 def base_url(args: argparse.Namespace) -> str:
@@ -32,7 +36,7 @@ def base_url(args: argparse.Namespace) -> str:
 def _client(args: argparse.Namespace) -> httpx.Client:
     key = args.api_key or os.environ.get("LCO_API_KEY", "")
     if not key:
-        raise ClientError("no API key: pass --api-key or set LCO_API_KEY")
+        raise UsageError("no API key: pass --api-key or set LCO_API_KEY")
     return httpx.Client(
         base_url=base_url(args).rstrip("/"), headers={"Authorization": f"Bearer {key}"}, timeout=60
     )
@@ -83,31 +87,115 @@ def progress_line(job: dict[str, Any], metrics: dict[str, Any] | None = None) ->
     return "  ".join([line, *shown]).rstrip()
 
 
+def sse_messages(response: httpx.Response) -> Iterator[tuple[str | None, str, str]]:
+    """`(id, event, data)` for each message of a `text/event-stream` body, as the SSE spec
+    frames them: `field: value` lines up to a blank line; comment lines (`: keepalive`) and
+    unknown fields skipped. `id` is None when the server sends none."""
+    event_id: str | None = None
+    event = "message"
+    data: list[str] = []
+    for line in response.iter_lines():
+        if not line:
+            if data:
+                yield event_id, event, "\n".join(data)
+            event, data = "message", []
+            continue
+        if line.startswith(":"):
+            continue
+        field, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if field == "event":
+            event = value
+        elif field == "data":
+            data.append(value)
+        elif field == "id":
+            event_id = value
+
+
+class _Follower:
+    """Turns a job's stream into progress lines: one per phase while it prepares, one per
+    step (with that step's headline metrics), one per change of status."""
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        self.job: dict[str, Any] | None = None
+        self.point: dict[str, Any] | None = None  # the newest metrics point
+        self.shown: tuple[str | None, str] = (None, "")  # status and line, without metrics
+
+    def _show(self, job: dict[str, Any], metrics: dict[str, Any] | None) -> None:
+        head = progress_line(job)  # a line repeats only when its metrics are all that differ
+        if head != self.shown[1]:
+            print(progress_line(job, metrics), flush=True)
+            self.shown = (job["status"], head)
+
+    def feed(self, event: str, data: Any) -> int | None:
+        """Take one message; the exit status once the stream says the job ended."""
+        if event == "job":
+            self.job = data
+            step = (data.get("progress") or {}).get("step") or 0
+            point = self.point if self.point and self.point["step"] == step else None
+            # A step's line waits for its metrics, which follow the job in the same poll;
+            # a new status does not wait (after the first: the history's metrics are coming).
+            moved = self.shown[0] is not None and data["status"] != self.shown[0]
+            if not step or point or moved:
+                self._show(data, point["metrics"] if point else None)
+        elif event == "metrics":
+            self.point = data
+            if self.job is not None:
+                progress = self.job.get("progress") or {}
+                # The history is replayed first: only the job's current step is news.
+                if data["step"] >= (progress.get("step") or 0):
+                    job = {**self.job, "progress": {**progress, "step": data["step"]}}
+                    self._show(job, data["metrics"])
+        elif event == "end":
+            return self._end(data["status"])
+        return None
+
+    def _end(self, status: str) -> int:
+        job = self.job or {}
+        model = job.get("fine_tuned_model")
+        print(f"{self.job_id}: {status}" + (f" -> {model}" if model else ""), flush=True)
+        if job.get("error"):
+            print(f"error: {job['error'].get('message')}", file=sys.stderr)
+        return 0 if status == "succeeded" else 1
+
+
+# A stream ends without `end` when the server's time limit for one stream is reached, or the
+# server restarts: follow again, a moment later, from the last event id when it sends ids.
+RECONNECT_S = 1.0
+# Streams in a row that end before sending anything: the service is not serving this one.
+MAX_EMPTY_STREAMS = 5
+
+
 def watch(args: argparse.Namespace, job_id: str) -> int:
-    last = ""
+    """Follow `job_id`'s event stream (`GET .../stream`) until the job ends; its exit status
+    is 0 when the job succeeded, 1 when it failed or was cancelled."""
+    follower = _Follower(job_id)
+    last_id: str | None = None
+    empty = 0
     with _client(args) as http:
         while True:
-            job = check(http.get(f"/fine_tuning/jobs/{job_id}"))
-            step = (job.get("progress") or {}).get("step") or 0
-            values = None
-            if step:
-                points = check(
-                    http.get(
-                        f"/fine_tuning/jobs/{job_id}/metrics",
-                        params={"from_step": step, "to_step": step},
-                    )
-                )["data"]
-                values = points[-1]["metrics"] if points else None
-            line = progress_line(job, values)
-            if line.split("  ")[0] != last:  # a new step or phase
-                print(line, flush=True)
-                last = line.split("  ")[0]
-            if job["status"] in TERMINAL:
-                print(
-                    f"{job_id}: {job['status']}"
-                    + (f" -> {job['fine_tuned_model']}" if job.get("fine_tuned_model") else "")
-                )
-                if job.get("error"):
-                    print(f"error: {job['error'].get('message')}", file=sys.stderr)
-                return 0 if job["status"] == "succeeded" else 1
-            time.sleep(args.interval)
+            headers = {"Last-Event-ID": last_id} if last_id else {}
+            got = 0
+            try:
+                with http.stream(
+                    "GET", f"/fine_tuning/jobs/{job_id}/stream", headers=headers
+                ) as response:
+                    if response.status_code >= 400:
+                        response.read()
+                        check(response)
+                    kind = response.headers.get("content-type", "")
+                    if not kind.startswith("text/event-stream"):
+                        raise ClientError(f"{response.url} is not an event stream ({kind})")
+                    for event_id, event, data in sse_messages(response):
+                        got += 1
+                        last_id = event_id or last_id
+                        status = follower.feed(event, json.loads(data))
+                        if status is not None:
+                            return status
+            except (httpx.RemoteProtocolError, httpx.ReadError):
+                pass  # the server went away mid-stream: reconnect (refused: one error line)
+            empty = 0 if got else empty + 1
+            if empty >= MAX_EMPTY_STREAMS:
+                raise ClientError(f"the event stream of {job_id} keeps ending with nothing sent")
+            time.sleep(RECONNECT_S)

@@ -1,24 +1,30 @@
 """`lco files ...`, `lco jobs ...`, `lco pools` and `lco admin jobs ...`: client commands
 against a running service (`admin` ones with an admin key: any team's jobs).
 
-    lco files upload PATH [--purpose fine-tune] | list
-    lco jobs submit [--config] JOB.json|yaml [--watch] | list | get ID | watch ID | cancel ID
-    lco pools [NAME]                                  capacity, running and queued jobs
+    lco files upload PATH [--purpose fine-tune] | list | get ID | delete ID
+    lco jobs submit [--config] JOB.json|yaml [--watch]
+    lco jobs list | get ID | cancel ID | pause ID | resume ID
+    lco jobs events ID | checkpoints ID           newest first; --limit N --after ID pages
+    lco jobs download ID [CHECKPOINT] [--out PATH|-]   a checkpoint's files as a tar
+    lco jobs watch ID                             its progress, from the job's event stream
+    lco pools [NAME]                              capacity, running and queued jobs
     lco admin jobs list [--team T --status S] | cancel ID | pause ID | resume ID
 
 Settings: `--base-url` (or LCO_BASE_URL) and `--api-key` (or LCO_API_KEY), see `cli.client`.
-Responses are printed as JSON; `jobs list` and `admin jobs list` print a line per job and
-`jobs watch` progress lines. `jobs submit --config job.yaml` takes the same file as
-`lco train`: local paths in `training_file`/`validation_file` are uploaded first and
-replaced by their file ids.
+List commands print a line per item and `--json` the API's page; the others print the
+API's JSON object (`--json` is accepted there too, so a script can pass it everywhere).
+`jobs submit --config job.yaml` takes the same file as `lco train`: local paths in
+`training_file`/`validation_file` are uploaded first and replaced by their file ids.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +32,53 @@ import httpx
 
 from cli import client
 from cli.client import ClientError, check, show
-from cli.options import CLIENT
+from cli.options import CLIENT, JSON
 from jobs.states import JobStatus
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def _one(method: str, path: str) -> Command:
+    """A command that sends one request, `path` filled in from its arguments (`{job_id}`),
+    and prints the JSON object the service answers."""
+
+    def run(args: argparse.Namespace) -> int:
+        with client._client(args) as http:
+            show(check(http.request(method, path.format(**vars(args)))))
+        return 0
+
+    return run
+
+
+def _page(args: argparse.Namespace, page: dict[str, Any], line: Callable[[Any], str]) -> None:
+    """A list's page: a line per item (and, on stderr, how to get the next page), or with
+    `--json` the page as the API sent it."""
+    if args.json:
+        show(page)
+        return
+    for item in page["data"]:
+        print(line(item))
+    if page.get("has_more") and page["data"]:
+        print(f"(more: --after {page['data'][-1]['id']})", file=sys.stderr)
+
+
+def _params(args: argparse.Namespace, **more: Any) -> dict[str, Any]:
+    """The paging query (`limit`, and `after` when given) plus `more`'s set values."""
+    params = {"limit": args.limit, "after": args.after, **more}
+    return {name: value for name, value in params.items() if value is not None}
+
+
+def _when(epoch: int | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(epoch)) if epoch else "-"
 
 
 def _upload(http: httpx.Client, path: Path, purpose: str = "fine-tune") -> Any:
     """POST /files; the file object (`status` is `error` for a dataset that failed checks)."""
-    with path.open("rb") as f:
+    try:
+        f = path.open("rb")
+    except OSError as exc:
+        raise ClientError(f"cannot read {path}: {exc.strerror}") from None
+    with f:
         return check(http.post("/files", files={"file": (path.name, f)}, data={"purpose": purpose}))
 
 
@@ -45,7 +91,15 @@ def files_upload(args: argparse.Namespace) -> int:
 
 def files_list(args: argparse.Namespace) -> int:
     with client._client(args) as http:
-        show(check(http.get("/files")))
+        page = check(http.get("/files", params=_params(args)))
+    _page(
+        args,
+        page,
+        lambda f: (
+            f"{f['id']}  {f['status']:<9} {f['purpose']:<10} {f['bytes']:>10,} B  "
+            f"{_when(f['created_at'])}  {f['filename']}"
+        ),
+    )
     return 0
 
 
@@ -78,13 +132,18 @@ def _upload_local_files(http: httpx.Client, spec: dict[str, Any], spec_path: Pat
 
 def jobs_submit(args: argparse.Namespace) -> int:
     spec_path = Path(args.config or args.spec)
-    text = spec_path.read_text()
-    if spec_path.suffix in (".yaml", ".yml"):
-        import yaml
+    try:
+        text = spec_path.read_text()
+        if spec_path.suffix in (".yaml", ".yml"):
+            import yaml
 
-        spec = yaml.safe_load(text)
-    else:
-        spec = json.loads(text)
+            spec = yaml.safe_load(text)
+        else:
+            spec = json.loads(text)
+    except OSError as exc:
+        raise ClientError(f"cannot read {spec_path}: {exc.strerror}") from None
+    except ValueError as exc:  # JSON's and YAML's errors both say where
+        raise ClientError(f"{spec_path}: {' '.join(str(exc).split())}") from None
     if not isinstance(spec, dict):
         raise ClientError(f"{spec_path}: a job spec is a mapping (model, training_file, ...)")
     with client._client(args) as http:
@@ -99,12 +158,15 @@ def jobs_submit(args: argparse.Namespace) -> int:
 
 def jobs_list(args: argparse.Namespace) -> int:
     with client._client(args) as http:
-        page = check(http.get("/fine_tuning/jobs", params={"limit": args.limit}))
-    for job in page["data"]:
-        print(
-            f"{job['id']}  {job['status']:<10} {job['model']}  {job.get('fine_tuned_model') or ''}"
-            + _queue_text(job)
-        )
+        page = check(http.get("/fine_tuning/jobs", params=_params(args)))
+    _page(
+        args,
+        page,
+        lambda job: (
+            f"{job['id']}  {job['status']:<10} {job['model']}  "
+            f"{job.get('fine_tuned_model') or ''}" + _queue_text(job)
+        ),
+    )
     return 0
 
 
@@ -125,15 +187,74 @@ def pools_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def jobs_get(args: argparse.Namespace) -> int:
+def jobs_events(args: argparse.Namespace) -> int:
     with client._client(args) as http:
-        show(check(http.get(f"/fine_tuning/jobs/{args.job_id}")))
+        page = check(http.get(f"/fine_tuning/jobs/{args.job_id}/events", params=_params(args)))
+    _page(
+        args,
+        page,
+        lambda e: f"{_when(e['created_at'])}  {e['level']:<5} {e['message']}",
+    )
     return 0
 
 
-def jobs_cancel(args: argparse.Namespace) -> int:
+def jobs_checkpoints(args: argparse.Namespace) -> int:
     with client._client(args) as http:
-        show(check(http.post(f"/fine_tuning/jobs/{args.job_id}/cancel")))
+        path = f"/fine_tuning/jobs/{args.job_id}/checkpoints"
+        page = check(http.get(path, params=_params(args)))
+
+    def line(c: dict[str, Any]) -> str:
+        shown = "  ".join(
+            f"{k}={v:.4g}"
+            for k, v in c["metrics"].items()
+            if k != "step" and isinstance(v, int | float)
+        )
+        return f"{c['id']}  step {c['step_number']:<6} {_when(c['created_at'])}  {shown}".rstrip()
+
+    _page(args, page, line)
+    return 0
+
+
+def _filename(response: httpx.Response, default: str) -> str:
+    """The name the service gives the download (Content-Disposition), as a bare file name."""
+    disposition = response.headers.get("content-disposition", "")
+    _, _, name = disposition.partition('filename="')
+    return Path(name.rstrip('"')).name or default
+
+
+def jobs_download(args: argparse.Namespace) -> int:
+    """Stream a checkpoint's tar to `--out` (a file, a directory, or `-` for stdout); without
+    a checkpoint id, the job's newest. The file appears whole or not at all."""
+    with client._client(args) as http:
+        jobs_path = f"/fine_tuning/jobs/{args.job_id}/checkpoints"
+        checkpoint = args.checkpoint
+        if checkpoint is None:
+            newest = check(http.get(jobs_path, params={"limit": 1}))["data"]
+            if not newest:
+                raise ClientError(f"{args.job_id} has no checkpoints yet")
+            checkpoint = newest[0]["id"]
+        with http.stream("GET", f"{jobs_path}/{checkpoint}/download") as response:
+            if response.status_code >= 400:
+                response.read()
+                check(response)
+            if args.out == "-":
+                for chunk in response.iter_bytes():
+                    sys.stdout.buffer.write(chunk)
+                return 0
+            out = Path(args.out or ".")
+            if out.is_dir():
+                out = out / _filename(response, f"{checkpoint}.tar")
+            partial = out.with_name(f".{out.name}.part")
+            try:
+                with partial.open("wb") as f:
+                    for chunk in response.iter_bytes():
+                        f.write(chunk)
+                os.replace(partial, out)
+            except OSError as exc:
+                raise ClientError(f"cannot write {out}: {exc.strerror}") from None
+            finally:
+                partial.unlink(missing_ok=True)
+    print(out)
     return 0
 
 
@@ -146,76 +267,92 @@ def _team_id(http: httpx.Client, team: str) -> str:
 
 
 def admin_jobs_list(args: argparse.Namespace) -> int:
-    params: dict[str, Any] = {"limit": args.limit}
-    if args.status:
-        params["status"] = args.status
-    if args.after:
-        params["after"] = args.after
     with client._client(args) as http:
-        if args.team:
-            params["team_id"] = _team_id(http, args.team)
-        page = check(http.get("/admin/jobs", params=params))
-    for job in page["data"]:
-        print(
-            f"{job['id']}  {job['status']:<10} team {job['organization_id']}  {job['model']}"
-            + _queue_text(job)
+        team_id = _team_id(http, args.team) if args.team else None
+        page = check(
+            http.get("/admin/jobs", params=_params(args, status=args.status, team_id=team_id))
         )
-    if page["has_more"] and page["data"]:
-        print(f"(more: --after {page['data'][-1]['id']})", file=sys.stderr)
+    _page(
+        args,
+        page,
+        lambda job: (
+            f"{job['id']}  {job['status']:<10} team {job['organization_id']}  "
+            f"{job['model']}" + _queue_text(job)
+        ),
+    )
     return 0
-
-
-def _admin_job_action(action: str) -> Any:
-    def run(args: argparse.Namespace) -> int:
-        with client._client(args) as http:
-            show(check(http.post(f"/admin/jobs/{args.job_id}/{action}")))
-        return 0
-
-    return run
 
 
 def jobs_watch(args: argparse.Namespace) -> int:
     return client.watch(args, args.job_id)
 
 
+def _paged(p: argparse.ArgumentParser, limit: int) -> argparse.ArgumentParser:
+    p.add_argument("--limit", type=int, default=limit, help=f"items per page (default {limit})")
+    p.add_argument("--after", help="the last id of the previous page")
+    return p
+
+
 def add_parsers(sub: Any) -> None:
     """`files ...`, `jobs ...`, `pools` and `admin jobs ...`, on the top-level subparsers."""
-    files = sub.add_parser("files", help="upload and list dataset files").add_subparsers(
+    files = sub.add_parser("files", help="upload, list and delete dataset files").add_subparsers(
         dest="action", required=True
     )
-    p = files.add_parser("upload", parents=[CLIENT])
+    p = files.add_parser("upload", parents=[CLIENT, JSON], help="upload and validate a JSONL file")
     p.add_argument("path")
     p.add_argument("--purpose", default="fine-tune")
     p.set_defaults(func=files_upload)
-    files.add_parser("list", parents=[CLIENT]).set_defaults(func=files_list)
+    p = _paged(files.add_parser("list", parents=[CLIENT, JSON], help="newest first"), 20)
+    p.set_defaults(func=files_list)
+    for action, method in (("get", "GET"), ("delete", "DELETE")):
+        p = files.add_parser(action, parents=[CLIENT, JSON], help=f"{action} a file object")
+        p.add_argument("file_id")
+        p.set_defaults(func=_one(method, "/files/{file_id}"))
 
     jobs = sub.add_parser("jobs", help="submit and follow fine-tuning jobs").add_subparsers(
         dest="action", required=True
     )
     p = jobs.add_parser(
         "submit",
-        parents=[CLIENT],
+        parents=[CLIENT, JSON],
         help="POST a job body from a JSON or YAML file, uploading the local files it names",
     )
     given = p.add_mutually_exclusive_group(required=True)
     given.add_argument("spec", nargs="?", help="the job file (JSON or YAML)")
     given.add_argument("--config", help="the job file, as `lco train --config` takes it")
-    p.add_argument("--watch", action="store_true")
-    p.add_argument("--interval", type=float, default=2.0)
+    p.add_argument("--watch", action="store_true", help="then follow it, as `jobs watch` does")
     p.set_defaults(func=jobs_submit)
-    p = jobs.add_parser("list", parents=[CLIENT])
-    p.add_argument("--limit", type=int, default=20)
+    p = _paged(jobs.add_parser("list", parents=[CLIENT, JSON], help="newest first"), 20)
     p.set_defaults(func=jobs_list)
+    path = "/fine_tuning/jobs/{job_id}"
+    for action, func, about in (
+        ("get", _one("GET", path), "the job object"),
+        ("cancel", _one("POST", f"{path}/cancel"), "cancel a job"),
+        ("pause", _one("POST", f"{path}/pause"), "pause a job at its next checkpoint"),
+        ("resume", _one("POST", f"{path}/resume"), "queue a paused job again"),
+        ("watch", jobs_watch, "follow a job to its end (exit 0 if it succeeded)"),
+    ):
+        p = jobs.add_parser(
+            action, parents=[CLIENT] if action == "watch" else [CLIENT, JSON], help=about
+        )
+        p.add_argument("job_id")
+        p.set_defaults(func=func)
+    for action, func, limit in (("events", jobs_events, 20), ("checkpoints", jobs_checkpoints, 10)):
+        p = _paged(jobs.add_parser(action, parents=[CLIENT, JSON], help="newest first"), limit)
+        p.add_argument("job_id")
+        p.set_defaults(func=func)
+    p = jobs.add_parser("download", parents=[CLIENT], help="a checkpoint's files, as a tar")
+    p.add_argument("job_id")
+    p.add_argument("checkpoint", nargs="?", help="a checkpoint id (default: the newest)")
+    p.add_argument(
+        "--out", help="a file or directory (default: here, under the service's name); - stdout"
+    )
+    p.set_defaults(func=jobs_download)
     p = sub.add_parser(
-        "pools", parents=[CLIENT], help="the GPU pools: capacity, running and queued jobs"
+        "pools", parents=[CLIENT, JSON], help="the GPU pools: capacity, running and queued jobs"
     )
     p.add_argument("name", nargs="?")
     p.set_defaults(func=pools_show)
-    for name, func in (("get", jobs_get), ("cancel", jobs_cancel), ("watch", jobs_watch)):
-        p = jobs.add_parser(name, parents=[CLIENT])
-        p.add_argument("job_id")
-        p.add_argument("--interval", type=float, default=2.0)
-        p.set_defaults(func=func)
 
     admin = sub.add_parser("admin", help="admin key: any team's jobs").add_subparsers(
         dest="resource", required=True
@@ -223,13 +360,14 @@ def add_parsers(sub: Any) -> None:
     admin_jobs = admin.add_parser(
         "jobs", help="list, cancel, pause and resume any team's jobs"
     ).add_subparsers(dest="action", required=True)
-    p = admin_jobs.add_parser("list", parents=[CLIENT], help="every team's jobs, newest first")
+    p = admin_jobs.add_parser(
+        "list", parents=[CLIENT, JSON], help="every team's jobs, newest first"
+    )
     p.add_argument("--team", help="only this team's (a name or an id)")
     p.add_argument("--status", choices=[s.value for s in JobStatus])
-    p.add_argument("--limit", type=int, default=20)
-    p.add_argument("--after", help="the last job id of the previous page")
+    _paged(p, 20)
     p.set_defaults(func=admin_jobs_list)
     for action in ("cancel", "pause", "resume"):
-        p = admin_jobs.add_parser(action, parents=[CLIENT], help=f"{action} any team's job")
+        p = admin_jobs.add_parser(action, parents=[CLIENT, JSON], help=f"{action} any team's job")
         p.add_argument("job_id")
-        p.set_defaults(func=_admin_job_action(action))
+        p.set_defaults(func=_one("POST", f"/admin/jobs/{{job_id}}/{action}"))

@@ -2,7 +2,7 @@
 datasets, and the stability study.
 
     lco train --config job.yaml --output DIR          train locally (lco_core.cli_train)
-    lco tasks list                                    built-in tasks and reasoning-gym datasets
+    lco tasks list [--json]                           built-in tasks and reasoning-gym datasets
     lco tasks export NAME --out DIR                   write a built-in task's datasets
     lco tasks export rg:DATASET --size N --seed S --out DIR   the same from reasoning-gym
                      [--config JSON --instruction TEXT --extract last_number | --preset NAME]
@@ -18,6 +18,8 @@ import json
 import sys
 from pathlib import Path
 from typing import Any
+
+from cli.options import JSON
 
 
 def cmd_train(argv: list[str]) -> int:
@@ -113,24 +115,40 @@ def cmd_tasks_list(args: argparse.Namespace) -> int:
     from lco_core.tasks import list_tasks
     from lco_spec.graders import reasoning_gym_datasets
 
-    print("built-in tasks (lco tasks export NAME --out DIR):")
-    for task in list_tasks():
-        print(f"  {task.name:<28}{task.description}")
+    tasks = [{"name": task.name, "description": task.description} for task in list_tasks()]
+    datasets: list[dict[str, Any]] = []
+    missing: str | None = None  # why there are no reasoning-gym datasets
     try:
         names = reasoning_gym_datasets()
     except ValueError as exc:
-        print(f"reasoning-gym datasets: none ({exc})")
-        return 0
-    from reasoning_gym.factory import DATASETS
+        missing = str(exc)
+    else:
+        from reasoning_gym.factory import DATASETS
 
-    from lco_core.rg_tasks import PRESETS
+        from lco_core.rg_tasks import PRESETS
 
-    print("reasoning-gym datasets (lco tasks export rg:NAME --size N --out DIR):")
-    for name in names:
         # reasoning_gym.<category>.<module>: the category groups similar tasks.
-        category = DATASETS[name][0].__module__.split(".")[1]
-        presets = f" (--preset {', '.join(PRESETS[name])})" if name in PRESETS else ""
-        print(f"  {RG_PREFIX + name:<28}{category}{presets}")
+        datasets = [
+            {
+                "name": RG_PREFIX + name,
+                "category": DATASETS[name][0].__module__.split(".")[1],
+                "presets": list(PRESETS.get(name, ())),
+            }
+            for name in names
+        ]
+    if args.json:
+        print(json.dumps({"tasks": tasks, "reasoning_gym": datasets}, indent=2))
+        return 0
+    print("built-in tasks (lco tasks export NAME --out DIR):")
+    for task in tasks:
+        print(f"  {task['name']:<28}{task['description']}")
+    if missing is not None:
+        print(f"reasoning-gym datasets: none ({missing})")
+        return 0
+    print("reasoning-gym datasets (lco tasks export rg:NAME --size N --out DIR):")
+    for dataset in datasets:
+        presets = f" (--preset {', '.join(dataset['presets'])})" if dataset["presets"] else ""
+        print(f"  {dataset['name']:<28}{dataset['category']}{presets}")
     return 0
 
 
@@ -175,7 +193,9 @@ def add_parsers(sub: Any) -> None:
     tasks = sub.add_parser("tasks", help="built-in and reasoning-gym tasks").add_subparsers(
         dest="action", required=True
     )
-    p = tasks.add_parser("list", help="the built-in tasks and the reasoning-gym datasets")
+    p = tasks.add_parser(
+        "list", parents=[JSON], help="the built-in tasks and the reasoning-gym datasets"
+    )
     p.set_defaults(func=cmd_tasks_list)
     p = tasks.add_parser("export", help="write a task's SFT/RL datasets and grader")
     p.add_argument("name", help="a built-in task, or rg:DATASET for reasoning-gym's DATASET")

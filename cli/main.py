@@ -11,9 +11,13 @@
     lco key list [--team NAME] | revoke KEY_ID
     lco models import SOURCE --name NAME [--dtype float32|bfloat16]
                                                       a HF model dir or GGUF file as a base model
-    lco models list [--json] | remove NAME            the base models every team may train
-    lco files upload PATH                             client commands (LCO_BASE_URL, LCO_API_KEY)
-    lco jobs submit [--config] JOB.json|yaml | list | get ID | watch ID | cancel ID
+    lco models list | remove NAME                     the base models every team may train
+    lco files upload PATH | list | get ID | delete ID client commands (LCO_BASE_URL, LCO_API_KEY)
+    lco jobs submit [--config] JOB.json|yaml [--watch]
+    lco jobs list | get ID | cancel ID | pause ID | resume ID
+    lco jobs events ID | checkpoints ID               newest first (--limit N --after ID)
+    lco jobs download ID [CHECKPOINT] [--out PATH|-]  a checkpoint as a tar (default: newest)
+    lco jobs watch ID                                 progress from the job's event stream
     lco pools [NAME]                                  capacity, running and queued jobs
     lco admin jobs list [--team T --status S] | cancel ID | pause ID | resume ID
                                                       any team's jobs (an admin key)
@@ -23,6 +27,13 @@
     lco tasks export rg:DATASET --size N --seed S --out DIR   the same from reasoning-gym
                      [--config JSON --instruction TEXT --extract last_number | --preset NAME]
     lco experiment stability [--preset quick]         LCO vs baselines: report and plots
+
+Every list and get command takes `--json` (lists print a line per item without it; the
+client commands that show one object print its JSON either way). Errors are one line on
+stderr, `error: ...`, never a traceback. Exit status: 0 done; 1 an error (the service
+refused or could not be reached, a job that `watch` followed failed or was cancelled, a
+file could not be read or written); 2 a usage error (bad arguments, no API key); 130
+interrupted (Ctrl-C); 141 the reader of stdout went away (`| head`).
 
 Commands that open the database name it on stderr (`database: URL`). Only `serve` and
 `migrate` create it; the others refuse a database that is not there. Each subcommand
@@ -56,6 +67,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# The exit statuses (see the docstring); argparse exits with 2 itself.
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+
+def _fail(message: str, status: int = EXIT_ERROR) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return status
+
+
 def _run(argv: list[str]) -> int:
     if argv[:1] == ["train"]:
         return local.cmd_train(argv[1:])  # its own parser, in lco_core
@@ -65,14 +86,17 @@ def _run(argv: list[str]) -> int:
     try:
         result: int = args.func(args)
     except ControlError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
-        return 1
+        return _fail(exc.message)
+    except client.UsageError as exc:
+        return _fail(str(exc), EXIT_USAGE)
     except client.ClientError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return _fail(str(exc))
     except httpx.TransportError as exc:
-        print(f"error: {client.transport_error_message(args, exc)}", file=sys.stderr)
-        return 1
+        return _fail(client.transport_error_message(args, exc))
+    except httpx.InvalidURL as exc:
+        return _fail(f"bad service URL {client.base_url(args)!r}: {exc}", EXIT_USAGE)
+    except httpx.HTTPError as exc:  # the rest: a bad answer (encoding, redirects)
+        return _fail(f"{type(exc).__name__}: {exc}")
     return result
 
 

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -27,15 +28,34 @@ JOB = {"id": "ftjob-1", "object": "fine_tuning.job", "status": "running", "model
 
 
 class _JobHandler(BaseHTTPRequestHandler):
-    """Answers every GET with a job, as the service would for `lco jobs get`."""
+    """Answers every GET with a job, as the service would for `lco jobs get`; the job's
+    stream sends the job once, then only keepalives (a job that does not move)."""
 
     def do_GET(self) -> None:
+        if self.path.endswith("/stream"):
+            self._stream()
+            return
         body = json.dumps(JOB).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+
+    def _stream(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.end_headers()
+        message = f"event: job\ndata: {json.dumps(JOB)}\n\n"
+        deadline = time.monotonic() + 60
+        try:
+            while time.monotonic() < deadline:  # until the client goes
+                self.wfile.write(message.encode())
+                self.wfile.flush()
+                message = ": keepalive\n\n"
+                time.sleep(0.2)
+        except OSError:
+            pass
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
@@ -104,7 +124,19 @@ def test_output_into_head_is_complete_and_quiet(stub_service: str) -> None:
     assert "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("command", [["jobs", "get", "ftjob-1"], ["jobs", "list"], ["pools"]])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["jobs", "get", "ftjob-1"],
+        ["jobs", "list"],
+        ["jobs", "list", "--json"],
+        ["jobs", "watch", "ftjob-1"],
+        ["jobs", "events", "ftjob-1", "--json"],
+        ["jobs", "download", "ftjob-1"],
+        ["files", "list", "--json"],
+        ["pools"],
+    ],
+)
 def test_a_service_that_is_not_running_is_named_in_one_line(command: list[str]) -> None:
     url = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
     result = lco(*command, env={"LCO_BASE_URL": url, "LCO_API_KEY": "k"})

@@ -86,7 +86,7 @@ def test_quickstart_submits_a_job_file_with_local_paths(
         assert body["training_file"].startswith("file-")
         assert body["validation_file"].startswith("file-")
 
-        watched = lco("jobs", "watch", body["id"], "--interval", "0.5")
+        watched = lco("jobs", "watch", body["id"])  # follows the job's event stream
         assert watched.returncode == 0, watched.stdout + watched.stderr + service.dump_logs()
         assert watched.stdout.strip().splitlines()[-1].startswith(f"{body['id']}: succeeded")
 
