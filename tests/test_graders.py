@@ -429,7 +429,16 @@ def test_job_spec_accepts_grader() -> None:
 
 @pytest.mark.parametrize(
     "module",
-    [graders_module, grading, grader_specs, templates, similarity_module, math_answers, rg_scoring],
+    [
+        graders_module,
+        grading,
+        grader_specs,
+        templates,
+        similarity_module,
+        math_answers,
+        rg_scoring,
+        sandbox,
+    ],
 )
 def test_docstring_examples(module: Any) -> None:
     result = doctest.testmod(module)
