@@ -19,9 +19,9 @@ from lco_core.experiments.analysis import (
     grad_norm_ratio,
     grad_spikes,
     identical_pairs,
-    judge,
     summarize,
 )
+from lco_core.experiments.verdicts import judge
 
 RULES = Rules()
 

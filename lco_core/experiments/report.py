@@ -24,13 +24,12 @@ from lco_core.experiments.analysis import (
     GroupSummary,
     Rules,
     RunData,
-    Verdict,
     identical_pairs,
-    judge,
     summarize,
     trailing_mean,
 )
 from lco_core.experiments.stability import BASELINES, LCO_LOSSES, StudyResult
+from lco_core.experiments.verdicts import Verdict, judge
 
 # (metric key, title, y label, log scale): one PNG each, one panel per setting.
 PLOTS = (
