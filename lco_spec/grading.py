@@ -39,8 +39,7 @@ from lco_spec.grader_specs import (
     parse_grader,
 )
 from lco_spec.math_answers import math_equal
-from lco_spec.rg_scoring import reasoning_gym_score
-from lco_spec.similarity import LIBRARIES as SIMILARITY_LIBRARIES
+from lco_spec.rg_scoring import reasoning_gym_score, rg_answer
 from lco_spec.similarity import similarity
 from lco_spec.templates import parse_template, render
 
@@ -140,11 +139,12 @@ class Grader:
         if isinstance(spec, RegexMatchGrader):
             self._re2 = _compile_re2(spec.pattern, spec.flags)
         if isinstance(spec, MathVerifyGrader):
-            sandbox.warm("math_verify", "sympy")
+            sandbox.warm("math_verify", lambda: math_equal(r"$\frac{1}{2}$", "0.5"))
         elif isinstance(spec, TextSimilarityGrader):
-            sandbox.warm(*SIMILARITY_LIBRARIES)
+            metric = spec.evaluation_metric
+            sandbox.warm(f"similarity.{metric}", lambda: similarity(metric, "a cat", "the cat"))
         elif isinstance(spec, ReasoningGymGrader):
-            sandbox.warm("reasoning_gym")
+            sandbox.warm("reasoning_gym", lambda: rg_answer("<answer>1</answer>"))
         self._subs: dict[str, Grader] = {}
         self._formula = None
         if isinstance(spec, MultiGrader):

@@ -69,14 +69,20 @@ def _init_worker(memory_mb: int) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
 
 
-def warm(*modules: str) -> None:
-    """Import `modules` here, before workers are forked, so no call pays for the import
-    inside its time limit (a module that is not installed is the call's error later)."""
-    import importlib
+_warmed: set[str] = set()
 
-    for name in modules:
-        with contextlib.suppress(ImportError):
-            importlib.import_module(name)
+
+def warm(key: str, warm_up: Callable[[], object]) -> None:
+    """Run `warm_up` once in this process (per `key`), before workers are forked from it,
+    so that no call pays for imports and first-use setup (sympy's parser, nltk's stemmer,
+    ...) inside its time limit: a worker replaced after a timeout starts warm too. A
+    warm-up that fails is left for the calls themselves to report."""
+    if key in _warmed:
+        return
+    _warmed.add(key)
+    # e.g. an optional library missing: each call then reports it as its error.
+    with contextlib.suppress(Exception):
+        warm_up()
 
 
 def pool() -> ProcessPool:

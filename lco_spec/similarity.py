@@ -38,8 +38,6 @@ UNSUPPORTED_METRICS = {
     "cosine": "cosine similarity needs an embedding model, which this service does not run; "
     f"use one of {', '.join(METRICS)}",
 }
-# What the grader's worker processes import before they fork (see `lco_spec.sandbox.warm`).
-LIBRARIES = ("nltk.translate.bleu_score", "nltk.translate.meteor_score", "rouge_score")
 
 _WORD_OR_PUNCT = re.compile(r"\w+|[^\w\s]")
 _WORD = re.compile(r"\w+")
