@@ -190,7 +190,13 @@ def watch(args: argparse.Namespace, job_id: str) -> int:
                     for event_id, event, data in sse_messages(response):
                         got += 1
                         last_id = event_id or last_id
-                        status = follower.feed(event, json.loads(data))
+                        try:
+                            payload = json.loads(data)
+                        except ValueError:
+                            raise ClientError(
+                                f"{response.url} sent a {event} that is not JSON"
+                            ) from None
+                        status = follower.feed(event, payload)
                         if status is not None:
                             return status
             except (httpx.RemoteProtocolError, httpx.ReadError):

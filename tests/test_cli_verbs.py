@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
@@ -142,6 +143,57 @@ def test_watch_reads_the_stream_to_the_end(cli: Run, finished: dict[str, Any]) -
     # A finished job's history: its current step with that step's metrics, then its end.
     assert lines[-2].startswith("succeeded step 2/") and "loss=0.5" in lines[-2]
     assert lines[-1] == f"{finished['id']}: succeeded -> {finished['fine_tuned_model']}"
+
+
+def _sse(*messages: tuple[str, dict[str, Any]], event_id: int = 0) -> bytes:
+    return "".join(
+        f"id: {event_id + n}\nevent: {event}\ndata: {json.dumps(data)}\n\n: keepalive\n\n"
+        for n, (event, data) in enumerate(messages)
+    ).encode()
+
+
+def test_watch_prints_phases_then_steps_and_follows_again_after_a_dropped_stream(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A scripted stream: each step's line waits for that step's metrics; the first stream
+    ends without `end` (a server's time limit), so watch connects again, with Last-Event-ID."""
+
+    def job(status: str, step: int, **details: str) -> tuple[str, dict[str, Any]]:
+        progress = {"step": step, "total_steps": 2}
+        return "job", {"status": status, "progress": progress, "status_details": details}
+
+    def metrics(step: int) -> tuple[str, dict[str, Any]]:
+        return "metrics", {"step": step, "metrics": {"loss": 1.0 / step}}
+
+    first = _sse(job("queued", 0, phase="queued"), job("running", 0, phase="training"),
+                 job("running", 1), metrics(1))  # fmt: skip
+    second = _sse(job("running", 2), metrics(1), metrics(2), job("succeeded", 2),
+                  ("end", {"status": "succeeded"}), event_id=4)  # fmt: skip
+    streams, seen = [first, second], []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("last-event-id"))
+        body = streams.pop(0)
+        return httpx.Response(200, headers={"content-type": "text/event-stream"}, content=body)
+
+    monkeypatch.setattr(client_commands, "RECONNECT_S", 0.0)
+    monkeypatch.setattr(
+        client_commands,
+        "_client",
+        lambda args: httpx.Client(
+            transport=httpx.MockTransport(handler), base_url="http://stub/v1"
+        ),
+    )
+    assert lco(["jobs", "watch", "ftjob-1", "--api-key", "unused"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "queued    queued",
+        "running   training",
+        "running   step 1/2  loss=1",
+        "running   step 2/2  loss=0.5",
+        "succeeded step 2/2  loss=0.5",
+        "ftjob-1: succeeded",
+    ]
+    assert seen == [None, "3"]
 
 
 def test_exit_statuses(cli: Run) -> None:
