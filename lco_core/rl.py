@@ -6,11 +6,13 @@ estimator (`advantages.py`). With one update per rollout batch, pi_old is the cu
 policy (detached). With several (`ppo_epochs` or `mini_batches` > 1), pi_old's top-k
 logprobs plus its tail mass are stored before the first update, so LCO's target stays
 the one the rollouts were drawn from.
+
+Beside it: `rollout_batch.py` (a step's rollouts as tensors, and the samples shown to
+people) and `policy_update.py` (the optimiser steps on them).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Unpack
 
 import torch
@@ -20,107 +22,14 @@ from transformers import PreTrainedModel
 
 from lco_core.advantages import equal_groups, gae_advantages, sequence_advantages, whiten
 from lco_core.data import encode_prompt, example_indices
-from lco_core.fused import chunked_loss
-from lco_core.losses import LossConfig, TokenData
-from lco_core.metrics import PhaseTimer, grad_norm, grad_norm_of, peak_memory_mb
+from lco_core.losses import LossConfig
+from lco_core.metrics import PhaseTimer, peak_memory_mb
+from lco_core.policy_update import policy_update
 from lco_core.rollout import Completion, RolloutEngine, SamplingParams
+from lco_core.rollout_batch import Rollouts, build_rollouts, rollout_samples
 from lco_core.trainer import Trainer, TrainerInputs, trunk_and_head
 from lco_spec.graders import GraderError, build_grader
 from lco_spec.train_config import TrainConfig
-
-
-@dataclass
-class Rollouts:
-    """S = prompts x samples sequences, right-padded, and their N response tokens
-    flattened in sequence order (sequence s owns tokens offsets[s]:offsets[s+1])."""
-
-    input_ids: Tensor  # [S, T]
-    attention_mask: Tensor  # [S, T]
-    prompt_lens: Tensor  # [S]
-    lengths: Tensor  # [S] response tokens per sequence
-    offsets: Tensor  # [S + 1]
-    tokens: Tensor  # [N]
-    engine_logprobs: Tensor  # [N]
-
-    def seq_of_token(self) -> Tensor:
-        return torch.repeat_interleave(torch.arange(len(self.lengths)), self.lengths)
-
-    def _within(self, seqs: Tensor) -> tuple[Tensor, Tensor]:
-        """(lengths of `seqs`, each of their response tokens' position within its sequence)."""
-        lengths = self.lengths[seqs]
-        within = torch.arange(int(lengths.sum())) - torch.repeat_interleave(
-            torch.cumsum(lengths, 0) - lengths, lengths
-        )
-        return lengths, within
-
-    def token_index(self, seqs: Tensor) -> Tensor:
-        """The flat indices of the response tokens of sequences `seqs`, in their order."""
-        lengths, within = self._within(seqs)
-        return torch.repeat_interleave(self.offsets[seqs], lengths) + within
-
-    def pack(self, seqs: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        """A minibatch of sequences: (input_ids, attention_mask, rows, cols, token_index),
-        where hidden[rows, cols] are the states that predict tokens[token_index]."""
-        lengths, within = self._within(seqs)
-        width = int((self.prompt_lens[seqs] + lengths).max())
-        rows = torch.repeat_interleave(torch.arange(len(seqs)), lengths)
-        cols = torch.repeat_interleave(self.prompt_lens[seqs] - 1, lengths) + within
-        return (
-            self.input_ids[seqs, :width],
-            self.attention_mask[seqs, :width],
-            rows,
-            cols,
-            torch.repeat_interleave(self.offsets[seqs], lengths) + within,
-        )
-
-
-def build_rollouts(
-    prompts: list[list[int]], groups: list[list[Completion]], pad_id: int
-) -> Rollouts:
-    seqs = [(p, c) for p, group in zip(prompts, groups, strict=True) for c in group]
-    width = max(len(p) + len(c.token_ids) for p, c in seqs)
-    input_ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, (p, c) in enumerate(seqs):
-        ids = p + c.token_ids
-        input_ids[i, : len(ids)] = torch.tensor(ids)
-        attention[i, : len(ids)] = 1
-    lengths = torch.tensor([len(c.token_ids) for _, c in seqs])
-    return Rollouts(
-        input_ids=input_ids,
-        attention_mask=attention,
-        prompt_lens=torch.tensor([len(p) for p, _ in seqs]),
-        lengths=lengths,
-        offsets=torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(lengths, 0)]),
-        tokens=torch.tensor([t for _, c in seqs for t in c.token_ids], dtype=torch.long),
-        engine_logprobs=torch.tensor(
-            [lp for _, c in seqs for lp in c.logprobs], dtype=torch.float32
-        ),
-    )
-
-
-# Rollouts per step shown to people (dashboard, `.../samples`): the first completion of the
-# first few prompts, cut to a readable length.
-SAMPLES_PER_STEP = 4
-SAMPLE_CHARS = 2000
-
-
-def rollout_samples(
-    items: list[dict[str, Any]], groups: list[list[Completion]], rewards: Tensor
-) -> list[dict[str, Any]]:
-    """`{"prompt", "completion", "reward"}` for the first completion of the first prompts."""
-    n_samples = len(groups[0]) if groups else 1
-    out = []
-    for i, (item, group) in enumerate(zip(items[:SAMPLES_PER_STEP], groups, strict=False)):
-        prompt = "\n".join(f"{m.get('role')}: {m.get('content')}" for m in item["messages"])
-        out.append(
-            {
-                "prompt": prompt[:SAMPLE_CHARS],
-                "completion": group[0].text[:SAMPLE_CHARS],
-                "reward": float(rewards[i * n_samples]),
-            }
-        )
-    return out
 
 
 def k3(log_ratio: Tensor) -> Tensor:
@@ -255,21 +164,6 @@ class RLTrainer(Trainer):
         adv, returns = gae_advantages(rewards, dense, mask, cfg.gamma, cfg.gae_lambda)
         return whiten(adv, mask)[mask.bool()], returns[mask.bool()]
 
-    def token_weights(self, ro: Rollouts, seqs: Tensor, index: Tensor, adv: Tensor) -> Tensor:
-        """Aggregation weights of a minibatch's tokens (their weighted sum is its loss)."""
-        cfg = self.cfg
-        n = len(index)
-        if cfg.split_pos_neg:
-            positive = adv > 0
-            n_pos, n_neg = int(positive.sum()), n - int(positive.sum())
-            return torch.where(positive, 1.0 / max(n_pos, 1), 1.0 / max(n_neg, 1))
-        if cfg.token_aggregation == "sequence_mean":
-            per_seq = 1.0 / (ro.lengths[seqs].clamp_min(1).float() * len(seqs))
-            return torch.repeat_interleave(per_seq, ro.lengths[seqs])
-        if cfg.token_aggregation == "constant":
-            return torch.full((n,), 1.0 / (len(seqs) * cfg.max_completion_tokens))
-        return torch.full((n,), 1.0 / max(n, 1))
-
     def update(
         self,
         ro: Rollouts,
@@ -280,119 +174,8 @@ class RLTrainer(Trainer):
         *,
         split: bool,
     ) -> tuple[dict[str, float], Tensor]:
-        """`ppo_epochs` passes over `mini_batches` minibatches, one optimiser step each.
-
-        A minibatch runs as micro-batches of `micro_batch_size` sequences whose gradients
-        accumulate (the token weights are the whole minibatch's, so the step is the same as
-        one pass; only the peak memory differs). `old` None means pi_old is the policy of
-        this forward (one update per batch). With `split`, the gradients of the positive-
-        and negative-advantage halves accumulate in two buffers to measure each one's norm
-        (a second backward through the trunk and one more gradient-sized buffer).
-        Returns the mean statistics and log pi(a) [N] as the first pass saw each token."""
-        cfg = self.cfg
-        policy_params = [p for p in self.model.parameters() if p.requires_grad]
-        all_params = policy_params + (list(self.value_head.parameters()) if self.value_head else [])
-        sums: dict[str, float] = {}
-        updates = 0
-        first_logp = torch.zeros(len(ro.tokens))
-        weights = torch.zeros(len(ro.tokens))
-        generator = torch.Generator().manual_seed(cfg.seed * 31 + self.step)
-        for epoch in range(cfg.ppo_epochs):
-            order = torch.randperm(len(ro.lengths), generator=generator)
-            for seqs in order.chunk(cfg.mini_batches):
-                minibatch = ro.token_index(seqs)
-                weights[minibatch] = self.token_weights(ro, seqs, minibatch, adv[minibatch])
-                neg_grads: list[Tensor | None] = [None] * len(policy_params)
-                stats = {"loss": 0.0, "clipped": 0.0, "tokens": 0.0, "value_loss": 0.0}
-                for micro in seqs.split(cfg.micro_batch_size):
-                    input_ids, attention, rows, cols, index = ro.pack(micro)
-                    h = self.hidden(self.base, input_ids, attention)[
-                        rows.to(self.device), cols.to(self.device)
-                    ]
-                    data = TokenData(
-                        tokens=ro.tokens[index],
-                        advantages=adv[index],
-                        weights=weights[index],
-                        old_logprobs=old["logp"][index] if old else None,
-                        old_logits=old["logit"][index] if old else None,
-                        topk_ids=old["topk_ids"][index] if old and "topk_ids" in old else None,
-                        topk_logprobs=(
-                            old["topk_logprobs"][index] if old and "topk_logprobs" in old else None
-                        ),
-                        ref_logprobs=ref_logp[index] if ref_logp is not None else None,
-                        # pi_old is this forward: the loss applies the importance weights.
-                        engine_logprobs=(
-                            ro.engine_logprobs[index]
-                            if old is None and cfg.importance_cap is not None
-                            else None
-                        ),
-                    )
-                    data = data.map(lambda t: t.to(self.device))
-                    res = chunked_loss(
-                        h,
-                        self.head.weight,
-                        self.head.bias,
-                        data,
-                        cfg.loss,
-                        self.loss_cfg,
-                        cfg.loss_chunk_size,
-                        split=split,
-                    )
-                    if self.value_head is not None and returns is not None:
-                        # Mean squared error over the minibatch's tokens, summed over micro-batches.
-                        predicted = self.value_head(h.detach().float())[:, 0]
-                        errors = (predicted - returns[index].to(self.device)).pow(2).sum()
-                        value_loss = errors / len(minibatch)
-                        (cfg.value_coef * value_loss).backward()
-                        stats["value_loss"] += value_loss.item()
-                    if split:
-                        res.pos.backward(retain_graph=True)
-                        # Swap in the negative half's accumulator for its backward, then back.
-                        for i, p in enumerate(policy_params):
-                            p.grad, neg_grads[i] = neg_grads[i], p.grad
-                        res.neg.backward()
-                        for i, p in enumerate(policy_params):
-                            p.grad, neg_grads[i] = neg_grads[i], p.grad
-                    else:
-                        res.loss.backward()
-                    stats["loss"] += res.loss.item()
-                    stats["clipped"] += res.clipped
-                    stats["tokens"] += res.tokens
-                    if epoch == 0:
-                        first_logp[index] = res.logp_a.float().cpu()
-                        sums["entropy_sum"] = sums.get("entropy_sum", 0.0) + res.entropy_sum
-                        sums["sampled_prob_sum"] = (
-                            sums.get("sampled_prob_sum", 0.0) + res.sampled_prob_sum
-                        )
-                if split:
-                    norm_pos = grad_norm(policy_params)
-                    norm_neg = grad_norm_of([g for g in neg_grads if g is not None])
-                    for p, g in zip(policy_params, neg_grads, strict=True):
-                        if g is not None:
-                            p.grad = g if p.grad is None else p.grad.add_(g)
-                    sums["grad_norm_pos"] = sums.get("grad_norm_pos", 0.0) + norm_pos
-                    sums["grad_norm_neg"] = sums.get("grad_norm_neg", 0.0) + norm_neg
-                sums["grad_norm"] = sums.get("grad_norm", 0.0) + grad_norm(policy_params)
-                if cfg.max_grad_norm is not None:
-                    torch.nn.utils.clip_grad_norm_(all_params, cfg.max_grad_norm)
-                self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
-                updates += 1
-                sums["loss"] = sums.get("loss", 0.0) + stats["loss"]
-                sums["clip_frac"] = sums.get("clip_frac", 0.0) + stats["clipped"] / max(
-                    stats["tokens"], 1
-                )
-                if self.value_head is not None:
-                    sums["value_loss"] = sums.get("value_loss", 0.0) + stats["value_loss"]
-        n_tokens = max(len(ro.tokens), 1)
-        metrics = {
-            "entropy": sums.pop("entropy_sum", 0.0) / n_tokens,
-            "sampled_prob": sums.pop("sampled_prob_sum", 0.0) / n_tokens,
-            **{k: v / updates for k, v in sums.items()},
-        }
-        if cfg.loss not in ("grpo", "ppo_clip"):
-            metrics.pop("clip_frac", None)
-        return metrics, first_logp
+        """The policy (and value head) update on this step's rollouts: see `policy_update`."""
+        return policy_update(self, ro, old, adv, returns, ref_logp, split=split)
 
     def check_signal(self, step: int, no_signal: bool, rewards: Tensor) -> None:
         """Warn when a step's advantages are all zero (every group's samples scored the same):
