@@ -39,6 +39,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from api.app import create_app
     from api.guards import server_header_bound
+    from api.server_protocol import BoundedHeadH11Protocol
     from jobs.db import make_engine, make_session_factory
     from jobs.dispatch import Dispatcher, make_producer
     from jobs.reconcile import run_forever
@@ -67,13 +68,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     try:
         # h11, not httptools: h11 bounds how much of a request head it buffers, so one huge
-        # header cannot stall the loop (httptools reads it whole); api.guards answers 431.
+        # header cannot stall the loop (httptools reads it whole); api.guards answers 431,
+        # and past h11's bound BoundedHeadH11Protocol does.
         uvicorn.run(
             create_app(settings),
             host=args.host,
             port=args.port,
             log_level="warning",
-            http="h11",
+            http=BoundedHeadH11Protocol,
             h11_max_incomplete_event_size=server_header_bound(settings.max_header_bytes),
         )
     finally:
