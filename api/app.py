@@ -2,7 +2,9 @@
 
     uvicorn --factory api.app:create_app_from_env      # settings from LCO_* variables
 
-Nothing is built at import time, and nothing here imports torch.
+Nothing is built at import time, and nothing here imports torch. `create_app_from_env`, the
+entry point of a deployed API process, also configures JSON logs (jobs.logs); `create_app`
+leaves logging to its caller (tests build many apps in one process).
 """
 
 from __future__ import annotations
@@ -17,7 +19,10 @@ from api.errors import ERROR_RESPONSES, install_error_handlers
 from api.guards import JsonTextGuard, RequestGuard
 from api.idempotency import Idempotency
 from api.limits import BodyLimitByRoute
+from api.metrics import HttpMetricsMiddleware, build_registry
+from api.openapi import install_openapi, operation_id
 from api.ratelimit import Buckets, RateLimit
+from api.request_log import RequestLog
 from api.routers import (
     admin,
     checkpoints,
@@ -26,6 +31,7 @@ from api.routers import (
     files,
     health,
     jobs,
+    metrics,
     models,
     pools,
     samples,
@@ -37,6 +43,7 @@ from jobs.auth import AuthCache
 from jobs.db import make_engine, make_session_factory
 from jobs.dispatch import Dispatcher, make_producer
 from jobs.links import load_link_secret
+from jobs.logs import configure_logging
 from jobs.queue import QueueSlots
 from jobs.settings import Settings
 from jobs.storage import Storage
@@ -72,8 +79,11 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
         docs_url=docs,
         redoc_url=redoc,
+        # Stable ids, OpenAI's where it has the operation: generated clients' method names.
+        generate_unique_id_function=operation_id,
     )
     app.state.services = services
+    app.state.metrics = build_registry(settings, read_sessions)
     install_error_handlers(app)
     for module in (
         files,
@@ -87,9 +97,11 @@ def create_app(settings: Settings) -> FastAPI:
         pools,
         admin,
         health,
+        metrics,
     ):
         app.include_router(module.router, responses=ERROR_RESPONSES)
     install_dashboard(app)
+    install_openapi(app)
     # Outermost last: body limit, then the rate limit, then Idempotency-Key replay.
     app.add_middleware(Idempotency)
     # The rate limit's buckets, also read by `api.deps` to charge a key found in the database.
@@ -108,11 +120,16 @@ def create_app(settings: Settings) -> FastAPI:
         max_upload=settings.max_upload_bytes,
         max_json=settings.max_json_bytes,
     )
-    # Outermost: headers too large, NUL in the path, query or headers, before any work.
+    # Headers too large, NUL in the path, query or headers, before any work.
     app.add_middleware(RequestGuard, max_header_bytes=settings.max_header_bytes)
+    # Outermost: every answer, the guards' refusals included, is counted and timed, and
+    # carries a request id that its log lines share.
+    app.add_middleware(HttpMetricsMiddleware, metrics=app.state.metrics.http)
+    app.add_middleware(RequestLog)
     return app
 
 
 def create_app_from_env() -> FastAPI:
-    """For `uvicorn --factory`: settings from the environment."""
+    """For `uvicorn --factory`: settings from the environment, JSON logs on stderr."""
+    configure_logging()
     return create_app(Settings())

@@ -18,6 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api.deps import ScopeDep, ServicesDep, SessionDep, run_reads
+from api.openapi import json_body
 from api.public_jobs import public_jobs
 from api.schemas.common import After, Limit
 from api.schemas.jobs import JobCreate, JobPublic, JobsPublic, metadata_filter
@@ -48,14 +49,7 @@ def _changed(session: Session, services: ServicesDep, job: Job) -> JobPublic:
 
 
 @router.post(
-    "",
-    response_model=JobPublic,
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": JobCreate.model_json_schema()}},
-        }
-    },
+    "", response_model=JobPublic, openapi_extra=json_body(JobCreate, "CreateFineTuningJobRequest")
 )
 def create_job(
     session: SessionDep,
