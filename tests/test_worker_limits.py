@@ -6,6 +6,7 @@ without its retries, and the next job, another team's, runs as usual."""
 from __future__ import annotations
 
 import itertools
+import threading
 import time
 from typing import Any
 
@@ -78,6 +79,27 @@ def test_a_run_past_max_job_runtime_fails_with_max_runtime_exceeded(api: ApiClie
     job = _assert_failed_at_once(api, job_id, "max_runtime_exceeded")
     assert "more than 6s in all (max_job_runtime_s)" in job["error"]["message"]
     assert 0 < job["progress"]["step"] < 400
+    check_invariants(api.settings)
+
+
+def test_max_job_runtime_counts_the_attempts_before_a_pause(api: ApiClient) -> None:
+    """Pausing and resuming does not reset the clock: the second attempt is stopped once
+    both together reach the limit, well before it alone could."""
+    job_id = _submit(api, fake="no_ckpt", steps="100000", delay="0.05")
+    ctx = _ctx(api, max_job_runtime_s=10.0)
+    thread = threading.Thread(target=run_job, args=(ctx, job_id))
+    thread.start()
+    time.sleep(6.0)  # the attempt's clock started after this: it has run less than 6 s
+    assert _job(api, job_id)["progress"]["step"] >= 1
+    assert api.post(f"/v1/fine_tuning/jobs/{job_id}/pause").status_code == 200
+    thread.join(timeout=60)
+    assert _job(api, job_id)["status"] == "paused"
+    assert api.post(f"/v1/fine_tuning/jobs/{job_id}/resume").status_code == 200
+
+    started = time.monotonic()
+    assert run_job(ctx, job_id) is True
+    assert time.monotonic() - started < 9.0  # alone it would have had 10 s
+    _assert_failed_at_once(api, job_id, "max_runtime_exceeded")
     check_invariants(api.settings)
 
 

@@ -30,6 +30,10 @@ def limits_run_job(spec: Any, *, output_dir: Path, callbacks: Any, **kw: Any) ->
         return fake_run_job(spec, output_dir=output_dir, callbacks=callbacks, **kw)
     callbacks.on_phase("training", "training from step 0")
     for step in range(1, steps + 1):
+        reason = callbacks.should_stop()
+        if reason is not None:  # stops between steps like the real core (no checkpoint)
+            status = {"cancel": "cancelled", "pause": "paused", "preempt": "preempted"}[reason]
+            return FakeResult(status, step - 1, steps, None)
         time.sleep(delay)
         callbacks.on_metrics(step, {"loss": 1.0 / step, "total_steps": steps})
         if mode == "stall":
