@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 import secrets
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from sqlalchemy.orm import Session
@@ -85,8 +86,10 @@ def method_kind(spec: JobSpec) -> DatasetKind:
 
 def _check_file(
     scope: TeamScope, storage: Storage, file_id: str, param: str, kind: DatasetKind, max_errors: int
-) -> tuple[bytes, int]:
-    """The file's bytes and number of examples, or InvalidRequest naming `param`."""
+) -> tuple[Path, int]:
+    """The stored file's path and number of examples, or InvalidRequest naming `param`. A
+    file validated at upload as another kind is validated again as this one, read line by
+    line (`lco_spec.datasets`), so a 512 MB file is never held in memory here."""
     try:
         row = scope.file(file_id, param=param)
     except NotFound:
@@ -101,12 +104,13 @@ def _check_file(
             param=param,
             code="invalid_file",
         )
-    data = storage.file_path(scope.team_id, file_id).read_bytes()
+    path = storage.file_path(scope.team_id, file_id)
     n_examples = row.n_examples
     if row.kind != kind:
         from lco_spec.datasets import validate_dataset
 
-        report = validate_dataset(data, kind, max_errors=max_errors)
+        with path.open("rb") as stored:
+            report = validate_dataset(stored, kind, max_errors=max_errors)
         if report.errors:
             first = report.errors[0]
             raise InvalidRequest(
@@ -115,15 +119,17 @@ def _check_file(
                 code="invalid_file",
             )
         n_examples = report.n_examples
-    return data, n_examples
+    return path, n_examples
 
 
-def _check_grader(spec: JobSpec, data: bytes) -> None:
+def _check_grader(spec: JobSpec, path: Path) -> None:
     from lco_spec.datasets import first_examples
     from lco_spec.graders import check_grader_against_item
 
     grader = spec.method.rl.grader
-    for item in first_examples(data, _GRADER_CHECK_ITEMS):
+    with path.open("rb") as stored:
+        items = first_examples(stored, _GRADER_CHECK_ITEMS)
+    for item in items:
         check_grader_against_item(grader, item, "method.reinforcement.grader")
 
 
