@@ -3,9 +3,9 @@
 
     sent = run_scheduler(sessions, dispatcher, settings)   # after submit/finish, and periodically
     view = queue_view(session, settings)                   # plan + state, for the pool view
-    places = QueueSlots(settings).slots(session, job_ids)  # queued jobs' places, for the job
-                                                           # objects (planned at most once a
-                                                           # `queue_cache_s` per process)
+    places = QueueSlots(settings).places(session, queued, running)
+        # queued jobs' places and queued and running jobs' estimated finishes, for the job
+        # objects (planned at most once a `queue_cache_s` per process)
 
 Admission sets `admitted_at` and marks the job dispatched in one transaction; the worker
 message goes out after the commit. Only an admitted job can be claimed (`jobs.leases`), so
@@ -166,16 +166,46 @@ def queue_view(session: Session, settings: Settings) -> QueueView:
     return snapshot(session, settings, utcnow())
 
 
+def estimated_finishes(view: QueueView) -> dict[str, float]:
+    """When each running and queued job should finish (epoch seconds), by the plan's own
+    expectations: a running (or admitted) job after its remaining time (its own pace, else
+    the pool's typical run length), a queued one a typical run length after its estimated
+    start. A queued job whose start cannot be estimated (no capacity) has none."""
+    now = view.state.now
+    finishes = {run.id: now + max(run.remaining_s, 0.0) for run in view.state.running}
+    for job in view.state.queued:
+        slot = view.plan.slots.get(job.id)
+        if slot is not None and slot.estimated_start is not None:
+            finishes[job.id] = slot.estimated_start + job.expected_s
+    return finishes
+
+
+@dataclass(frozen=True)
+class Places:
+    """What the job objects show of one plan."""
+
+    slots: dict[str, Slot]  # queued jobs' places (`Plan.slots`)
+    finishes: dict[str, float]  # running and queued jobs' `estimated_finishes`
+
+    def has(self, queued: Collection[str], running: Collection[str]) -> bool:
+        return all(j in self.slots for j in queued) and all(j in self.finishes for j in running)
+
+
+_NO_PLACES = Places({}, {})
+
+
 class QueueSlots:
-    """Queued jobs' places (`Plan.slots`) for the job objects, so a status GET does not read
-    the whole queue and plan it every time. A plan is reused while all of these hold:
+    """Queued jobs' places (`Plan.slots`) and queued and running jobs' estimated finishes
+    for the job objects, so a status GET does not read the whole queue and plan it every
+    time. A plan is reused while all of these hold:
     - it is younger than `ttl_s` (`Settings.queue_cache_s`; 0 plans every time): other
       processes' changes (a worker claiming or finishing, another API process) and the
       passing of time show within that;
     - no commit in this process has written jobs, teams, workers or usage records since it
       was read (`jobs.changes`): this process's submits, cancels and scheduler passes show at
       once;
-    - every queued job asked about is in it (one submitted elsewhere is planned at once).
+    - every queued and running job asked about is in it (one submitted or started
+      elsewhere is planned at once).
     One thread plans at a time; the others wait for its plan rather than plan too."""
 
     _TABLES = ("jobs", "teams", "workers", "usage_records")
@@ -192,34 +222,41 @@ class QueueSlots:
         self.clock = clock
         track_writes()
         self._lock = threading.Lock()
-        self._plan: tuple[dict[str, Slot], float, int] | None = None  # slots, read at, version
+        self._plan: tuple[Places, float, int] | None = None  # places, read at, version
 
-    def _fresh(self, job_ids: Collection[str]) -> dict[str, Slot] | None:
+    def _fresh(self, queued: Collection[str], running: Collection[str]) -> Places | None:
         if self._plan is None:
             return None
-        slots, at, seen = self._plan
+        places, at, seen = self._plan
         if self.clock() - at >= self.ttl_s or seen != version(*self._TABLES):
             return None
-        return slots if all(j in slots for j in job_ids) else None
+        return places if places.has(queued, running) else None
 
-    def slots(self, session: Session, job_ids: Collection[str]) -> dict[str, Slot]:
-        """The plan's slots, holding those of the queued jobs `job_ids` (read-only: the
-        caller's transaction)."""
-        if not job_ids:
-            return {}
-        found = self._fresh(job_ids)
+    def places(
+        self, session: Session, queued: Collection[str], running: Collection[str] = ()
+    ) -> Places:
+        """The plan's places, holding those of the queued jobs `queued` and the estimated
+        finishes of `running` (read-only: the caller's transaction)."""
+        if not queued and not running:
+            return _NO_PLACES
+        found = self._fresh(queued, running)
         if found is not None:
             return found
         with self._lock:
-            found = self._fresh(job_ids)  # another thread may have planned meanwhile
+            found = self._fresh(queued, running)  # another thread may have planned meanwhile
             if found is not None:
                 return found
             seen = version(*self._TABLES)  # before reading: a commit meanwhile makes it stale
             at = self.clock()
-            slots = queue_view(session, self.settings).plan.slots
+            view = queue_view(session, self.settings)
+            places = Places(view.plan.slots, estimated_finishes(view))
             if self.ttl_s > 0:
-                self._plan = (slots, at, seen)
-            return slots
+                self._plan = (places, at, seen)
+            return places
+
+    def slots(self, session: Session, job_ids: Collection[str]) -> dict[str, Slot]:
+        """The plan's slots, holding those of the queued jobs `job_ids`."""
+        return self.places(session, job_ids).slots
 
 
 def _lock(session: Session) -> None:

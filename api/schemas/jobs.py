@@ -18,7 +18,7 @@ from jobs.ids import epoch
 from jobs.models import Checkpoint, Job, JobEvent, JobMetric
 from jobs.scheduling import Slot
 from jobs.scope import MetadataFilter
-from jobs.states import allowed_actions
+from jobs.states import JobStatus, allowed_actions
 from lco_spec.job import METADATA_MAX_PAIRS, JobSpec
 
 JobCreate = JobSpec
@@ -116,6 +116,7 @@ class JobPublic(BaseModel):
     seed: int
     trained_tokens: int | None = None
     result_files: list[str] = []
+    # Unix seconds, while queued or running: the scheduler's estimate (`jobs.queue`).
     estimated_finish: int | None = None
     metadata: dict[str, str] | None = None
     method: dict[str, Any]
@@ -134,9 +135,12 @@ class JobPublic(BaseModel):
     actions: list[str] = []
 
     @classmethod
-    def from_row(cls, job: Job | Row[Any], slot: Slot | None = None) -> JobPublic:
+    def from_row(
+        cls, job: Job | Row[Any], slot: Slot | None = None, finish: float | None = None
+    ) -> JobPublic:
         """The job object, from the ORM object or a row of its columns (`TeamScope.job_row`);
-        `slot` (from `jobs.queue.QueueSlots`) fills in a queued job's place."""
+        `slot` and `finish` (from `jobs.queue.QueueSlots`) fill in a queued job's place and
+        a queued or running job's estimated finish."""
         spec = job.spec
         method = dict(spec.get("method") or {"type": "supervised"})
         mtype = method.get("type", "supervised")
@@ -158,6 +162,11 @@ class JobPublic(BaseModel):
             validation_file=job.validation_file,
             seed=job.seed,
             trained_tokens=job.trained_tokens,
+            estimated_finish=(
+                int(finish)
+                if finish is not None and job.status in (JobStatus.QUEUED, JobStatus.RUNNING)
+                else None
+            ),
             metadata=spec.get("metadata"),
             method=method,
             hyperparameters=Hyperparameters(
