@@ -5,6 +5,7 @@ without its retries, and the next job, another team's, runs as usual."""
 
 from __future__ import annotations
 
+import errno
 import itertools
 import threading
 import time
@@ -133,3 +134,20 @@ def test_a_child_killed_by_the_oom_killer_fails_at_once_and_other_sigkills_retry
     assert run_job(_ctx(api), retried) is True
     job = _job(api, retried)
     assert job["status"] == "queued" and job["attempts"] == 1, job
+
+
+def test_running_out_of_address_space_is_recognised_however_it_surfaces() -> None:
+    from worker.memory import is_out_of_memory
+
+    class OutOfMemoryError(RuntimeError):  # torch.OutOfMemoryError's name and base
+        pass
+
+    assert is_out_of_memory(MemoryError())
+    assert is_out_of_memory(OutOfMemoryError("CUDA out of memory"))
+    assert is_out_of_memory(OSError(errno.ENOMEM, "Cannot allocate memory"))
+    # What `import torch` raises under RLIMIT_AS 512 MiB (measured on this machine).
+    assert is_out_of_memory(
+        ImportError("libtorch_cpu.so: failed to map segment from shared object")
+    )
+    assert not is_out_of_memory(RuntimeError("shape mismatch"))
+    assert not is_out_of_memory(OSError(errno.ENOENT, "No such file"))

@@ -1,7 +1,7 @@
 """The training process' memory: its limit, and how running out is recognised.
 
     apply_limit(4096)              # in the child, before the trainer loads: RLIMIT_AS, MiB
-    is_out_of_memory(exc)          # MemoryError, torch's (CUDA) OutOfMemoryError
+    is_out_of_memory(exc)          # MemoryError, torch's (CUDA) OutOfMemoryError, ENOMEM
     before = oom_kills()           # the supervisor, before starting the child ...
     oom_kills() > before           # ... after a SIGKILL: the kernel's OOM killer did it
 
@@ -20,6 +20,7 @@ processes a kill of one of them during the run is read the same way.
 from __future__ import annotations
 
 import contextlib
+import errno
 import resource
 from pathlib import Path
 
@@ -39,10 +40,16 @@ def apply_limit(limit_mb: int) -> None:
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
-    """MemoryError, or torch's OutOfMemoryError (CUDA), recognised without importing torch."""
+    """MemoryError, torch's OutOfMemoryError (CUDA; recognised without importing torch), or
+    an mmap refused for want of address space: under a tight limit, `import torch` itself
+    fails with "libtorch_cpu.so: failed to map segment from shared object"."""
     if isinstance(exc, MemoryError):
         return True
-    return any(cls.__name__ == "OutOfMemoryError" for cls in type(exc).__mro__)
+    if any(cls.__name__ == "OutOfMemoryError" for cls in type(exc).__mro__):
+        return True
+    if isinstance(exc, OSError) and exc.errno == errno.ENOMEM:
+        return True
+    return isinstance(exc, ImportError) and "failed to map segment" in str(exc)
 
 
 def _counter_files(cgroup_file: Path) -> list[Path]:
