@@ -14,7 +14,9 @@ Settings: `--base-url` (or LCO_BASE_URL) and `--api-key` (or LCO_API_KEY), see `
 List commands print a line per item and `--json` the API's page; the others print the
 API's JSON object (`--json` is accepted there too, so a script can pass it everywhere).
 `jobs submit --config job.yaml` takes the same file as `lco train`: local paths in
-`training_file`/`validation_file` are uploaded first and replaced by their file ids.
+`training_file`/`validation_file` are uploaded first and replaced by their file ids. It
+sends an `Idempotency-Key`, and resends with the same key when the answer was lost, so a
+retry never makes a second job.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import json
 import os
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -130,25 +133,47 @@ def _upload_local_files(http: httpx.Client, spec: dict[str, Any], spec_path: Pat
         spec[field] = uploaded[path]
 
 
+# Failures after which the job may have been created: the retry carries the same
+# Idempotency-Key, so the service answers it with the first job instead of a second one.
+# (A refused connection sent nothing: it is not retried.)
+RETRIED = (httpx.ReadTimeout, httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError)
+SUBMIT_ATTEMPTS = 3
+
+
+def _create_job(http: httpx.Client, spec: dict[str, Any]) -> Any:
+    key = f"lco-cli-{uuid.uuid4()}"
+    for attempt in range(1, SUBMIT_ATTEMPTS + 1):
+        try:
+            return check(
+                http.post("/fine_tuning/jobs", json=spec, headers={"Idempotency-Key": key})
+            )
+        except RETRIED:
+            if attempt == SUBMIT_ATTEMPTS:
+                raise
+            time.sleep(attempt)
+
+
+def _read_spec(path: Path) -> dict[str, Any]:
+    import yaml
+
+    try:
+        text = path.read_text()
+        spec = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
+    except OSError as exc:
+        raise ClientError(f"cannot read {path}: {exc.strerror}") from None
+    except (ValueError, yaml.YAMLError) as exc:  # both say where
+        raise ClientError(f"{path}: {' '.join(str(exc).split())}") from None
+    if not isinstance(spec, dict):
+        raise ClientError(f"{path}: a job spec is a mapping (model, training_file, ...)")
+    return spec
+
+
 def jobs_submit(args: argparse.Namespace) -> int:
     spec_path = Path(args.config or args.spec)
-    try:
-        text = spec_path.read_text()
-        if spec_path.suffix in (".yaml", ".yml"):
-            import yaml
-
-            spec = yaml.safe_load(text)
-        else:
-            spec = json.loads(text)
-    except OSError as exc:
-        raise ClientError(f"cannot read {spec_path}: {exc.strerror}") from None
-    except ValueError as exc:  # JSON's and YAML's errors both say where
-        raise ClientError(f"{spec_path}: {' '.join(str(exc).split())}") from None
-    if not isinstance(spec, dict):
-        raise ClientError(f"{spec_path}: a job spec is a mapping (model, training_file, ...)")
+    spec = _read_spec(spec_path)
     with client._client(args) as http:
         _upload_local_files(http, spec, spec_path)
-        job = check(http.post("/fine_tuning/jobs", json=spec))
+        job = _create_job(http, spec)
     if args.watch:  # the job's id, then its progress (not the whole job object)
         print(f"{job['id']}: {job['status']}", flush=True)
         return client.watch(args, job["id"])

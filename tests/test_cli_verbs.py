@@ -196,6 +196,35 @@ def test_watch_prints_phases_then_steps_and_follows_again_after_a_dropped_stream
     assert seen == [None, "3"]
 
 
+def test_submit_retries_a_lost_answer_with_the_same_idempotency_key(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    keys: list[str | None] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        keys.append(request.headers.get("idempotency-key"))
+        if len(keys) == 1:  # the job was made, but its answer is lost
+            raise httpx.ReadTimeout("timed out", request=request)
+        return httpx.Response(200, json={"id": "ftjob-1", "status": "queued"})
+
+    monkeypatch.setattr(
+        client_commands,
+        "_client",
+        lambda args: httpx.Client(transport=httpx.MockTransport(handler), base_url="http://s/v1"),
+    )
+    spec = tmp_path / "job.json"
+    spec.write_text(json.dumps({"model": "lco-tiny", "training_file": "file-abc"}))
+    assert lco(["jobs", "submit", str(spec), "--api-key", "unused"]) == 0
+    assert json.loads(capsys.readouterr().out)["id"] == "ftjob-1"
+    assert len(keys) == 2 and keys[0] == keys[1] and str(keys[0]).startswith("lco-cli-")
+    # A job file that does not parse: one line naming it.
+    spec.write_text("model: [lco-tiny")
+    spec.rename(bad := tmp_path / "job.yaml")
+    assert lco(["jobs", "submit", str(bad), "--api-key", "unused"]) == 1
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"error: {bad}: ")
+
+
 def test_exit_statuses(cli: Run) -> None:
     status, out, err = cli("jobs", "get", "ftjob-nope")
     assert status == 1 and out == ""
