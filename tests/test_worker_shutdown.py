@@ -36,6 +36,27 @@ def test_a_worker_that_is_shutting_down_claims_no_job(api: ApiClient) -> None:
     assert job["status_details"]["reason"] == "waiting_for_worker", job
 
 
+def test_the_celery_task_puts_a_message_back_once_the_worker_is_shutting_down(
+    api: ApiClient,
+) -> None:
+    """What the SIGTERM handler sends (worker_shutting_down) makes the task reject its
+    message for requeueing, so another worker gets the job without the reconciler."""
+    from celery.exceptions import Reject
+    from celery.signals import worker_shutting_down
+
+    from jobs.dispatch import RUN_JOB_TASK
+    from worker.app import create_worker_app
+
+    file_id = api.upload(sft_lines()).json()["id"]
+    job_id = api.post("/v1/fine_tuning/jobs", json=sft_body(file_id)).json()["id"]
+    app = create_worker_app(api.settings)
+    worker_shutting_down.send(sender="test", sig="SIGTERM", how="Warm", exitcode=0)
+    with pytest.raises(Reject) as rejected:
+        app.tasks[RUN_JOB_TASK].run(job_id)
+    assert rejected.value.requeue is True
+    assert api.get(f"/v1/fine_tuning/jobs/{job_id}").json()["status"] == "queued"
+
+
 @pytest.mark.e2e
 def test_a_worker_sigtermed_twice_preempts_its_job_and_claims_no_other(
     fault_service: FaultService,
