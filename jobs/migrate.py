@@ -3,15 +3,20 @@ that a database has been made before other commands use it.
 
 upgrade(settings)            # alembic upgrade head on settings' database (creates it)
 require_schema(settings)     # ControlError naming the database unless it has a schema
+head_revisions()             # the revisions `upgrade head` leads to (the code's schema)
+current_revision(conn)       # the revision a database is at (None: no schema)
 """
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
@@ -27,6 +32,16 @@ def alembic_config(settings: Settings) -> Config:
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     cfg.attributes["url"] = settings.effective_database_url
     return cfg
+
+
+@functools.cache
+def head_revisions() -> frozenset[str]:
+    """The head revision(s) of the migrations shipped with this code (read once)."""
+    return frozenset(ScriptDirectory(str(MIGRATIONS_DIR)).get_heads())
+
+
+def current_revision(conn: Connection) -> str | None:
+    return MigrationContext.configure(conn).get_current_revision()
 
 
 def upgrade(settings: Settings, revision: str = "head") -> None:
