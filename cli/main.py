@@ -81,12 +81,18 @@ def _run(argv: list[str]) -> int:
     if argv[:1] == ["train"]:
         return local.cmd_train(argv[1:])  # its own parser, in lco_core
     args = build_parser().parse_args(argv)
+    from sqlalchemy.exc import SQLAlchemyError
+
     from jobs.errors import ControlError
 
     try:
         result: int = args.func(args)
     except ControlError as exc:
         return _fail(exc.message)
+    except SQLAlchemyError as exc:
+        # The database went away or refused mid-command: its driver's message, on one line
+        # (SQLAlchemy's own adds the statement and a link).
+        return _fail(f"database: {' '.join(str(getattr(exc, 'orig', None) or exc).split())}")
     except client.UsageError as exc:
         return _fail(str(exc), EXIT_USAGE)
     except client.ClientError as exc:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy.exc import OperationalError
 
 from cli.client import progress_line
 from jobs.settings import Settings
@@ -201,6 +202,24 @@ def test_teams_made_by_the_cli_get_a_queued_jobs_bound_unless_told_otherwise(
     teams = lco("team", "list", "--data-dir", str(tmp_path)).stdout.splitlines()
     assert [line.split()[0] for line in teams] == ["default", "open"]
     assert "max_queued_jobs=100 " in teams[0] and "max_queued_jobs=None " in teams[1]
+
+
+def test_a_database_error_mid_command_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import jobs.auth
+    from cli.main import main
+
+    def gone(session: Any) -> None:
+        raise OperationalError("SELECT ...", {}, Exception("server closed the connection"))
+
+    assert lco("migrate", "--data-dir", str(tmp_path)).returncode == 0
+    monkeypatch.setattr(jobs.auth, "list_teams", gone)
+    monkeypatch.setenv("LCO_DATA_DIR", str(tmp_path))  # not --data-dir: it would stay set
+    assert main(["team", "list"]) == 1
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "error: database: server closed the connection"
+    )
 
 
 def test_an_empty_database_file_is_refused(tmp_path: Path) -> None:
