@@ -2,6 +2,7 @@
 against a running service (`admin` ones with an admin key: any team's jobs).
 
     lco files upload PATH [--purpose fine-tune] | list | get ID | delete ID
+    lco files content ID [--out PATH|-]
     lco jobs submit [--config] JOB.json|yaml [--watch]
     lco jobs list | get ID | cancel ID | pause ID | resume ID
     lco jobs events ID | checkpoints ID           newest first; --limit N --after ID pages
@@ -247,9 +248,36 @@ def _filename(response: httpx.Response, default: str) -> str:
     return Path(name.rstrip('"')).name or default
 
 
+def _save(http: httpx.Client, path: str, out_arg: str | None, default: str) -> None:
+    """Stream `GET path` to `out_arg`: a file, a directory (under the name the service gives
+    it, else `default`), or `-` for stdout. A file appears whole or not at all; its path is
+    printed."""
+    with http.stream("GET", path) as response:
+        if response.status_code >= 400:
+            response.read()
+            check(response)
+        if out_arg == "-":
+            for chunk in response.iter_bytes():
+                sys.stdout.buffer.write(chunk)
+            return
+        out = Path(out_arg or ".")
+        if out.is_dir():
+            out = out / _filename(response, default)
+        partial = out.with_name(f".{out.name}.part")
+        try:
+            with partial.open("wb") as f:
+                for chunk in response.iter_bytes():
+                    f.write(chunk)
+            os.replace(partial, out)
+        except OSError as exc:
+            raise ClientError(f"cannot write {out}: {exc.strerror}") from None
+        finally:
+            partial.unlink(missing_ok=True)
+    print(out)
+
+
 def jobs_download(args: argparse.Namespace) -> int:
-    """Stream a checkpoint's tar to `--out` (a file, a directory, or `-` for stdout); without
-    a checkpoint id, the job's newest. The file appears whole or not at all."""
+    """A checkpoint's files as a tar; without a checkpoint id, the job's newest."""
     with client._client(args) as http:
         jobs_path = f"/fine_tuning/jobs/{args.job_id}/checkpoints"
         checkpoint = args.checkpoint
@@ -258,28 +286,13 @@ def jobs_download(args: argparse.Namespace) -> int:
             if not newest:
                 raise ClientError(f"{args.job_id} has no checkpoints yet")
             checkpoint = newest[0]["id"]
-        with http.stream("GET", f"{jobs_path}/{checkpoint}/download") as response:
-            if response.status_code >= 400:
-                response.read()
-                check(response)
-            if args.out == "-":
-                for chunk in response.iter_bytes():
-                    sys.stdout.buffer.write(chunk)
-                return 0
-            out = Path(args.out or ".")
-            if out.is_dir():
-                out = out / _filename(response, f"{checkpoint}.tar")
-            partial = out.with_name(f".{out.name}.part")
-            try:
-                with partial.open("wb") as f:
-                    for chunk in response.iter_bytes():
-                        f.write(chunk)
-                os.replace(partial, out)
-            except OSError as exc:
-                raise ClientError(f"cannot write {out}: {exc.strerror}") from None
-            finally:
-                partial.unlink(missing_ok=True)
-    print(out)
+        _save(http, f"{jobs_path}/{checkpoint}/download", args.out, f"{checkpoint}.tar")
+    return 0
+
+
+def files_content(args: argparse.Namespace) -> int:
+    with client._client(args) as http:
+        _save(http, f"/files/{args.file_id}/content", args.out, f"{args.file_id}.jsonl")
     return 0
 
 
@@ -312,6 +325,9 @@ def jobs_watch(args: argparse.Namespace) -> int:
     return client.watch(args, args.job_id)
 
 
+OUT_HELP = "a file, or a directory (default: here) for the service's file name; - for stdout"
+
+
 def _paged(p: argparse.ArgumentParser, limit: int) -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=limit, help=f"items per page (default {limit})")
     p.add_argument("--after", help="the last id of the previous page")
@@ -333,6 +349,10 @@ def add_parsers(sub: Any) -> None:
         p = files.add_parser(action, parents=[CLIENT, JSON], help=f"{action} a file object")
         p.add_argument("file_id")
         p.set_defaults(func=_one(method, "/files/{file_id}"))
+    p = files.add_parser("content", parents=[CLIENT], help="download a file's contents")
+    p.add_argument("file_id")
+    p.add_argument("--out", help=OUT_HELP)
+    p.set_defaults(func=files_content)
 
     jobs = sub.add_parser("jobs", help="submit and follow fine-tuning jobs").add_subparsers(
         dest="action", required=True
@@ -369,9 +389,7 @@ def add_parsers(sub: Any) -> None:
     p = jobs.add_parser("download", parents=[CLIENT], help="a checkpoint's files, as a tar")
     p.add_argument("job_id")
     p.add_argument("checkpoint", nargs="?", help="a checkpoint id (default: the newest)")
-    p.add_argument(
-        "--out", help="a file or directory (default: here, under the service's name); - stdout"
-    )
+    p.add_argument("--out", help=OUT_HELP)
     p.set_defaults(func=jobs_download)
     p = sub.add_parser(
         "pools", parents=[CLIENT, JSON], help="the GPU pools: capacity, running and queued jobs"

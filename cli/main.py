@@ -12,7 +12,8 @@
     lco models import SOURCE --name NAME [--dtype float32|bfloat16]
                                                       a HF model dir or GGUF file as a base model
     lco models list | remove NAME                     the base models every team may train
-    lco files upload PATH | list | get ID | delete ID client commands (LCO_BASE_URL, LCO_API_KEY)
+    lco files upload PATH | list | get ID | delete ID | content ID [--out PATH|-]
+                                                      client commands (LCO_BASE_URL, LCO_API_KEY)
     lco jobs submit [--config] JOB.json|yaml [--watch]
     lco jobs list | get ID | cancel ID | pause ID | resume ID
     lco jobs events ID | checkpoints ID               newest first (--limit N --after ID)

@@ -132,6 +132,9 @@ def test_download_writes_the_newest_checkpoint_as_a_tar(
     named = out_dir / "named.tar"
     assert cli("jobs", "download", finished["id"], ckpt, "--out", str(named))[0] == 0
     assert named.read_bytes() == path.read_bytes()
+    # A file's contents, under its own name.
+    assert cli("files", "content", finished["training_file"], "--out", str(out_dir))[0] == 0
+    assert (out_dir / "train.jsonl").read_bytes() == sft_lines()
     status, _, err = cli("jobs", "download", finished["id"], "ftckpt-nope")
     assert status == 1 and err.startswith("error: HTTP 404")
 
