@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from jobs.errors import NotFound
 from jobs.events import SAMPLES_EVENT
 from jobs.models import Checkpoint, File, Job, JobEvent, JobMetric
+from jobs.results import results_job_id
 from jobs.states import TERMINAL, JobStatus
 
 R = TypeVar("R")
@@ -110,6 +111,18 @@ class TeamScope:
             stmt = stmt.where(File.purpose == purpose)
         after_pk = self.file(after, param="after").pk if after else None
         return _page(self.session, stmt, File, after_pk, limit, ascending)
+
+    def results_job(self, file_id: str) -> Job:
+        """The succeeded job whose results file `file_id` is (`jobs.results`): a job's results
+        file exists once it succeeded, as OpenAI lists it in `result_files`; any other id,
+        and another team's job, is a missing file."""
+        job_id = results_job_id(file_id)
+        job = None
+        if job_id is not None:
+            job = self.session.scalar(_JOB, {"job_id": job_id, "team_id": self.team_id})
+        if job is None or job.status != JobStatus.SUCCEEDED:
+            raise NotFound(f"No such File object: {file_id}", code="file_not_found")
+        return job
 
     def active_jobs_using(self, file_id: str) -> int:
         active = (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.PAUSED)

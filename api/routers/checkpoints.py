@@ -27,7 +27,7 @@ def list_checkpoints(
 ) -> CheckpointsPublic:
     job = scope.job(job_id)
     page = scope.checkpoints(job, after=after, limit=limit)
-    data = [CheckpointPublic.from_row(c) for c in page.items]
+    data = [CheckpointPublic.from_row(c, job) for c in page.items]
     return CheckpointsPublic(
         data=data,
         has_more=page.has_more,

@@ -1,5 +1,7 @@
 """`/v1/files`: upload (streamed to storage, validated line by line), list, retrieve,
-content, delete.
+content, delete. A succeeded job's results file (`file-results-...`, purpose
+`fine-tune-results`) is retrieved and read here too, made from the job's metrics
+(`api.result_files`); it is not listed, and goes only with its job.
 
 The bytes are stored under the file's id (`jobs.storage`); the client's filename is only a
 label, kept as a cleaned display name (`display_name`) and never part of any path.
@@ -11,15 +13,17 @@ import unicodedata
 from typing import Literal
 
 from fastapi import APIRouter, Request
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import ScopeDep, ServicesDep, SessionDep
 from api.limits import MULTIPART_SLACK
 from api.multipart import UPLOAD_BODY, read_upload
+from api.result_files import result_file, result_file_content
 from api.schemas.common import After, Limit
 from api.schemas.files import FileDeleted, FilePublic, FilesPublic
 from jobs.errors import Conflict, InvalidRequest
+from jobs.results import results_job_id
 from jobs.uploads import Upload, check_purpose, check_quota
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
@@ -98,12 +102,16 @@ def list_files(
 
 
 @router.get("/{file_id}", response_model=FilePublic)
-def retrieve_file(scope: ScopeDep, file_id: str) -> FilePublic:
+def retrieve_file(scope: ScopeDep, services: ServicesDep, file_id: str) -> FilePublic:
+    if results_job_id(file_id) is not None:  # a job's results file (`api.result_files`)
+        return result_file(services, scope, scope.results_job(file_id))
     return FilePublic.from_row(scope.file(file_id))
 
 
 @router.get("/{file_id}/content", response_class=FileResponse)
-def file_content(scope: ScopeDep, services: ServicesDep, file_id: str) -> FileResponse:
+def file_content(scope: ScopeDep, services: ServicesDep, file_id: str) -> Response:
+    if results_job_id(file_id) is not None:
+        return result_file_content(services, scope, scope.results_job(file_id))
     row = scope.file(file_id)
     path = services.storage.file_path(scope.team_id, row.id)
     scope.session.rollback()  # end the read transaction before streaming
@@ -114,6 +122,13 @@ def file_content(scope: ScopeDep, services: ServicesDep, file_id: str) -> FileRe
 def delete_file(
     session: SessionDep, scope: ScopeDep, services: ServicesDep, file_id: str
 ) -> FileDeleted:
+    if results_job_id(file_id) is not None:
+        scope.results_job(file_id)  # 404 unless the team has it
+        raise InvalidRequest(
+            f"{file_id} is made from its job's step metrics and cannot be deleted on its own",
+            param="file_id",
+            code="file_not_deletable",
+        )
     row = scope.file(file_id)
     if scope.active_jobs_using(row.id):
         raise Conflict(

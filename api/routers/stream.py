@@ -135,7 +135,7 @@ def _poll(
         checkpoints = scope.checkpoints_since(job, cur.checkpoint_pk, BATCH)
         for c in checkpoints.items:
             cur.checkpoint_pk = c.pk
-            out.append(_sse("checkpoint", CheckpointPublic.from_row(c).model_dump_json(), cur))
+            out.append(_sse("checkpoint", CheckpointPublic.from_row(c, job).model_dump_json(), cur))
         more = metrics.has_more or events.has_more or checkpoints.has_more
         done = is_terminal(job.status) and not more
         if done:

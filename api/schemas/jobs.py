@@ -16,6 +16,7 @@ from sqlalchemy import Row
 from jobs.errors import InvalidRequest
 from jobs.ids import epoch
 from jobs.models import Checkpoint, Job, JobEvent, JobMetric
+from jobs.results import results_file_id, with_openai_metrics
 from jobs.scheduling import Slot
 from jobs.scope import MetadataFilter
 from jobs.states import JobStatus, allowed_actions
@@ -162,6 +163,8 @@ class JobPublic(BaseModel):
             validation_file=job.validation_file,
             seed=job.seed,
             trained_tokens=job.trained_tokens,
+            # As OpenAI: the results file once the job succeeded (`api.result_files`).
+            result_files=[results_file_id(job.id)] if job.status == JobStatus.SUCCEEDED else [],
             estimated_finish=(
                 int(finish)
                 if finish is not None and job.status in (JobStatus.QUEUED, JobStatus.RUNNING)
@@ -254,17 +257,24 @@ class CheckpointPublic(BaseModel):
     fine_tuned_model_checkpoint: str
     fine_tuning_job_id: str
     step_number: int
+    # OpenAI's names (step, train_loss, valid_loss, ...; null where we have no value of that
+    # meaning) beside ours (loss, eval_loss, grad_norm, ...): `jobs.results`.
     metrics: dict[str, Any]
 
     @classmethod
-    def from_row(cls, row: Checkpoint) -> CheckpointPublic:
+    def from_row(cls, row: Checkpoint, job: Job | Row[Any]) -> CheckpointPublic:
+        """The checkpoint of `job` (whose validation file decides what `valid_*` may show)."""
         return cls(
             id=row.id,
             created_at=epoch(row.created_at) or 0,
             fine_tuned_model_checkpoint=row.fine_tuned_model_checkpoint,
             fine_tuning_job_id=row.job_id,
             step_number=row.step_number,
-            metrics=row.metrics,
+            metrics=with_openai_metrics(
+                row.metrics or {},
+                validated=job.validation_file is not None,
+                step=row.step_number,
+            ),
         )
 
 
