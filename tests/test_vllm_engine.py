@@ -221,14 +221,14 @@ def test_unsupported_head_size_is_refused_before_start() -> None:
 
 
 def test_untie_checkpoint_adds_explicit_head(tmp_path: Any) -> None:
-    from lco_core.vllm_engine import _untie_checkpoint
+    from lco_core.vllm_weights import untie_checkpoint
 
     model, tokenizer = build_qwen2(tied=True)
     src, dst = tmp_path / "src", tmp_path / "dst"
     model.save_pretrained(src)
     tokenizer.save_pretrained(src)
     dst.mkdir()
-    _untie_checkpoint(src, dst)
+    untie_checkpoint(src, dst)
     assert json.loads((dst / "config.json").read_text())["tie_word_embeddings"] is False
     from safetensors.torch import load_file
 
@@ -254,7 +254,7 @@ def test_ipc_sync_client_speaks_the_worker_protocol(monkeypatch: pytest.MonkeyPa
     from vllm.distributed.weight_transfer.ipc_engine import IPCWeightTransferUpdateInfo
     from vllm.v1.serial_utils import MsgpackEncoder
 
-    from lco_core.vllm_engine import _LLMSyncClient
+    from lco_core.vllm_ipc import LLMSyncClient
 
     calls: list[tuple[str, dict[str, Any] | None]] = []
 
@@ -267,7 +267,7 @@ def test_ipc_sync_client_speaks_the_worker_protocol(monkeypatch: pytest.MonkeyPa
 
     # The shape of `reduce_tensor`'s rebuild args: classes, a dtype, bytes (not msgpack types).
     handles = [{"GPU-0": (torch.Tensor, (2, 3), (3, 1), 0, torch.float32, 0, b"\x01ipc", 24)}]
-    client = _LLMSyncClient(FakeLLM(), timeout_s=5.0)
+    client = LLMSyncClient(FakeLLM(), timeout_s=5.0)
     client.init_weight_transfer_engine({"packed": False})
     client.start_weight_update()
     client.update_weights(
