@@ -66,6 +66,9 @@ OPERATION_IDS: dict[tuple[str, str], str] = {
     ("GET", "/v1/pools"): "listPools",
     ("GET", "/v1/pools/{pool}"): "retrievePool",
     ("GET", "/healthz"): "healthCheck",
+    ("GET", "/livez"): "livenessCheck",
+    ("GET", "/readyz"): "readinessCheck",
+    ("GET", "/metrics"): "prometheusMetrics",
     # Administration (admin keys)
     ("GET", "/v1/admin/teams"): "adminListTeams",
     ("POST", "/v1/admin/teams"): "adminCreateTeam",
