@@ -1,5 +1,6 @@
-"""Talking to a running service: the HTTP client and its settings, errors as one line, and
-following a job (`lco jobs watch`). The commands themselves are in `cli.fine_tuning`.
+"""Talking to a running service: the HTTP client and its settings, errors as one line,
+downloads to a file, and following a job's event stream (`lco jobs watch`). The commands
+themselves are in `cli.fine_tuning`.
 
 Settings: `--base-url` (or LCO_BASE_URL, default http://127.0.0.1:8000/v1) and `--api-key`
 (or LCO_API_KEY).
@@ -13,6 +14,7 @@ import os
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -66,6 +68,41 @@ def check(response: httpx.Response) -> Any:
 
 def show(obj: Any) -> None:
     print(json.dumps(obj, indent=2))
+
+
+def filename_of(response: httpx.Response, default: str) -> str:
+    """The name the service gives the download (Content-Disposition), as a bare file name."""
+    disposition = response.headers.get("content-disposition", "")
+    _, _, name = disposition.partition('filename="')
+    return Path(name.rstrip('"')).name or default
+
+
+def save(http: httpx.Client, path: str, out_arg: str | None, default: str) -> None:
+    """Stream `GET path` to `out_arg`: a file, a directory (under the name the service gives
+    it, else `default`), or `-` for stdout. A file appears whole or not at all; its path is
+    printed."""
+    with http.stream("GET", path) as response:
+        if response.status_code >= 400:
+            response.read()
+            check(response)
+        if out_arg == "-":
+            for chunk in response.iter_bytes():
+                sys.stdout.buffer.write(chunk)
+            return
+        out = Path(out_arg or ".")
+        if out.is_dir():
+            out = out / filename_of(response, default)
+        partial = out.with_name(f".{out.name}.part")
+        try:
+            with partial.open("wb") as f:
+                for chunk in response.iter_bytes():
+                    f.write(chunk)
+            os.replace(partial, out)
+        except OSError as exc:
+            raise ClientError(f"cannot write {out}: {exc.strerror}") from None
+        finally:
+            partial.unlink(missing_ok=True)
+    print(out)
 
 
 def progress_line(job: dict[str, Any], metrics: dict[str, Any] | None = None) -> str:

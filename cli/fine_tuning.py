@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 import uuid
@@ -241,41 +240,6 @@ def jobs_checkpoints(args: argparse.Namespace) -> int:
     return 0
 
 
-def _filename(response: httpx.Response, default: str) -> str:
-    """The name the service gives the download (Content-Disposition), as a bare file name."""
-    disposition = response.headers.get("content-disposition", "")
-    _, _, name = disposition.partition('filename="')
-    return Path(name.rstrip('"')).name or default
-
-
-def _save(http: httpx.Client, path: str, out_arg: str | None, default: str) -> None:
-    """Stream `GET path` to `out_arg`: a file, a directory (under the name the service gives
-    it, else `default`), or `-` for stdout. A file appears whole or not at all; its path is
-    printed."""
-    with http.stream("GET", path) as response:
-        if response.status_code >= 400:
-            response.read()
-            check(response)
-        if out_arg == "-":
-            for chunk in response.iter_bytes():
-                sys.stdout.buffer.write(chunk)
-            return
-        out = Path(out_arg or ".")
-        if out.is_dir():
-            out = out / _filename(response, default)
-        partial = out.with_name(f".{out.name}.part")
-        try:
-            with partial.open("wb") as f:
-                for chunk in response.iter_bytes():
-                    f.write(chunk)
-            os.replace(partial, out)
-        except OSError as exc:
-            raise ClientError(f"cannot write {out}: {exc.strerror}") from None
-        finally:
-            partial.unlink(missing_ok=True)
-    print(out)
-
-
 def jobs_download(args: argparse.Namespace) -> int:
     """A checkpoint's files as a tar; without a checkpoint id, the job's newest."""
     with client._client(args) as http:
@@ -286,13 +250,13 @@ def jobs_download(args: argparse.Namespace) -> int:
             if not newest:
                 raise ClientError(f"{args.job_id} has no checkpoints yet")
             checkpoint = newest[0]["id"]
-        _save(http, f"{jobs_path}/{checkpoint}/download", args.out, f"{checkpoint}.tar")
+        client.save(http, f"{jobs_path}/{checkpoint}/download", args.out, f"{checkpoint}.tar")
     return 0
 
 
 def files_content(args: argparse.Namespace) -> int:
     with client._client(args) as http:
-        _save(http, f"/files/{args.file_id}/content", args.out, f"{args.file_id}.jsonl")
+        client.save(http, f"/files/{args.file_id}/content", args.out, f"{args.file_id}.jsonl")
     return 0
 
 
