@@ -307,7 +307,9 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("path")
     p.add_argument("--purpose", default="fine-tune")
     p.set_defaults(func=files_upload)
-    p = _paged(files.add_parser("list", parents=[CLIENT, JSON], help="newest first"), 20)
+    p = _paged(
+        files.add_parser("list", parents=[CLIENT, JSON], help="the team's files, newest first"), 20
+    )
     p.set_defaults(func=files_list)
     for action, method in (("get", "GET"), ("delete", "DELETE")):
         p = files.add_parser(action, parents=[CLIENT, JSON], help=f"{action} a file object")
@@ -331,14 +333,20 @@ def add_parsers(sub: Any) -> None:
     given.add_argument("--config", help="the job file, as `lco train --config` takes it")
     p.add_argument("--watch", action="store_true", help="then follow it, as `jobs watch` does")
     p.set_defaults(func=jobs_submit)
-    p = _paged(jobs.add_parser("list", parents=[CLIENT, JSON], help="newest first"), 20)
+    p = _paged(
+        jobs.add_parser("list", parents=[CLIENT, JSON], help="the team's jobs, newest first"), 20
+    )
     p.set_defaults(func=jobs_list)
     path = "/fine_tuning/jobs/{job_id}"
     for action, func, about in (
         ("get", _one("GET", path), "the job object"),
         ("cancel", _one("POST", f"{path}/cancel"), "cancel a job"),
-        ("pause", _one("POST", f"{path}/pause"), "pause a job at its next checkpoint"),
-        ("resume", _one("POST", f"{path}/resume"), "queue a paused job again"),
+        ("pause", _one("POST", f"{path}/pause"), "pause a job (a running one stops)"),
+        (
+            "resume",
+            _one("POST", f"{path}/resume"),
+            "queue a paused job again (from its newest checkpoint)",
+        ),
         ("watch", jobs_watch, "follow a job to its end (exit 0 if it succeeded)"),
     ):
         p = jobs.add_parser(
@@ -347,7 +355,8 @@ def add_parsers(sub: Any) -> None:
         p.add_argument("job_id")
         p.set_defaults(func=func)
     for action, func, limit in (("events", jobs_events, 20), ("checkpoints", jobs_checkpoints, 10)):
-        p = _paged(jobs.add_parser(action, parents=[CLIENT, JSON], help="newest first"), limit)
+        about = f"a job's {action}, newest first"
+        p = _paged(jobs.add_parser(action, parents=[CLIENT, JSON], help=about), limit)
         p.add_argument("job_id")
         p.set_defaults(func=func)
     p = jobs.add_parser("download", parents=[CLIENT], help="a checkpoint's files, as a tar")
