@@ -38,3 +38,29 @@ class Callbacks:
     def should_stop(self) -> StopReason | None:
         """Polled between steps; a non-None answer makes the trainer checkpoint and return."""
         return None
+
+
+class ForwardingCallbacks(Callbacks):
+    """Passes every hook to `inner`: the base of a wrapper that adds to one hook (the
+    metric sinks add to `on_metrics`) and keeps the rest, `should_stop` included."""
+
+    def __init__(self, inner: Callbacks) -> None:
+        self.inner = inner
+
+    def on_metrics(self, step: int, metrics: dict[str, float]) -> None:
+        self.inner.on_metrics(step, metrics)
+
+    def on_event(self, level: Level, message: str, data: dict[str, Any] | None = None) -> None:
+        self.inner.on_event(level, message, data)
+
+    def on_phase(self, phase: Phase, message: str) -> None:
+        self.inner.on_phase(phase, message)
+
+    def on_samples(self, step: int, samples: list[dict[str, Any]]) -> None:
+        self.inner.on_samples(step, samples)
+
+    def on_checkpoint(self, path: Path, step: int, metrics: dict[str, float]) -> None:
+        self.inner.on_checkpoint(path, step, metrics)
+
+    def should_stop(self) -> StopReason | None:
+        return self.inner.should_stop()

@@ -22,6 +22,7 @@ from transformers import PreTrainedModel
 from lco_core.callbacks import Callbacks
 from lco_core.checkpoint import latest_checkpoint, load_train_state, prune_temp_dirs
 from lco_core.data import load_items
+from lco_core.metric_sinks import with_metric_sinks
 from lco_core.models import load_model_and_tokenizer, pick_device, resolve_model
 from lco_core.result import RunResult
 from lco_core.rollout import RolloutEngine
@@ -105,18 +106,23 @@ def run_job(
     device: str = "auto",
 ) -> RunResult:
     """Train `spec` (already validated). `model_path` overrides how `spec.model` is resolved
-    (the service passes the checkpoint dir of a fine-tuned model name)."""
-    callbacks = callbacks or Callbacks()
-    trainer = build_trainer(
-        spec,
-        training_file=training_file,
-        validation_file=validation_file,
-        output_dir=output_dir,
-        callbacks=callbacks,
-        model_path=model_path,
-        device=device,
-    )
-    return trainer.run()
+    (the service passes the checkpoint dir of a fine-tuned model name). Each step's metrics
+    also go to the job's metric sinks (TensorBoard under `output_dir`, W&B when asked for
+    and configured; lco_core.metric_sinks)."""
+    sinks = with_metric_sinks(spec, output_dir, callbacks or Callbacks())
+    try:
+        trainer = build_trainer(
+            spec,
+            training_file=training_file,
+            validation_file=validation_file,
+            output_dir=output_dir,
+            callbacks=sinks,
+            model_path=model_path,
+            device=device,
+        )
+        return trainer.run()
+    finally:
+        sinks.close()
 
 
 def build_trainer(

@@ -176,6 +176,27 @@ class Method(Strict):
         return self.supervised or SupervisedMethod()
 
 
+class WandbIntegration(Strict):
+    """OpenAI's `integrations[].wandb`: the W&B run a job's metrics also go to."""
+
+    project: Annotated[str, Field(min_length=1, max_length=128)]
+    name: Annotated[str, Field(min_length=1, max_length=128)] | None = None
+    entity: Annotated[str, Field(min_length=1, max_length=128)] | None = None
+    tags: (
+        Annotated[list[Annotated[str, Field(min_length=1, max_length=64)]], Field(max_length=50)]
+        | None
+    ) = None
+
+
+class Integration(Strict):
+    """One of OpenAI's job integrations; W&B is the only type OpenAI defines. The deployment
+    must configure W&B too (lco_core.metric_sinks): without it the job trains and records a
+    warning event."""
+
+    type: Literal["wandb"]
+    wandb: WandbIntegration
+
+
 class Resources(Strict):
     """What the job needs from its pool (`lco train` runs where it is and ignores it)."""
 
@@ -195,6 +216,11 @@ class JobSpec(Strict):
     # OpenAI's limits (checked in `_check_metadata`, so every violation names `metadata`).
     metadata: dict[str, str] | None = None
     method: Method = Method(type="supervised")
+    # OpenAI's third-party integrations (W&B). Left out of the stored spec when empty, so
+    # specs stored before the field existed and after compare alike.
+    integrations: Annotated[list[Integration], Field(max_length=10)] = Field(
+        default=[], exclude_if=lambda value: not value
+    )
     # Deprecated by OpenAI in favour of `method` but still accepted by it: a body without
     # `method` that gives these trains supervised with them (`normalized()` moves them into
     # `method.supervised.hyperparameters`; never stored).
