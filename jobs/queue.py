@@ -170,9 +170,11 @@ def estimated_finishes(view: QueueView) -> dict[str, float]:
     """When each running and queued job should finish (epoch seconds), by the plan's own
     expectations: a running (or admitted) job after its remaining time (its own pace, else
     the pool's typical run length), a queued one a typical run length after its estimated
-    start. A queued job whose start cannot be estimated (no capacity) has none."""
+    start. None for a queued job whose start cannot be estimated (no capacity), nor for a
+    running one with no time left by either measure (past the typical length without a
+    step to pace it, or at its last step): "now" would be a guess that stays "now"."""
     now = view.state.now
-    finishes = {run.id: now + max(run.remaining_s, 0.0) for run in view.state.running}
+    finishes = {r.id: now + r.remaining_s for r in view.state.running if r.remaining_s > 0}
     for job in view.state.queued:
         slot = view.plan.slots.get(job.id)
         if slot is not None and slot.estimated_start is not None:

@@ -78,6 +78,16 @@ def test_estimated_finish_follows_the_plan_and_is_null_out_of_the_queue(api: Api
     assert listed[first["id"]]["estimated_finish"] == running["estimated_finish"]
     assert listed[second["id"]]["estimated_finish"] == waiting["estimated_finish"]
 
+    # Past the pool's typical run length without a step to pace it: no estimate, not "now".
+    with transaction(sessions) as session:
+        session.execute(update(Job).where(Job.id == first["id"]).values(step=0))
+        session.execute(
+            update(UsageRecord)
+            .where(UsageRecord.job_id == first["id"])
+            .values(started_at=utcnow() - timedelta(seconds=typical + 60))
+        )
+    assert _get(api, first["id"])["estimated_finish"] is None
+
     # Paused, cancelled and succeeded jobs have none.
     assert api.post(f"{JOBS}/{second['id']}/pause").status_code == 200
     assert _get(api, second["id"])["estimated_finish"] is None
