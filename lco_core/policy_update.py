@@ -1,7 +1,7 @@
 """The policy update of an RL step: `ppo_epochs` passes over `mini_batches` minibatches of
 the step's rollouts, one optimiser step each, through the fused chunked loss (`fused.py`).
 
-`RLTrainer.update` runs it after the rollouts are graded and their advantages known;
+`RLTrainer.train_step` runs it after the rollouts are graded and their advantages known;
 `token_weights` says how much each token counts in its minibatch's loss.
 """
 

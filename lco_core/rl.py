@@ -164,19 +164,6 @@ class RLTrainer(Trainer):
         adv, returns = gae_advantages(rewards, dense, mask, cfg.gamma, cfg.gae_lambda)
         return whiten(adv, mask)[mask.bool()], returns[mask.bool()]
 
-    def update(
-        self,
-        ro: Rollouts,
-        old: dict[str, Tensor] | None,
-        adv: Tensor,
-        returns: Tensor | None,
-        ref_logp: Tensor | None,
-        *,
-        split: bool,
-    ) -> tuple[dict[str, float], Tensor]:
-        """The policy (and value head) update on this step's rollouts: see `policy_update`."""
-        return policy_update(self, ro, old, adv, returns, ref_logp, split=split)
-
     def check_signal(self, step: int, no_signal: bool, rewards: Tensor) -> None:
         """Warn when a step's advantages are all zero (every group's samples scored the same):
         its policy-gradient term is zero, so only the KL terms move the policy. Said once, at
@@ -247,8 +234,8 @@ class RLTrainer(Trainer):
                 adv = adv * self.importance_weights(old["logp"], ro)
         self.model.train()
         with timer.phase("update"):
-            update_stats, first_logp = self.update(
-                ro, old, adv, returns, ref_logp, split=cfg.split_grad_norm and diagnose
+            update_stats, first_logp = policy_update(
+                self, ro, old, adv, returns, ref_logp, split=cfg.split_grad_norm and diagnose
             )
         # The trainer's log pi_old(a): from the separate pass, or from the update's own forward.
         old_logp = old["logp"] if old is not None else first_logp
