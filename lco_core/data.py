@@ -105,3 +105,35 @@ def encode_sft(tokenizer: Any, messages: list[dict[str, Any]], max_len: int) -> 
     # Plain slicing keeps only what was rendered before the cut; nothing is appended, so a
     # cut reply ends without its end-of-turn token (it is not trained as a finished reply).
     return SFTExample(ids[:max_len], trainable[:max_len], truncated=len(ids) > max_len)
+
+
+@dataclass
+class Packed:
+    """A right-padded batch of encoded conversations and their trained tokens, flattened:
+    token k is `targets[k]` at `input_ids[rows[k], cols[k] + 1]`, predicted by the hidden
+    state at `(rows[k], cols[k])`, in conversation `rows[k]` of the batch."""
+
+    input_ids: torch.Tensor  # [B, W]
+    attention: torch.Tensor  # [B, W]
+    rows: torch.Tensor  # [N]
+    cols: torch.Tensor  # [N]
+    targets: torch.Tensor  # [N]
+
+
+def pack_examples(examples: list[SFTExample], pad_id: int) -> Packed:
+    """Pad a batch of encoded conversations and list their trainable tokens (see Packed)."""
+    width = max(len(e.input_ids) for e in examples)
+    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    attention = torch.zeros_like(input_ids)
+    rows, cols, targets = [], [], []
+    for i, e in enumerate(examples):
+        input_ids[i, : len(e.input_ids)] = torch.tensor(e.input_ids)
+        attention[i, : len(e.input_ids)] = 1
+        for t in range(1, len(e.input_ids)):
+            if e.trainable[t]:
+                rows.append(i)
+                cols.append(t - 1)  # the state at t-1 predicts token t
+                targets.append(e.input_ids[t])
+    return Packed(
+        input_ids, attention, torch.tensor(rows), torch.tensor(cols), torch.tensor(targets)
+    )

@@ -137,7 +137,7 @@ def build_trainer(
 ) -> Trainer:
     """Validate the data against the spec, load the model (from the newest checkpoint in
     `output_dir` when resuming) and return a ready trainer."""
-    kind = "reinforcement" if spec.method.is_rl else "supervised"
+    kind = "reinforcement" if spec.method.is_rl else spec.method.type
     items = load_items(training_file, kind)
     eval_items = load_items(validation_file, kind) if validation_file else items
     cfg = resolve_config(spec, n_train=len(items))
@@ -167,10 +167,11 @@ def build_trainer(
     )
     model, tokenizer = load_model_and_tokenizer(str(resume_from or base_path), device=torch_device)
     trainer: Trainer
-    if cfg.kind == "sft":
+    if cfg.kind in ("sft", "dpo"):
+        from lco_core.dpo import DPOTrainer
         from lco_core.sft import SFTTrainer
 
-        trainer = SFTTrainer(
+        trainer = (DPOTrainer if cfg.kind == "dpo" else SFTTrainer)(
             cfg,
             model,
             tokenizer,

@@ -12,10 +12,10 @@ from typing import Any
 
 import torch
 
-from lco_core.data import SFTExample, encode_sft, example_indices
+from lco_core.data import SFTExample, encode_sft, example_indices, pack_examples
 from lco_core.fused import chunked_loss
 from lco_core.losses import LossConfig, TokenData
-from lco_core.metrics import grad_norm, peak_memory_mb
+from lco_core.metrics import peak_memory_mb
 from lco_core.result import RunResult
 from lco_core.trainer import Trainer
 from lco_spec.errors import SpecError
@@ -66,25 +66,15 @@ class SFTTrainer(Trainer):
     ) -> tuple[torch.Tensor, dict[str, float], int]:
         """(sum over `batch`'s target tokens of -log pi / n_total, stats, its token count);
         `n_total` is the whole step's token count when `batch` is one of its micro-batches."""
-        width = max(len(e.input_ids) for e in batch)
-        input_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
-        attention = torch.zeros_like(input_ids)
-        rows, cols, targets = [], [], []
-        for i, e in enumerate(batch):
-            input_ids[i, : len(e.input_ids)] = torch.tensor(e.input_ids)
-            attention[i, : len(e.input_ids)] = 1
-            for t in range(1, len(e.input_ids)):
-                if e.trainable[t]:
-                    rows.append(i)
-                    cols.append(t - 1)  # the state at t-1 predicts token t
-                    targets.append(e.input_ids[t])
-        h = self.hidden(self.base, input_ids, attention)[
-            torch.tensor(rows, device=self.device), torch.tensor(cols, device=self.device)
+        packed = pack_examples(batch, self.pad_id)
+        h = self.hidden(self.base, packed.input_ids, packed.attention)[
+            packed.rows.to(self.device), packed.cols.to(self.device)
         ]
+        targets = packed.targets
         n = len(targets)
         zeros = torch.zeros(n, device=self.device)
         data = TokenData(
-            tokens=torch.tensor(targets, device=self.device),
+            tokens=targets.to(self.device),
             advantages=zeros,
             weights=torch.full((n,), 1.0 / (n_total or n), device=self.device),
             old_logprobs=zeros,
@@ -113,12 +103,7 @@ class SFTTrainer(Trainer):
             loss_sum += loss.item()
             entropy_sum += stats["entropy_sum"]
             prob_sum += stats["sampled_prob_sum"]
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        norm = grad_norm(params)
-        if cfg.max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        norm = self.apply_gradients()
         self.trained_tokens += n
         elapsed = time.perf_counter() - started
         return {

@@ -13,6 +13,7 @@ for a seed, and pure Python (the CLI imports this module without torch):
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import random
@@ -58,6 +59,22 @@ class Task:
             }
             for prompt, answer in self._problems(n, seed)
         ]
+
+    def dpo_examples(self, n: int, seed: int = 0) -> list[Item]:
+        """`n` preference items (OpenAI's DPO format): the right answer preferred over another
+        problem's answer (a plausible but wrong reply)."""
+        problems = self._problems(n + 1, seed)
+        items = []
+        for (prompt, answer), (_, other) in itertools.pairwise(problems):
+            wrong = other if other != answer else answer + answer[-1]
+            items.append(
+                {
+                    "input": {"messages": [{"role": "user", "content": prompt}]},
+                    "preferred_output": [{"role": "assistant", "content": answer}],
+                    "non_preferred_output": [{"role": "assistant", "content": wrong}],
+                }
+            )
+        return items
 
     def grader(self) -> dict[str, Any]:
         """OpenAI grader JSON: exact match of the sampled text with the item's `answer`."""

@@ -23,7 +23,7 @@ from transformers import PreTrainedModel, get_scheduler
 from lco_core.callbacks import Callbacks, StopReason
 from lco_core.checkpoint import save_checkpoint
 from lco_core.memory import fit_to_model
-from lco_core.metrics import MetricsLog
+from lco_core.metrics import MetricsLog, grad_norm
 from lco_core.result import RunResult, RunStatus
 from lco_spec.train_config import TrainConfig
 
@@ -81,7 +81,7 @@ class TrainerInputs(TypedDict):
 
 
 class Trainer:
-    """One run of one job. Subclasses: `rl.RLTrainer`, `sft.SFTTrainer`."""
+    """One run of one job. Subclasses: `rl.RLTrainer`, `sft.SFTTrainer`, `dpo.DPOTrainer`."""
 
     def __init__(
         self,
@@ -152,6 +152,17 @@ class Trainer:
 
     def close(self) -> None:
         """Release engines and other resources."""
+
+    def apply_gradients(self) -> float:
+        """One optimiser step on the accumulated gradients, clipped to `max_grad_norm` when
+        set; returns their norm before clipping."""
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        norm = grad_norm(params)
+        if self.cfg.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return norm
 
     def hidden(self, model_base: torch.nn.Module, input_ids: Tensor, attention: Tensor) -> Tensor:
         """`model_base`'s last hidden states for a right-padded batch, on the device."""

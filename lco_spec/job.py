@@ -129,6 +129,13 @@ class ReinforcementHyperparameters(CommonHyperparameters):
     diagnostic_interval: Annotated[int, Field(ge=1, le=1_000_000)] = 10
 
 
+class DpoHyperparameters(CommonHyperparameters):
+    """DPO (Rafailov et al., 2023): OpenAI's `beta` (auto: 0.1) is the strength of the implicit
+    KL to the reference model, the job's starting model. It is not LCO's `beta`."""
+
+    beta: Annotated[float, Field(gt=0, le=1e4)] | Auto = "auto"
+
+
 class SupervisedMethod(Strict):
     hyperparameters: SupervisedHyperparameters = SupervisedHyperparameters()
 
@@ -138,22 +145,24 @@ class ReinforcementMethod(Strict):
     hyperparameters: ReinforcementHyperparameters = ReinforcementHyperparameters()
 
 
+class DpoMethod(Strict):
+    hyperparameters: DpoHyperparameters = DpoHyperparameters()
+
+
 class Method(Strict):
     type: Literal["supervised", "reinforcement", "lco", "dpo"]
     supervised: SupervisedMethod | None = None
     reinforcement: ReinforcementMethod | None = None
     lco: ReinforcementMethod | None = None
-    dpo: dict[str, Any] | None = None
+    dpo: DpoMethod | None = None
 
     @model_validator(mode="after")
     def _matching_block(self) -> Method:
-        if self.type == "dpo":
-            raise ValueError("method.type 'dpo' is not supported yet; use supervised or lco")
         if self.type == "reinforcement" and self.reinforcement is None:
             raise ValueError("method.reinforcement (with a grader) is required")
         if self.type == "lco" and self.lco is None and self.reinforcement is None:
             raise ValueError("method.lco (with a grader) is required")
-        for other in ("supervised", "reinforcement", "lco"):
+        for other in ("supervised", "reinforcement", "lco", "dpo"):
             if other == self.type or (self.type == "lco" and other == "reinforcement"):
                 continue
             if getattr(self, other) is not None:
@@ -174,6 +183,10 @@ class Method(Strict):
     @property
     def sft(self) -> SupervisedMethod:
         return self.supervised or SupervisedMethod()
+
+    @property
+    def preference(self) -> DpoMethod:
+        return self.dpo or DpoMethod()
 
 
 class WandbIntegration(Strict):

@@ -22,10 +22,24 @@ from lco_spec.job import CommonHyperparameters, JobSpec, ReinforcementHyperparam
 # for PPO/GRPO (LCO's per-token gradient is damped by p(a)(e^{A/beta}-1)/(1+...), so it
 # tolerates a larger step). The bundled tiny model is far smaller and wants larger steps.
 BASE_LR: dict[str, dict[str, float]] = {
-    "default": {"sft": 2e-5, "lco": 1e-5, "grpo": 1e-6, "ppo": 1e-6, "reinforce": 1e-6},
+    "default": {
+        "sft": 2e-5,
+        "lco": 1e-5,
+        "grpo": 1e-6,
+        "ppo": 1e-6,
+        "reinforce": 1e-6,
+        "dpo": 5e-6,
+    },
     # Measured on lco-tiny (addition): LCO at 1e-3 collapses within 20 steps; 1e-4 and 3e-4
     # raise greedy reward from 0.36 to 0.57-0.59 in 150 steps.
-    "lco-tiny": {"sft": 1e-3, "lco": 1e-4, "grpo": 1e-4, "ppo": 1e-4, "reinforce": 1e-4},
+    "lco-tiny": {
+        "sft": 1e-3,
+        "lco": 1e-4,
+        "grpo": 1e-4,
+        "ppo": 1e-4,
+        "reinforce": 1e-4,
+        "dpo": 1e-4,
+    },
 }
 
 LOSS_FOR_ALGORITHM = {"grpo": "grpo", "ppo": "ppo_clip", "reinforce": "reinforce"}
@@ -44,11 +58,12 @@ class TrainConfig(ReinforcementHyperparameters):
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
-    kind: Literal["sft", "rl"]
+    kind: Literal["sft", "rl", "dpo"]
     model: str
     seed: int
     total_steps: int
-    # The loss the RL trainer minimises (`lco_kld`, ... or the baseline's); "sft" for SFT.
+    # The loss the RL trainer minimises (`lco_kld`, ... or the baseline's); "sft" for SFT,
+    # "dpo" for DPO (whose `beta` is DPO's, resolved from its own "auto").
     loss: str = "sft"
     # Resolved from "auto" by `resolve_config`.
     learning_rate: float
@@ -124,12 +139,29 @@ def _common(
 
 def hyperparameters_path(spec: JobSpec) -> str:
     """Where a normalised spec's hyperparameters are in the job body (an error's `param`)."""
-    return f"method.{'reinforcement' if spec.method.is_rl else 'supervised'}.hyperparameters"
+    block = "reinforcement" if spec.method.is_rl else spec.method.type
+    return f"method.{block}.hyperparameters"
 
 
 def resolve_config(spec: JobSpec, *, n_train: int) -> TrainConfig:
     """Resolve every "auto" of a normalised spec, given the training set size."""
     seed = 0 if spec.seed is None else spec.seed
+    if spec.method.type == "dpo":
+        dpo = spec.method.preference.hyperparameters
+        common = _common(
+            dpo,
+            n_train=n_train,
+            batch_default=8,
+            epochs_default=3,
+            key="dpo",
+            model=spec.model,
+            prefix=hyperparameters_path(spec),
+        )
+        beta = float(_auto(dpo.beta, 0.1))
+        return TrainConfig(
+            kind="dpo", model=spec.model, seed=seed, **{**common, "beta": beta, "loss": "dpo"}
+        )
+
     if not spec.method.is_rl:
         hp = spec.method.sft.hyperparameters
         common = _common(
