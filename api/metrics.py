@@ -49,6 +49,7 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 # Steps per running job over which its throughput is measured.
 THROUGHPUT_WINDOW = 10
 UNMATCHED = "unmatched"
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 def route_template(scope: Scope) -> str:
@@ -308,6 +309,7 @@ class HttpMetricsMiddleware:
             await self.app(scope, receive, send_status)
         finally:
             route = route_template(scope)
-            method = scope["method"]
+            # Any token is a valid HTTP method: those we serve, else `other`.
+            method = scope["method"] if scope["method"] in METHODS else "other"
             self.metrics.requests.labels(method, route, str(status)).inc()
             self.metrics.latency.labels(method, route).observe(time.perf_counter() - started)
