@@ -146,34 +146,25 @@ def hyperparameters_path(spec: JobSpec) -> str:
 def resolve_config(spec: JobSpec, *, n_train: int) -> TrainConfig:
     """Resolve every "auto" of a normalised spec, given the training set size."""
     seed = 0 if spec.seed is None else spec.seed
-    if spec.method.type == "dpo":
-        dpo = spec.method.preference.hyperparameters
-        common = _common(
-            dpo,
-            n_train=n_train,
-            batch_default=8,
-            epochs_default=3,
-            key="dpo",
-            model=spec.model,
-            prefix=hyperparameters_path(spec),
-        )
-        beta = float(_auto(dpo.beta, 0.1))
-        return TrainConfig(
-            kind="dpo", model=spec.model, seed=seed, **{**common, "beta": beta, "loss": "dpo"}
-        )
-
     if not spec.method.is_rl:
-        hp = spec.method.sft.hyperparameters
+        # SFT and DPO: the common hyperparameters, plus DPO's beta (auto: 0.1).
+        dpo = spec.method.type == "dpo"
+        hp = spec.method.preference.hyperparameters if dpo else spec.method.sft.hyperparameters
         common = _common(
             hp,
             n_train=n_train,
             batch_default=8,
             epochs_default=3,
-            key="sft",
+            key="dpo" if dpo else "sft",
             model=spec.model,
             prefix=hyperparameters_path(spec),
         )
-        return TrainConfig(kind="sft", model=spec.model, seed=seed, **common)
+        if not dpo:
+            return TrainConfig(kind="sft", model=spec.model, seed=seed, **common)
+        beta = float(_auto(spec.method.preference.hyperparameters.beta, 0.1))
+        return TrainConfig(
+            kind="dpo", model=spec.model, seed=seed, **{**common, "beta": beta, "loss": "dpo"}
+        )
 
     rl = spec.method.rl.hyperparameters
     prefix = hyperparameters_path(spec)
