@@ -85,3 +85,21 @@ def test_request_id_is_returned_and_on_the_requests_lines(
     assert one.headers["x-request-id"] != two.headers["x-request-id"]
     # A refusal before any route (404 of an unknown path) carries an id too.
     assert api.client.get("/nowhere").headers["x-request-id"]
+
+
+def test_worker_lines_carry_the_job_id(api: ApiClient, lines: io.StringIO) -> None:
+    """The worker's task and supervisor, in-process with a scripted child: their lines are
+    JSON and name the job."""
+    from tests.service_fixtures import FAKE_CHILD, sft_body, sft_lines
+    from worker.context import WorkerContext
+    from worker.tasks import run_job
+
+    file_id = api.upload(sft_lines()).json()["id"]
+    body = sft_body(file_id)
+    body["metadata"] = {"steps": "2", "delay": "0.01"}
+    job_id = api.post("/v1/fine_tuning/jobs", json=body).json()["id"]
+    assert run_job(WorkerContext(api.settings, child_command=FAKE_CHILD), job_id) is True
+    worker_lines = [r for r in _records(lines) if r["logger"].startswith("worker.")]
+    started = [r for r in worker_lines if r["message"] == "job.child_started"]
+    assert started and started[0]["job_id"] == job_id and started[0]["pid"] > 0
+    assert all(r.get("job_id") == job_id for r in worker_lines if "job_id" in r)
