@@ -26,7 +26,9 @@ from tests.service_fixtures import ApiClient, sft_body, sft_lines
 
 ADMIN_PREFIX = "/v1/admin"
 SHARED = {"pool"}  # ids of objects every team may see (the pools are shared)
-PUBLIC = {"/healthz", "/dashboard"}  # no key needed
+# No key needed: the probes and Prometheus scrapes (an orchestrator holds no API key), the
+# dashboard page (it asks for a key in the browser).
+PUBLIC = {"/healthz", "/livez", "/readyz", "/metrics", "/dashboard"}
 # Path parts that are themselves the credential (signed links): a forged one is a 404 with
 # or without a key.
 CREDENTIALS = {"token"}
