@@ -36,6 +36,7 @@ from api.routers import (
     pools,
     samples,
     stream,
+    tensorboard,
 )
 from api.routers.dashboard import install_dashboard
 from api.stream_slots import StreamSlots
@@ -92,6 +93,7 @@ def create_app(settings: Settings) -> FastAPI:
         samples,
         stream,
         checkpoints,
+        tensorboard,
         downloads,
         models,
         pools,
