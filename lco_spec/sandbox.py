@@ -54,7 +54,13 @@ def _init_worker(memory_mb: int) -> None:
     The limit is on address space added to what the fork inherited: a trainer maps many
     GB (CUDA reserves far more), and a flat limit below that would fail every call."""
     import resource
+    import signal
 
+    # pebble stops an overdue worker with SIGTERM, then SIGKILL 3 s later; its own SIGTERM
+    # handler is Python code, which cannot run while sympy sits in one long C call (a big
+    # integer product), so every timeout would cost 3 s more. The default action kills at
+    # once, whatever the worker is doing.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if memory_mb <= 0:
         return
     try:

@@ -165,3 +165,16 @@ def test_worker_memory_limit_is_on_top_of_what_it_inherited(
             build_grader(spec).grade("2", ITEM)
     finally:
         reserved.close()
+
+
+def test_a_call_stuck_in_c_is_killed_at_its_limit(
+    monkeypatch: pytest.MonkeyPatch, fresh_pool: None
+) -> None:
+    """A worker inside one long C call (as sympy in a big integer product) runs no Python
+    signal handler, so a SIGTERM handler would wait pebble's 3 s grace before SIGKILL."""
+    spec = {"type": "text_similarity", "input": OUT, "reference": "x", "timeout_s": 0.5}
+    build_grader(spec)  # warms up here with the real metric, before the patch
+    monkeypatch.setattr(grading, "similarity", lambda *args: float(sum(range(10**13))))
+    outcomes, elapsed = timed(spec, [("x", ITEM)])
+    assert isinstance(outcomes[0], GraderTimeout)
+    assert elapsed < 0.5 + SLACK_S
