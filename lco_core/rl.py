@@ -28,7 +28,8 @@ from lco_core.policy_update import policy_update
 from lco_core.rollout import Completion, RolloutEngine, SamplingParams
 from lco_core.rollout_batch import Rollouts, build_rollouts, rollout_samples
 from lco_core.trainer import Trainer, TrainerInputs, trunk_and_head
-from lco_spec.graders import GraderError, build_grader
+from lco_spec.errors import SpecError
+from lco_spec.graders import GraderError, build_grader, grade_stats
 from lco_spec.train_config import TrainConfig
 
 
@@ -98,22 +99,32 @@ class RLTrainer(Trainer):
     def grade(
         self, items: list[dict[str, Any]], groups: list[list[Completion]]
     ) -> tuple[Tensor, dict[str, float]]:
-        """Rewards [S]; a grader error gives that sample 0 and is counted, never raised."""
-        rewards, errors = [], 0
+        """Rewards [S]. The batch's slow grader calls run side by side (`Grader.grade_many`);
+        a grader error or timeout gives that sample 0 and is counted (`grader_errors`,
+        `grader_timeouts`), never raised. But when every sample of a step timed out there is
+        no reward to learn from and each such step costs a limit per sample: the job fails
+        with `grader_timeout` (a SpecError: the job's grader is at fault, nothing to retry)."""
+        samples = [(c.text, item) for item, group in zip(items, groups, strict=True) for c in group]
+        outcomes = self.grader.grade_many(samples)
+        rewards = []
         sub: dict[str, list[float]] = {}
-        for item, group in zip(items, groups, strict=True):
-            for completion in group:
-                try:
-                    result = self.grader.grade(completion.text, item)
-                except GraderError:
-                    errors += 1
-                    rewards.append(0.0)
-                    continue
-                rewards.append(result.score)
-                for name, value in result.sub_scores.items():
-                    sub.setdefault(name, []).append(value)
+        for outcome in outcomes:
+            if isinstance(outcome, GraderError):
+                rewards.append(0.0)
+                continue
+            rewards.append(outcome.score)
+            for name, value in outcome.sub_scores.items():
+                sub.setdefault(name, []).append(value)
         stats = {f"reward_{name}_mean": sum(v) / len(v) for name, v in sub.items() if len(sub) > 1}
-        stats["grader_errors"] = float(errors)
+        stats.update(grade_stats(outcomes))
+        if outcomes and stats["grader_timeouts"] == len(outcomes):
+            raise SpecError(
+                f"the grader ran past its time limit on all {len(outcomes)} samples of a step "
+                "(each call is limited by the grader's timeout_s, default 2 s); the job stops "
+                "rather than train on no reward",
+                param="method.reinforcement.grader",
+                code="grader_timeout",
+            )
         return torch.tensor(rewards, dtype=torch.float32), stats
 
     @torch.no_grad()

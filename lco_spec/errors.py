@@ -11,10 +11,20 @@ from __future__ import annotations
 class SpecError(ValueError):
     """Invalid user input: a config value, a dataset line, a grader template."""
 
-    def __init__(self, message: str, *, param: str | None = None, line: int | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        line: int | None = None,
+        code: str | None = None,
+    ):
         self.message = message
         self.param = param
         self.line = line
+        # The error code a job fails with when the trainer raises this (`invalid_request`
+        # if none), e.g. `grader_timeout`.
+        self.code = code
         where = []
         if line is not None:
             where.append(f"line {line}")

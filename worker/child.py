@@ -105,7 +105,15 @@ def main(argv: list[str] | None = None, run: Callable[..., Any] | None = None) -
             device=config.get("device", "auto"),
         )
     except SpecError as exc:
-        callbacks.send({"t": "error", "category": "user", "message": str(exc), "param": exc.param})
+        callbacks.send(
+            {
+                "t": "error",
+                "category": "user",
+                "message": str(exc),
+                "param": exc.param,
+                "code": exc.code,
+            }
+        )
         return 2
     except Exception as exc:
         traceback.print_exc(file=sys.stderr)

@@ -535,9 +535,8 @@ class Supervisor:
                 message = f"the training process was killed by the OOM killer ({message})"
             transitions.fail(session, job, code=OUT_OF_MEMORY, message=message)
         elif error.get("category") == "user":
-            transitions.fail(
-                session, job, code="invalid_request", message=message, param=error.get("param")
-            )
+            code = error.get("code") or "invalid_request"
+            transitions.fail(session, job, code=code, message=message, param=error.get("param"))
         elif attempt < job.max_attempts:
             delay = backoff_s(self.settings.retry_backoff_s, attempt)
             transitions.requeue(
