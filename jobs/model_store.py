@@ -30,7 +30,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -89,6 +89,8 @@ class ModelEntry:
     id: str
     created_at: datetime
     owned_by: str
+    # A LoRA job's model is an adapter on the model that job started from (`lora_base`).
+    adapter_base: str | None = None
 
 
 def check_model_name(name: str) -> str:
@@ -336,7 +338,24 @@ def delete_fine_tuned_model(scope: TeamScope, name: str) -> None:
 def _fine_tuned_entry(job: Job) -> ModelEntry:
     assert job.fine_tuned_model is not None
     # The owner as the job object names it (`organization_id`).
-    return ModelEntry(job.fine_tuned_model, job.finished_at or job.created_at, job.team_id)
+    return ModelEntry(
+        job.fine_tuned_model, job.finished_at or job.created_at, job.team_id, lora_base(job)
+    )
+
+
+def job_lora(spec: dict[str, Any]) -> dict[str, Any] | None:
+    """A stored job spec's LoRA settings (`hyperparameters.lora`), or None for a full
+    fine-tune."""
+    method = spec.get("method") or {}
+    block = method.get(method.get("type", "supervised")) or {}
+    lora = (block.get("hyperparameters") or {}).get("lora")
+    return lora if isinstance(lora, dict) else None
+
+
+def lora_base(job: Job) -> str | None:
+    """The model a LoRA job's adapter applies to (the job's starting model, itself perhaps
+    a fine-tuned one); None for a full fine-tune."""
+    return job.model if job_lora(job.spec) is not None else None
 
 
 def _no_model(name: str) -> NotFound:

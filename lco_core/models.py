@@ -1,4 +1,5 @@
-"""Model names to loaded models: the built-in `lco-tiny`, local dirs, and cached hub ids.
+"""Model names to loaded models: the built-in `lco-tiny`, local dirs (a LoRA job's adapter
+dir loads as its base with the adapter merged in), and cached hub ids.
 
 Nothing is downloaded at run time: a hub id resolves only if it is already in the local
 Hugging Face cache, and anything else is a clear `ValueError` rather than a network hang.
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from lco_core.lora import is_adapter_dir, load_merged
 from lco_core.tiny_model import TINY_MODEL_NAME, ensure_tiny_model
 
 if TYPE_CHECKING:
@@ -33,7 +35,7 @@ def resolve_model(name_or_path: str) -> str:
         return str(ensure_tiny_model())
     local = Path(name_or_path).expanduser()
     if local.is_dir():
-        if not (local / "config.json").is_file():
+        if not (local / "config.json").is_file() and not is_adapter_dir(local):
             raise ValueError(f"unknown model {name_or_path!r}: the directory has no config.json")
         return str(local)
     return _cached_hub_snapshot(name_or_path)
@@ -62,9 +64,16 @@ def load_model_and_tokenizer(
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal LM and its tokenizer (no remote code), the model on `device`."""
     path = resolve_model(name_or_path)
-    model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=dtype, trust_remote_code=False, local_files_only=True
-    )
+    model: PreTrainedModel
+    if is_adapter_dir(path):
+        # A LoRA job's model or checkpoint: its base with the adapter folded in. Named by the
+        # adapter's dir, so an adapter trained on top of it records that dir as its base.
+        model = load_merged(path, torch.device("cpu"), dtype)
+        model.name_or_path = path
+    else:
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=dtype, trust_remote_code=False, local_files_only=True
+        )
     # PreTrainedModel.to's stub is wrapped in a way mypy misreads; it is nn.Module.to.
     model.to(torch.device(device))  # type: ignore[arg-type]
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False, local_files_only=True)

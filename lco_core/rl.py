@@ -66,6 +66,9 @@ class RLTrainer(Trainer):
         self.grader = build_grader(grader_spec)
         self.engine = engine
         self.ref_model = ref_model
+        # The initial policy for KL: a frozen copy, or for a LoRA job the same model with
+        # its adapter switched off (no second copy of the weights; lco_core.lora).
+        self.has_reference = ref_model is not None or self.adapter is not None
         self.loss_cfg = LossConfig(
             beta=cfg.beta,
             vocab_advantage=cfg.vocab_advantage,
@@ -157,6 +160,13 @@ class RLTrainer(Trainer):
                     out.setdefault("values", []).append(self.value_head(hc.float())[:, 0])
         return {k: torch.cat(v).cpu() for k, v in out.items()}
 
+    def reference_logprobs(self, ro: Rollouts) -> Tensor:
+        """log pi_init(a) for every response token (see `has_reference`)."""
+        if self.ref_model is not None:
+            return self.token_logprobs(self.ref_model, ro, full=False)["logp"]
+        with self.adapter.disable_adapter():
+            return self.token_logprobs(self.model, ro, full=False)["logp"]
+
     def advantages(
         self, ro: Rollouts, rewards: Tensor, values: Tensor | None
     ) -> tuple[Tensor, Tensor | None]:
@@ -235,8 +245,8 @@ class RLTrainer(Trainer):
         with timer.phase("old_logprobs"):
             if self.separate_old_pass:
                 old = self.token_logprobs(self.model, ro, full=True)
-            if self.ref_model is not None and (cfg.kl_coef > 0 or diagnose):
-                ref_logp = self.token_logprobs(self.ref_model, ro, full=False)["logp"]
+            if self.has_reference and (cfg.kl_coef > 0 or diagnose):
+                ref_logp = self.reference_logprobs(ro)
             adv, returns = self.advantages(ro, rewards, old.get("values") if old else None)
             self.check_signal(step, not bool(adv.any()), rewards)
             if cfg.importance_cap is not None and old is not None:

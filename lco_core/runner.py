@@ -22,6 +22,7 @@ from transformers import PreTrainedModel
 from lco_core.callbacks import Callbacks
 from lco_core.checkpoint import latest_checkpoint, load_train_state, prune_temp_dirs
 from lco_core.data import load_items
+from lco_core.lora import add_adapter, load_adapter, trainer_model
 from lco_core.metric_sinks import with_metric_sinks
 from lco_core.models import load_model_and_tokenizer, pick_device, resolve_model
 from lco_core.result import RunResult
@@ -29,11 +30,12 @@ from lco_core.rollout import RolloutEngine
 from lco_core.trainer import Trainer
 from lco_spec.graders import check_grader_against_item
 from lco_spec.job import JobSpec
-from lco_spec.train_config import resolve_config
+from lco_spec.train_config import hyperparameters_path, resolve_config
 
 log = logging.getLogger(__name__)
 
-# The reference policy (KL to the initial policy) is a second copy of the model in memory.
+# The reference policy (KL to the initial policy) is a second copy of the model in memory
+# (a LoRA job's is free: the same model with the adapter off).
 # It is loaded when the loss needs it (kl_coef > 0), and otherwise only for models small
 # enough that the copy costs nothing (lco-tiny), to report `kl_init` at the diagnostic
 # interval; a real model does not pay for a metric.
@@ -165,7 +167,20 @@ def build_trainer(
         f"loading {'the checkpoint ' + resume_from.name if resume_from else spec.model} "
         f"onto {torch_device}",
     )
-    model, tokenizer = load_model_and_tokenizer(str(resume_from or base_path), device=torch_device)
+    adapter = None
+    if cfg.lora is None:
+        model, tokenizer = load_model_and_tokenizer(
+            str(resume_from or base_path), device=torch_device
+        )
+    else:
+        # LoRA: the base model with a fresh adapter, or the checkpoint's to resume.
+        model, tokenizer = load_model_and_tokenizer(str(base_path), device=torch_device)
+        if resume_from is not None:
+            adapter = load_adapter(model, resume_from, trainable=True)
+        else:
+            param = f"{hyperparameters_path(spec)}.lora"
+            adapter = add_adapter(model, cfg.lora, seed=cfg.seed, param=param)
+        model = trainer_model(adapter)
     trainer: Trainer
     if cfg.kind in ("sft", "dpo"):
         from lco_core.dpo import DPOTrainer
@@ -180,13 +195,15 @@ def build_trainer(
             output_dir=output_dir,
             callbacks=callbacks,
             device=torch_device,
+            adapter=adapter,
         )
     else:
         from lco_core.rl import RLTrainer
 
         ref_model = None
         n_params = sum(p.numel() for p in model.parameters())
-        if cfg.kl_coef > 0 or n_params <= KL_INIT_MAX_PARAMS:
+        # A LoRA job's reference is its own model with the adapter off (RLTrainer).
+        if adapter is None and (cfg.kl_coef > 0 or n_params <= KL_INIT_MAX_PARAMS):
             ref_model, _ = load_model_and_tokenizer(str(base_path), device=torch_device)
             ref_model.requires_grad_(False).eval()
         trainer = RLTrainer(
@@ -203,6 +220,7 @@ def build_trainer(
             output_dir=output_dir,
             callbacks=callbacks,
             device=torch_device,
+            adapter=adapter,
         )
     if resume_from is not None:
         trainer.load_state_dict(load_train_state(resume_from))

@@ -14,7 +14,7 @@ import logging
 import time
 import warnings
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 import torch
 from torch import Tensor
@@ -78,6 +78,9 @@ class TrainerInputs(TypedDict):
     output_dir: Path
     callbacks: Callbacks
     device: torch.device
+    # A LoRA job's `peft` wrapper of `model` (lco_core.lora): it saves the checkpoints
+    # (the adapter only) and can switch the adapter off (the base model).
+    adapter: NotRequired[Any]
 
 
 class Trainer:
@@ -95,8 +98,10 @@ class Trainer:
         callbacks: Callbacks,
         device: torch.device,
         extra_params: list[torch.nn.Parameter] | None = None,
+        adapter: Any = None,
     ) -> None:
         self.cfg = cfg
+        self.adapter = adapter
         self.model = model
         self.tokenizer = tokenizer
         self.items = items
@@ -204,7 +209,11 @@ class Trainer:
 
     def save(self) -> Path:
         path = save_checkpoint(
-            self.checkpoint_dir, self.step, self.model, self.tokenizer, self.state_dict()
+            self.checkpoint_dir,
+            self.step,
+            self.adapter if self.adapter is not None else self.model,
+            self.tokenizer,
+            self.state_dict(),
         )
         self.callbacks.on_checkpoint(path, self.step, self.last_metrics)
         return path

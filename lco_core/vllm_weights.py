@@ -21,6 +21,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from lco_core.lora import has_lora_layers, merged_state_dict
+
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
@@ -35,7 +37,9 @@ def engine_state_dict(
     `lm_head.weight`; without it, tied duplicates are dropped as `save_pretrained` does."""
     out: dict[str, torch.Tensor] = {}
     seen: set[int] = set()
-    for name, tensor in model.state_dict().items():
+    # A LoRA job's model serves its adapter folded in (lco_core.lora; README "LoRA").
+    state = merged_state_dict(model) if has_lora_layers(model) else model.state_dict()
+    for name, tensor in state.items():
         t = tensor.detach()
         t = t.to("cpu", dtype) if t.is_floating_point() else t.to("cpu")
         storage = t.untyped_storage().data_ptr()

@@ -46,6 +46,39 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# The linear layers of a decoder block, per HF `model_type`: what LoRA's default
+# `target_modules: all-linear` means, and what a submission checks named modules against
+# (an unknown family is checked by the trainer, which sees the real modules).
+LORA_LINEAR_MODULES: dict[str, tuple[str, ...]] = {
+    family: ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    for family in ("llama", "qwen2", "qwen3", "mistral", "gemma", "gemma2", "olmo", "olmo2")
+}
+
+
+class LoraConfig(Strict):
+    """Train a low-rank adapter (Hu et al., 2021) instead of every weight: each targeted
+    linear layer W becomes W + (alpha / r) B A with A [r, in], B [out, r] trained and W
+    frozen. Checkpoints then hold only A and B (megabytes)."""
+
+    r: Annotated[int, Field(ge=1, le=4096)] = 16
+    # auto: 2 r (the scale alpha / r is then 2, as in TRL's and Tinker's examples).
+    alpha: Annotated[int, Field(ge=1, le=100_000)] | Auto = "auto"
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    # Module names as the model spells them (`q_proj`, ...); all-linear: every linear layer
+    # of the decoder blocks (never the LM head, which the fused loss reads directly).
+    target_modules: (
+        Annotated[
+            list[Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.]+$")]],
+            Field(min_length=1, max_length=64),
+        ]
+        | Literal["all-linear"]
+    ) = "all-linear"
+
+    @property
+    def resolved_alpha(self) -> int:
+        return 2 * self.r if self.alpha == "auto" else self.alpha
+
+
 class CommonHyperparameters(Strict):
     """Shared by every method: OpenAI's three plus optimisation and checkpoint controls."""
 
@@ -73,6 +106,9 @@ class CommonHyperparameters(Strict):
     # Tokens per chunk of the fused LM-head loss; auto: one chunk of logits within 32 MiB on
     # CPU, 1 GiB on CUDA (`lco_core/memory.py`).
     loss_chunk_size: Annotated[int, Field(ge=1, le=1_000_000)] | Auto = "auto"
+    # A LoRA adapter instead of a full fine-tune (None: full). Left out of the stored spec
+    # when off, so specs stored before the field existed and after compare alike.
+    lora: LoraConfig | None = Field(default=None, exclude_if=lambda value: value is None)
 
 
 class SupervisedHyperparameters(CommonHyperparameters):

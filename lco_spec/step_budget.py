@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lco_spec.errors import SpecError
+from lco_spec.job import LORA_LINEAR_MODULES, LoraConfig
 from lco_spec.train_config import TrainConfig
 
 # The defaults a knob's size is compared with, to name the field most responsible.
@@ -46,6 +47,8 @@ class ModelShape:
     vocab_size: int
     max_position_embeddings: int
     tie_word_embeddings: bool
+    # HF's `model_type` ("llama", "qwen2", ...): names the linear layers LoRA may target.
+    model_type: str = ""
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> ModelShape:
@@ -61,7 +64,15 @@ class ModelShape:
             vocab_size=int(config["vocab_size"]),
             max_position_embeddings=int(config.get("max_position_embeddings") or 2**31),
             tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
+            model_type=str(config.get("model_type") or ""),
         )
+
+    def linear_shapes(self) -> dict[str, tuple[int, int]]:
+        """(in, out) features of each linear layer of a block of a Llama-style model."""
+        h, i = self.hidden_size, self.intermediate_size
+        kv = h * self.num_key_value_heads // self.num_attention_heads
+        return {"q_proj": (h, h), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (h, h),
+                "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}  # fmt: skip
 
     @property
     def parameters(self) -> int:
@@ -85,6 +96,35 @@ def activation_bytes_per_token(config: Any, *, dtype_bytes: int = 4) -> int:
     intermediate = int(getattr(config, "intermediate_size", None) or 4 * hidden)
     layers = int(config.num_hidden_layers)
     return layers * (6 * hidden + 4 * intermediate) * dtype_bytes
+
+
+def lora_parameters(lora: LoraConfig, shape: ModelShape, *, prefix: str) -> int:
+    """The adapter's parameter count, after checking it against the model: the targeted
+    modules must exist in its blocks, and `r` may not exceed any targeted layer's smaller
+    side (a rank beyond it adds nothing a full-rank update would not). A model family this
+    table does not know is left to the trainer, which sees the real modules."""
+    names = LORA_LINEAR_MODULES.get(shape.model_type)
+    if names is None:
+        return 0
+    targets = list(names) if lora.target_modules == "all-linear" else lora.target_modules
+    unknown = sorted(set(targets) - set(names))
+    if unknown:
+        raise SpecError(
+            f"the model ({shape.model_type}) has no linear layers named {', '.join(unknown)} "
+            f"in its blocks; LoRA can target: {', '.join(names)} (or all-linear)",
+            param=f"{prefix}.target_modules",
+        )
+    shapes = shape.linear_shapes()
+    narrowest = min(targets, key=lambda name: min(shapes[name]))
+    width = min(shapes[narrowest])
+    if lora.r > width:
+        raise SpecError(
+            f"r = {lora.r} is larger than the layer width it adapts ({narrowest}: "
+            f"{shapes[narrowest][0]} x {shapes[narrowest][1]}); use r <= {width}",
+            param=f"{prefix}.r",
+        )
+    per_layer = sum(lora.r * (shapes[name][0] + shapes[name][1]) for name in targets)
+    return per_layer * shape.num_hidden_layers
 
 
 def _gib(n: int) -> str:
@@ -127,9 +167,13 @@ def check_step(
             param=f"{prefix}.{seq_field}",
         )
     state = STATE_BYTES_PER_PARAMETER * shape.parameters
+    if cfg.lora is not None:
+        # Frozen float32 weights; only the adapter has gradients and AdamW moments.
+        adapter = lora_parameters(cfg.lora, shape, prefix=f"{prefix}.lora")
+        state = 4 * shape.parameters + STATE_BYTES_PER_PARAMETER * adapter
     if state > max_memory_bytes:
         raise SpecError(
-            f"full fine-tuning this model needs about {_gib(state)} for its weights, "
+            f"{'LoRA' if cfg.lora else 'full'} fine-tuning this model needs about {_gib(state)} for its weights, "
             f"gradients and optimizer state; a training process may use "
             f"{_gib(max_memory_bytes)} (setting max_train_memory_bytes)",
             param="model",

@@ -13,8 +13,10 @@ from fastapi import Request
 from pydantic import BaseModel
 from sqlalchemy import Row
 
+from api.schemas.models import AdapterPublic
 from jobs.errors import InvalidRequest
 from jobs.ids import epoch
+from jobs.model_store import job_lora
 from jobs.models import Checkpoint, Job, JobEvent, JobMetric
 from jobs.results import results_file_id, with_openai_metrics
 from jobs.scheduling import Slot
@@ -134,6 +136,8 @@ class JobPublic(BaseModel):
     queue: QueuePlace | None = None  # only while queued, when the caller passes the plan
     # What the caller may POST now: cancel | pause | resume (`jobs.states.allowed_actions`).
     actions: list[str] = []
+    # A LoRA job: its fine-tuned model is an adapter on `model` (null: a full fine-tune).
+    adapter: AdapterPublic | None = None
 
     @classmethod
     def from_row(
@@ -188,6 +192,7 @@ class JobPublic(BaseModel):
             priority=job.priority,
             pool=job.pool,
             resources=Resources(gpus=job.gpus),
+            adapter=AdapterPublic(base_model=job.model) if job_lora(spec) is not None else None,
             queue=(
                 QueuePlace(
                     position=slot.position,
