@@ -59,6 +59,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     from lco_core.callbacks import Callbacks
+    from lco_core.policy_update import policy_update
     from lco_core.rl import RLTrainer, Rollouts
     from lco_core.tokenizer import build_byte_tokenizer
     from lco_spec.train_config import TrainConfig
@@ -112,7 +113,8 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
         cfg,
         model,
         build_byte_tokenizer(),
-        items=[],
+        # One item: the trainer sizes its micro-batches from the longest prompt.
+        items=[{"messages": [{"role": "user", "content": "x" * args.prompt}], "answer": "1"}],
         eval_items=[],
         grader_spec=grader,
         engine=None,
@@ -142,7 +144,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
         raise RuntimeError("ppo needs returns")
 
     def update() -> None:
-        trainer.update(ro, old, adv, returns, None)
+        policy_update(trainer, ro, old, adv, returns, None, split=False)
         if device.type == "cuda":
             torch.cuda.synchronize()
 
