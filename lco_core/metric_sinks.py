@@ -7,11 +7,11 @@ deployment can.
     callbacks.close()
 
 TensorBoard event files go to `<output_dir>/tensorboard/` (the job's dir, so they are
-downloaded and deleted with it), written by `torch.utils.tensorboard.SummaryWriter` and
-flushed every step, so a TensorBoard pointed at the dir follows a running job. Each attempt
-opens its writer at its first step with `purge_step` set to it: after a resume, TensorBoard
-drops the points an earlier attempt wrote at or past that step (the job's metrics were
-rolled back the same way).
+downloaded and deleted with it), in TensorBoard's own record format and flushed every step,
+so a TensorBoard pointed at the dir follows a running job. Each attempt starts its file at
+its first step with a purge marker (SummaryWriter's `purge_step`): after a resume,
+TensorBoard drops the points an earlier attempt wrote at or past that step (the job's
+metrics were rolled back the same way).
 
 W&B needs the `wandb` package and `WANDB_API_KEY` (or `WANDB_MODE=offline`) in the training
 process' environment; without them a job that asks for it trains all the same and gets the
@@ -29,6 +29,8 @@ import logging
 import math
 import os
 import re
+import socket
+import time
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -59,27 +61,54 @@ def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
 
 
 class TensorBoardSink:
-    """Scalars under `<output_dir>/tensorboard`, tagged by metric name."""
+    """Scalars under `<output_dir>/tensorboard`, tagged by metric name: one event file per
+    attempt, in TensorBoard's record format (its own `RecordWriter` and protos).
+
+    Written synchronously rather than through `torch.utils.tensorboard.SummaryWriter`: its
+    writer thread costs about 70 MiB of address space (a malloc arena), enough to push a
+    small run over `train_memory_limit_mb` 1024 (measured); a step's few scalars take
+    microseconds to write."""
 
     name = "TensorBoard"
 
     def __init__(self, log_dir: Path) -> None:
         self.log_dir = log_dir
-        self._writer: Any = None
+        self._records: Any = None
+
+    def _open(self, first_step: int) -> None:
+        from tensorboard.compat.proto import event_pb2
+        from tensorboard.summary.writer.record_writer import RecordWriter
+
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        # TensorBoard reads a dir's files in name order: seconds first, then (for two files of
+        # one process in one second) nanoseconds.
+        now = time.time_ns()
+        host = socket.gethostname()
+        name = f"events.out.tfevents.{now // 10**9:010d}.{host}.{os.getpid()}.{now}"
+        self._records = RecordWriter(open(self.log_dir / name, "wb"))  # noqa: SIM115
+        self._write(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
+        # SummaryWriter's purge_step: TensorBoard drops points at or past this step that
+        # earlier files hold (an earlier attempt's steps after the checkpoint we resumed).
+        start = event_pb2.SessionLog(status=event_pb2.SessionLog.START)
+        self._write(event_pb2.Event(wall_time=time.time(), step=first_step, session_log=start))
+
+    def _write(self, event: Any) -> None:
+        self._records.write(event.SerializeToString())
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
-        if self._writer is None:
-            from torch.utils.tensorboard import SummaryWriter
+        from tensorboard.compat.proto import event_pb2, summary_pb2
 
-            self._writer = SummaryWriter(log_dir=str(self.log_dir), purge_step=step)
-        for key, value in metrics.items():
-            self._writer.add_scalar(key, value, step)
-        self._writer.flush()
+        if self._records is None:
+            self._open(step)
+        values = [summary_pb2.Summary.Value(tag=k, simple_value=v) for k, v in metrics.items()]
+        summary = summary_pb2.Summary(value=values)
+        self._write(event_pb2.Event(wall_time=time.time(), step=step, summary=summary))
+        self._records.flush()
 
     def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+        if self._records is not None:
+            self._records.close()
+            self._records = None
 
 
 def wandb_configured() -> bool:

@@ -147,3 +147,28 @@ def test_a_failing_sink_is_dropped_with_a_warning() -> None:
     assert [(lvl, msg) for lvl, msg, _ in recorder.events] == [
         ("warn", "Broken metrics stopped: OSError: disk full")
     ]
+
+
+def test_a_resumed_attempt_replaces_the_steps_it_redoes(tmp_path: Path) -> None:
+    """Attempt 1 logs steps 1-4 and dies after the step-2 checkpoint; attempt 2 resumes at 3:
+    TensorBoard shows its values for 3 and 4, not both attempts' (SummaryWriter's
+    purge_step)."""
+    from lco_core.metric_sinks import TensorBoardSink
+
+    first = TensorBoardSink(tmp_path)
+    for step in (1, 2, 3, 4):
+        first.log(step, {"loss": 1.0})
+    first.close()
+    second = TensorBoardSink(tmp_path)
+    for step in (3, 4, 5):
+        second.log(step, {"loss": 0.5})
+    second.close()
+    events = EventAccumulator(str(tmp_path))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("loss")] == [
+        (1, 1.0),
+        (2, 1.0),
+        (3, 0.5),
+        (4, 0.5),
+        (5, 0.5),
+    ]
