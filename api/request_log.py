@@ -5,7 +5,7 @@ An incoming `x-request-id` is kept when it is well formed (1-128 characters of
 `[A-Za-z0-9._:-]`, so a proxy's or a client's id ties their logs to ours); anything else is
 replaced by a fresh one, never echoed (it would let a client write arbitrary text into the
 logs and headers). The middleware is outermost, so refusals by the guards (413, 429, 431)
-carry an id too.
+carry an id too. Successful probes and scrapes log at DEBUG (they come every few seconds).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ log = logging.getLogger("api.request")
 
 HEADER = "x-request-id"
 _WELL_FORMED = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+QUIET_ROUTES = frozenset({"/livez", "/readyz", "/healthz", "/metrics"})
 
 
 def request_id_from(scope: Scope) -> str:
@@ -64,11 +65,15 @@ class RequestLog:
             try:
                 await self.app(scope, receive, send_with_id)
             finally:
-                log.info(
+                route = route_template(scope)
+                # Probes and scrapes come every few seconds: a line each only when they fail.
+                quiet = route in QUIET_ROUTES and status < 400
+                log.log(
+                    logging.DEBUG if quiet else logging.INFO,
                     "http.request",
                     extra={
                         "method": scope["method"],
-                        "route": route_template(scope),
+                        "route": route,
                         "status": status,
                         "duration_ms": round((time.perf_counter() - started) * 1000, 2),
                     },
