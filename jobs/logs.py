@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import IO, Any
 
+from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.json import JsonFormatter
 
 HANDLER_NAME = "lco-json"
@@ -71,6 +72,8 @@ def json_handler(stream: IO[str] | None = None) -> logging.Handler:
             style="{",
             rename_fields={"levelname": "level", "name": "logger"},
             timestamp="time",
+            # Uvicorn's copy of its message with terminal colour codes.
+            reserved_attrs=[*RESERVED_ATTRS, "color_message"],
         )
     )
     handler.addFilter(_ContextFilter())
