@@ -4,9 +4,9 @@
     tar xf tb.tar && tensorboard --logdir $ID-tensorboard
 
 The training process writes them into the job's dir as it trains (lco_core.metric_sinks),
-so this works while the job runs too: each download holds every step written so far. 404
-when the job has none yet (it has not reached its first step, or ran before the sink
-existed).
+so this works while the job runs too: each download holds every step written so far, and
+before the first step it is an empty tar (a job is never a 404 here for having no steps;
+404 means no such job, or another team's).
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from fastapi.responses import StreamingResponse
 
 from api.deps import ScopeDep, ServicesDep
 from api.routers.checkpoints import _tar_stream as tar_stream  # one tar writer for both
-from jobs.errors import NotFound
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
 
@@ -29,8 +28,6 @@ def download_tensorboard(scope: ScopeDep, services: ServicesDep, job_id: str) ->
     job = scope.job(job_id)
     root = services.storage.resolve_in_job(scope.team_id, job.id, TENSORBOARD_DIR)
     scope.session.rollback()  # end the read transaction before the stream
-    if not root.is_dir() or not any(root.iterdir()):
-        raise NotFound(f"job {job.id} has no TensorBoard files yet")
     name = f"{job.id}-tensorboard"
     return StreamingResponse(
         tar_stream(root, name),
