@@ -155,3 +155,40 @@ def test_the_trainer_refuses_targets_the_model_lacks(
     with pytest.raises(SpecError, match=message) as err:
         add_adapter(model, LoraConfig(**{**lora, "r": lora.get("r", 8) + 1}), seed=0, param="p")
     assert err.value.param == f"p.{field}"
+
+
+def _method_body(kind: str, data: Path) -> dict[str, Any]:
+    hp: dict[str, Any] = {"batch_size": 4, "max_steps": 4, "checkpoint_interval": 2,
+                          "eval_samples": 1, "learning_rate": 0.01, "lora": {"r": 4}}  # fmt: skip
+    if kind in ("grpo", "ppo"):
+        body = rl_job(str(data), **hp, algorithm=kind, n_samples=4)
+        return body
+    return {
+        "model": "lco-tiny",
+        "training_file": str(data),
+        "seed": 2,
+        "method": {"type": kind, kind: {"hyperparameters": hp}},
+    }
+
+
+@pytest.mark.parametrize("kind", ["supervised", "dpo", "grpo", "ppo"])
+def test_every_method_trains_and_resumes_an_adapter_exactly(
+    tiny_model_path: Path, addition_file: Path, tmp_path: Path, kind: str
+) -> None:
+    """SFT, DPO (its reference logprobs come from the starting model, which is the adapter
+    at B = 0) and the RL baselines (PPO: value head beside the adapter) resume exactly."""
+    task = get_task("addition")
+    data = {
+        "supervised": lambda: write_jsonl(task.sft_examples(32, seed=2), tmp_path / "d.jsonl"),
+        "dpo": lambda: write_jsonl(task.dpo_examples(32, seed=2), tmp_path / "d.jsonl"),
+    }.get(kind, lambda: addition_file)()
+    spec = parse_job_spec(_method_body(kind, data))
+    kwargs: dict[str, Any] = {"training_file": data, "validation_file": None}
+    straight = run_job(spec, output_dir=tmp_path / "a", **kwargs)
+    run_job(spec, output_dir=tmp_path / "b", callbacks=StopAt(2), **kwargs)
+    resumed = run_job(spec, output_dir=tmp_path / "b", **kwargs)
+    a, b = lines(tmp_path / "a" / "metrics.jsonl"), lines(tmp_path / "b" / "metrics.jsonl")
+    assert [m["step"] for m in b] == [1, 2, 3, 4]
+    assert [m["loss"] for m in b] == pytest.approx([m["loss"] for m in a], rel=1e-4, abs=1e-6)
+    assert straight.final_checkpoint and resumed.final_checkpoint
+    assert (resumed.final_checkpoint / "adapter_model.safetensors").is_file()
