@@ -17,6 +17,16 @@ built (sampled every millisecond: what training adds), trainable parameters, and
 median time of a training step (reward, logprobs, update, optimiser step) over `--repeats`
 steps after one warm-up step. Then the LoRA/full ratios; the targets are peak memory
 <= 0.5x and step time <= 0.9x.
+
+    .venv/bin/python scripts/bench_lora.py --vllm               # vLLM: merged sync vs adapters
+
+`--vllm` compares the two ways a LoRA job's rollouts can run on vLLM (CPU here), on a rank-16
+adapter with random B (a trained adapter's stand-in): (a) what the service does, the adapter
+folded into the weights and synced into the engine after each update (`engine_state_dict`,
+an in-place reload plus the post-sync probe), and (b) vLLM's own LoRA support
+(`enable_lora`; a new adapter id per update, the adapter saved and loaded by the engine).
+For each: the time of one sync (update -> engine serving it), the generation rate of a
+step's rollouts, and the largest |vLLM logprob - trainer logprob| over the sampled tokens.
 """
 
 from __future__ import annotations
@@ -155,14 +165,131 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def trainer_logprobs(model: Any, prompts: list[list[int]], groups: Any) -> list[float]:
+    """The trainer model's log-probability of every sampled token, for parity checks."""
+    import torch
+
+    out: list[float] = []
+    with torch.no_grad():
+        for prompt, group in zip(prompts, groups, strict=True):
+            for c in group:
+                ids = torch.tensor([prompt + c.token_ids])
+                logp = torch.log_softmax(model(ids).logits[0].float(), -1)
+                rows = torch.arange(len(prompt) - 1, len(prompt) - 1 + len(c.token_ids))
+                out += logp[rows, torch.tensor(c.token_ids)].tolist()
+    return out
+
+
+def vllm_compare(args: argparse.Namespace) -> dict[str, Any]:
+    """(a) merged weights synced vs (b) vLLM LoRA adapters; see the module docstring."""
+    import torch
+    from vllm import SamplingParams as VSamplingParams
+    from vllm.inputs import TokensPrompt
+    from vllm.lora.request import LoRARequest
+
+    from lco_core.data import encode_prompt
+    from lco_core.lora import add_adapter, trainer_model
+    from lco_core.models import load_model_and_tokenizer
+    from lco_core.rg_tasks import export_rg, preset
+    from lco_core.rollout import SamplingParams
+    from lco_core.vllm_engine import VLLMEngine
+    from lco_spec.job import LoraConfig
+
+    path = model_path(args.model)
+    model, tokenizer = load_model_and_tokenizer(path)
+    adapter = add_adapter(model, LoraConfig(r=args.r), seed=1, param="lora")
+    with torch.no_grad():
+        for name, p in adapter.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.02)
+    inner = trainer_model(adapter).eval()
+    rows = export_rg("basic_arithmetic", 4, 1, 1, **preset("basic_arithmetic", "small"))[0]
+    prompts = [encode_prompt(tokenizer, row["messages"]) for row in rows]
+    params = SamplingParams(n=8, temperature=1.0, max_tokens=24, seed=7)
+    work = Path(tempfile.mkdtemp(prefix="bench-lora-vllm-"))
+
+    def timed(fn: Any) -> tuple[Any, float]:
+        started = time.perf_counter()
+        result = fn()
+        return result, time.perf_counter() - started
+
+    def rate(groups: Any, seconds: float) -> float:
+        return sum(len(c.token_ids) for g in groups for c in g) / seconds
+
+    def parity(groups: Any) -> float:
+        engine_lp = [lp for g in groups for c in g for lp in c.logprobs]
+        mine = trainer_logprobs(inner, prompts, groups)
+        return max(abs(a - b) for a, b in zip(engine_lp, mine, strict=True))
+
+    result: dict[str, Any] = {"model": args.model, "r": args.r}
+    merged = VLLMEngine.from_model(inner, tokenizer, seed=1)
+    try:
+        syncs = [timed(lambda: merged.sync_weights(inner))[1] for _ in range(2)]
+        merged.generate(prompts, params)  # warm-up
+        groups, seconds = timed(lambda: merged.generate(prompts, params))
+        assert merged.last_sync is not None
+        result["merged"] = {"sync_s": syncs[-1], "tokens_per_s": rate(groups, seconds),
+                            "max_logprob_diff": parity(groups),
+                            "probe_diff": merged.last_sync.probe_max_abs_diff}  # fmt: skip
+    finally:
+        merged.close()
+
+    lora_kwargs = {"enable_lora": True, "max_lora_rank": args.r, "max_loras": 1}
+    native = VLLMEngine(path, tokenizer, seed=1, llm_kwargs=lora_kwargs)
+    try:
+
+        def generate(version: int) -> Any:
+            request = LoRARequest(f"v{version}", version, str(work / f"v{version}"))
+            per_prompt = [
+                VSamplingParams(
+                    n=8,
+                    temperature=1.0,
+                    top_p=1.0,
+                    top_k=0,
+                    max_tokens=24,
+                    seed=7 + i,
+                    stop_token_ids=native.eos_ids,
+                    logprobs=0,
+                    detokenize=False,
+                )
+                for i in range(len(prompts))
+            ]
+            outs = native.llm.generate(
+                [TokensPrompt(prompt_token_ids=p) for p in prompts], per_prompt,
+                lora_request=request, use_tqdm=False,
+            )  # fmt: skip
+            return [[native._completion(c) for c in out.outputs] for out in outs]
+
+        sync = []
+        for version in (1, 2, 3):  # an update each: save the adapter, serve it under a new id
+            _, save_s = timed(lambda v=version: adapter.save_pretrained(work / f"v{v}"))
+            _, first_s = timed(lambda v=version: generate(v))
+            groups, steady_s = timed(lambda v=version: generate(v))
+            sync.append(save_s + max(first_s - steady_s, 0.0))
+        result["adapters"] = {"sync_s": sync[-1], "tokens_per_s": rate(groups, steady_s),
+                              "max_logprob_diff": parity(groups)}  # fmt: skip
+    finally:
+        native.close()
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="smollm2", help="smollm2, lco-tiny or a model dir")
     parser.add_argument("--r", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--vllm", action="store_true", help="merged sync vs vLLM adapters")
     parser.add_argument("--variant", choices=["full", "lora"], help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.vllm:
+        found = vllm_compare(args)
+        for way in ("merged", "adapters"):
+            row = found[way]
+            print(f"{way:<9} sync {row['sync_s']:.2f} s, {row['tokens_per_s']:.0f} tokens/s, "
+                  f"max |logprob diff| {row['max_logprob_diff']:.2e}")  # fmt: skip
+        print(json.dumps(found))
+        return
     if args.variant:
         print(json.dumps(child(args)))
         return
