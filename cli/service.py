@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from cli.options import DATA_DIR, database_settings
+from jobs.logs import configure_logging
 
 
 def _die_with_parent() -> None:
@@ -45,6 +46,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from jobs.reconcile import run_forever
 
     settings = database_settings(args, create=True)
+    configure_logging()
     settings.ensure_dirs()
     worker: subprocess.Popen[bytes] | None = None
     if not args.no_worker:
@@ -76,6 +78,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             port=args.port,
             log_level="warning",
             http=BoundedHeadH11Protocol,
+            log_config=None,  # uvicorn's lines go through the JSON handler above
             h11_max_incomplete_event_size=server_header_bound(settings.max_header_bytes),
         )
     finally:
@@ -112,6 +115,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         "--hostname",
         f"lco-{pools}@%h-{os.getpid()}",
     ]
+    configure_logging(args.loglevel.upper())
     app.worker_main(argv)
     return 0
 
@@ -122,6 +126,7 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
     from jobs.reconcile import run_forever
 
     settings = database_settings(args)
+    configure_logging()
     stop = threading.Event()
     # The reaper locks job rows: frozen inside a transaction, it must not hold them from the
     # workers' heartbeats for longer than a lease lasts.

@@ -39,6 +39,8 @@ def create_worker_app(
     app = Celery("lco")
     app.conf.update(celery_config(settings))
     app.conf.task_queues = [Queue(pool, routing_key=pool) for pool in settings.pools]
+    # Keep the JSON log handler `lco worker` installs (jobs.logs) instead of Celery's own.
+    app.conf.worker_hijack_root_logger = False
 
     def _preempt_running_jobs(**_: Any) -> None:
         # Runs in the signal handler, once per SIGTERM: only flags, no I/O.

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+from jobs.logs import configure_logging, log_context
 from lco_core.callbacks import Callbacks, Level, Phase, StopReason
 from lco_spec.errors import SpecError
 from worker.memory import apply_limit, is_out_of_memory
@@ -84,6 +85,7 @@ def main(argv: list[str] | None = None, run: Callable[..., Any] | None = None) -
     control = os.fdopen(args.control_fd, "r")
     callbacks = RelayCallbacks(out, control)
     config = json.loads(args.config.read_text())
+    configure_logging()
     # Before the trainer loads anything: the limit covers the model and all it allocates.
     apply_limit(int(config.get("memory_limit_mb") or 0))
     try:
@@ -93,17 +95,18 @@ def main(argv: list[str] | None = None, run: Callable[..., Any] | None = None) -
             from lco_core.runner import run_job
 
             run = run_job
-        result = run(
-            parse_job_spec(config["spec"]),
-            training_file=Path(config["training_file"]),
-            validation_file=Path(config["validation_file"])
-            if config.get("validation_file")
-            else None,
-            output_dir=Path(config["output_dir"]),
-            callbacks=callbacks,
-            model_path=config.get("model_path"),
-            device=config.get("device", "auto"),
-        )
+        with log_context(**config.get("log_context", {})):
+            result = run(
+                parse_job_spec(config["spec"]),
+                training_file=Path(config["training_file"]),
+                validation_file=Path(config["validation_file"])
+                if config.get("validation_file")
+                else None,
+                output_dir=Path(config["output_dir"]),
+                callbacks=callbacks,
+                model_path=config.get("model_path"),
+                device=config.get("device", "auto"),
+            )
     except SpecError as exc:
         callbacks.send(
             {

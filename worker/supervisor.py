@@ -169,6 +169,13 @@ class Supervisor:
             "model_path": self.info.model_path,
             "device": self.settings.device,
             "memory_limit_mb": self.settings.train_memory_limit_mb,
+            # Bound to every log line the training process writes (jobs.logs).
+            "log_context": {
+                "job_id": self.lease.job_id,
+                "team_id": self.info.team_id,
+                "attempt": self.lease.attempt,
+                "fencing_token": self.lease.token,
+            },
         }
         config_path = out / f"run-attempt-{self.lease.attempt}.json"
         config_path.write_text(json.dumps(config, indent=2))

@@ -12,6 +12,7 @@ import logging
 
 from jobs.db import transaction
 from jobs.leases import ATTEMPTS_EXHAUSTED, claim, refuse_claim
+from jobs.logs import log_context
 from worker.context import WorkerContext
 from worker.supervisor import Supervisor, load_job_info
 
@@ -34,5 +35,6 @@ def run_job(ctx: WorkerContext, job_id: str) -> bool:
     log.info(
         "job.claimed", extra={"job_id": job_id, "attempt": lease.attempt, "token": lease.token}
     )
-    Supervisor(ctx, lease, load_job_info(ctx, job_id)).run()
+    with log_context(job_id=job_id, attempt=lease.attempt, fencing_token=lease.token):
+        Supervisor(ctx, lease, load_job_info(ctx, job_id)).run()
     return True

@@ -175,6 +175,7 @@ class JobPublic(BaseModel):
                 else None
             ),
             metadata=spec.get("metadata"),
+            integrations=list(spec.get("integrations") or []),
             method=method,
             hyperparameters=Hyperparameters(
                 batch_size=hp.get("batch_size", "auto"),
