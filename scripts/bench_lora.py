@@ -27,6 +27,15 @@ an in-place reload plus the post-sync probe), and (b) vLLM's own LoRA support
 (`enable_lora`; a new adapter id per update, the adapter saved and loaded by the engine).
 For each: the time of one sync (update -> engine serving it), the generation rate of a
 step's rollouts, and the largest |vLLM logprob - trainer logprob| over the sampled tokens.
+
+    .venv/bin/python scripts/bench_lora.py --reward --model lco-tiny --steps 150   # ~15 min
+
+`--reward` trains LCO twice with the same budget, full and LoRA r=16 (auto learning rate,
+10x), and prints the greedy held-out reward before and after with the 95% interval of the
+gain (normal approximation of two means of n rewards in [0, 1], as the real-model service
+test). lco-tiny: the README's recipe (`addition`, 512 training and 128 held-out prompts,
+8 prompts x 8 samples of 6 tokens, beta 2, lr 1e-4, seed 1, HF rollouts). smollm2: the
+service test's (`basic_arithmetic` small, 4 x 8 samples of 24 tokens, lr 2e-5, vLLM).
 """
 
 from __future__ import annotations
@@ -273,6 +282,73 @@ def vllm_compare(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def gain_interval(before: float, after: float, n: int) -> tuple[float, float]:
+    """95% interval of after - before (tests/test_real_model_service.py's approximation)."""
+
+    def var(p: float) -> float:
+        return min(max(p, 0.0), 1.0) * (1 - min(max(p, 0.0), 1.0)) / n
+
+    half = 1.96 * (var(before) + var(after)) ** 0.5
+    return after - before - half, after - before + half
+
+
+def reward_compare(args: argparse.Namespace) -> dict[str, Any]:
+    """Full vs LoRA LCO with the same budget; see the module docstring."""
+    from lco_core.runner import run_job
+    from lco_core.tasks import get_task, write_jsonl
+    from lco_spec.job import parse_job_spec
+
+    work = Path(tempfile.mkdtemp(prefix="bench-lora-reward-"))
+    train, val = work / "train.jsonl", work / "val.jsonl"
+    hp: dict[str, Any] = {"max_steps": args.steps, "eval_interval": args.steps,
+                          "checkpoint_interval": args.steps, "beta": 2.0}  # fmt: skip
+    if args.model == "lco-tiny":
+        task = get_task("addition")
+        write_jsonl(task.examples(512, seed=1), train)
+        write_jsonl(task.examples(128, seed=99), val)
+        grader, n_eval, lr = task.grader(), 128, 1e-4
+        hp |= {"batch_size": 8, "n_samples": 8, "max_completion_tokens": 6,
+               "rollout_engine": "hf"}  # fmt: skip
+    else:
+        from lco_core.rg_tasks import export_rg, preset
+
+        rows, val_rows, _, _, grader = export_rg(
+            "basic_arithmetic", 512, 128, 1, **preset("basic_arithmetic", "small")
+        )
+        train.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        val.write_text("".join(json.dumps(r) + "\n" for r in val_rows))
+        n_eval, lr = 128, 2e-5
+        hp |= {"batch_size": 4, "n_samples": 8, "max_completion_tokens": 24,
+               "rollout_engine": "vllm"}  # fmt: skip
+    hp["eval_samples"] = n_eval
+    found: dict[str, Any] = {}
+    from lco_spec.train_config import LORA_LR_FACTOR
+
+    lora = {"lora": {"r": args.r}, "learning_rate": lr * LORA_LR_FACTOR}
+    for name, extra in (("full", {"learning_rate": lr}), ("lora", lora)):
+        spec = parse_job_spec(
+            {"model": args.model, "training_file": str(train), "validation_file": str(val),
+             "seed": 1, "method": {"type": "lco", "lco": {"grader": grader,
+                                                          "hyperparameters": hp | extra}}}
+        )  # fmt: skip
+        started = time.perf_counter()
+        result = run_job(
+            spec,
+            training_file=train,
+            validation_file=val,
+            output_dir=work / name,
+            model_path=model_path(args.model),
+        )
+        before = result.summary["initial_eval_reward"]
+        after = result.summary["final_eval_reward"]
+        low, high = gain_interval(before, after, n_eval)
+        found[name] = {"before": before, "after": after, "gain": after - before,
+                       "ci95": [low, high], "seconds": time.perf_counter() - started}  # fmt: skip
+        print(f"{name:<5} reward {before:.3f} -> {after:.3f} (gain {after - before:+.3f}, 95% "
+              f"[{low:+.3f}, {high:+.3f}]) in {found[name]['seconds']:.0f} s", flush=True)  # fmt: skip
+    return found
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="smollm2", help="smollm2, lco-tiny or a model dir")
@@ -280,8 +356,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--vllm", action="store_true", help="merged sync vs vLLM adapters")
+    parser.add_argument("--reward", action="store_true", help="held-out reward, full vs LoRA")
+    parser.add_argument("--steps", type=int, default=150, help="--reward: steps per run")
     parser.add_argument("--variant", choices=["full", "lora"], help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.reward:
+        print(json.dumps(reward_compare(args)))
+        return
     if args.vllm:
         found = vllm_compare(args)
         for way in ("merged", "adapters"):
