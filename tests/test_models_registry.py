@@ -48,7 +48,7 @@ from tests.service_fixtures import (
     wait_for_job,
 )
 from worker.context import WorkerContext
-from worker.supervisor import load_job_info
+from worker.job_info import load_job_info
 
 COPY = "tiny-copy"
 

@@ -30,22 +30,18 @@ import signal
 import subprocess
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from jobs import transitions
-from jobs.backoff import backoff_s
 from jobs.db import db_unreachable
 from jobs.events import SAMPLES_EVENT, add_event
 from jobs.leases import (
     Lease,
     LeaseLost,
-    earlier_run_s,
     fenced,
     heartbeat,
     leased_job,
@@ -55,81 +51,18 @@ from jobs.leases import (
     record_refused_write,
     requested_action,
 )
-from jobs.lifecycle import model_name, team_name
-from jobs.model_store import base_model_path
 from jobs.models import Checkpoint, Job
 from jobs.states import is_terminal
 from worker.context import WorkerContext
+from worker.job_info import JobInfo
 from worker.memory import oom_kills
-from worker.protocol import OUT_OF_MEMORY, decode
+from worker.outcome import RunEnd, write_outcome
+from worker.protocol import decode
 
 log = logging.getLogger(__name__)
 
 _KILL_WAIT_S = 10.0
-# How a run ended, short of a failure (None): each has its one final move (`_finish_in`).
-Ending = Literal["succeeded", "cancel", "pause", "preempt"]
 _BATCH = 200
-
-
-def exit_reason(returncode: int | None) -> str:
-    if returncode is not None and returncode < 0:
-        try:
-            name = signal.Signals(-returncode).name
-        except ValueError:
-            name = f"signal {-returncode}"
-        return f"the training process was killed by {name}"
-    return f"the training process exited with code {returncode}"
-
-
-@dataclass(frozen=True)
-class JobInfo:
-    """What the supervisor needs from the job row, read once after the claim."""
-
-    job_id: str
-    team_id: str
-    pool: str
-    spec: dict[str, Any]
-    training_file: Path
-    validation_file: Path | None
-    output_dir: Path
-    model_path: str | None
-    model_name: str
-    earlier_run_s: float = 0.0  # what the job's earlier attempts ran (max_job_runtime_s)
-
-
-def load_job_info(ctx: WorkerContext, job_id: str) -> JobInfo:
-    storage = ctx.storage
-    with ctx.sessions() as session:
-        job = session.scalar(select(Job).where(Job.id == job_id))
-        assert job is not None
-        # Where the weights come from: a fine-tuned model's checkpoint, or an imported base
-        # model's store entry; None only for a built-in, which the child resolves by name.
-        model_path = None
-        if job.source_checkpoint_id:
-            ckpt = session.scalar(
-                select(Checkpoint).where(Checkpoint.id == job.source_checkpoint_id)
-            )
-            if ckpt is not None:
-                model_path = str(storage.resolve_in_job(job.team_id, ckpt.job_id, ckpt.rel_path))
-        else:
-            entry = base_model_path(session, ctx.settings, job.base_model)
-            model_path = None if entry is None else str(entry)
-        return JobInfo(
-            job_id=job.id,
-            team_id=job.team_id,
-            pool=job.pool,
-            spec=job.spec,
-            training_file=storage.file_path(job.team_id, job.training_file),
-            validation_file=(
-                storage.file_path(job.team_id, job.validation_file) if job.validation_file else None
-            ),
-            output_dir=storage.job_dir(job.team_id, job.id),
-            model_path=model_path,
-            model_name=model_name(
-                job.base_model, team_name(session, job.team_id), job.spec.get("suffix"), job.id
-            ),
-            earlier_run_s=earlier_run_s(session, job.id),
-        )
 
 
 class Supervisor:
@@ -457,112 +390,27 @@ class Supervisor:
         self.ctx.schedule_now()
 
     def _finish_in(self, session: Session, returncode: int | None) -> None:
-        """The one final move, chosen from how the run ended (`_ending`)."""
-        job = leased_job(session, self.lease)
-        ending, values = self._ending()
-        if ending == "succeeded":
-            self._succeed(session, job, values)
-        elif ending == "cancel":
-            transitions.cancel(session, job, values=values)
-        elif ending == "pause":
-            # Paused or preempted through no fault of the job's: the attempt is given back,
-            # so any number of pauses and preemptions never exhaust `max_attempts`.
-            transitions.pause(session, job, values=values, attempt_spent=False)
-        elif ending == "preempt":
-            transitions.requeue(
-                session,
-                job,
-                delay_s=0.0,
-                message="Fine-tuning job preempted; requeued",
-                level="info",
-                values=values,
-                attempt_spent=False,
-            )
-        else:
-            self._failed(session, job, returncode)
-
-    def _ending(self) -> tuple[Ending | None, dict[str, Any]]:
-        """How the run ended: `succeeded`, `cancel`, `pause`, `preempt`, or None for a
-        failure; with the values the child's result reported (none if it sent no result)."""
-        result = self.result
-        if result is None:
-            # Stopped by a request (and killed when it outstayed the grace), or a failure.
-            stops: dict[str | None, Ending] = {
-                "cancel": "cancel",
-                "pause": "pause",
-                "preempt": "preempt",
-            }
-            return stops.get(self.stop_sent), {}
-        values: dict[str, Any] = {
-            "step": int(result.get("step") or 0),
-            "total_steps": int(result.get("total_steps") or 0) or None,
-            "trained_tokens": int(result.get("trained_tokens") or 0),
-        }
-        # A run stopped for any other reason was preempted (the worker's shutdown).
-        endings: dict[str, Ending] = {
-            "succeeded": "succeeded",
-            "cancelled": "cancel",
-            "paused": "pause",
-        }
-        return endings.get(str(result.get("status")), "preempt"), values
-
-    def _succeed(self, session: Session, job: Job, values: dict[str, Any]) -> None:
-        result = self.result or {}
-        summary = result.get("summary") or {}
-        final = result.get("final_checkpoint")
-        if final:
-            ckpt = self._record_checkpoint(session, Path(final), values["step"], summary)
-            values["final_checkpoint_id"] = ckpt.id
-        values["fine_tuned_model"] = self.info.model_name
-        transitions.succeed(session, job, values=values)
-        if summary:
-            add_event(session, job.id, "Run summary", type="metrics", data=summary)
-
-    def _failed(self, session: Session, job: Job, returncode: int | None) -> None:
-        """A broken limit, running out of memory or a user error fails at once; a crash is
-        retried (with back-off) while attempts are left."""
-        error = self.error or {}
-        message = str(error.get("message") or exit_reason(returncode))
-        if self.unrenewed_at is not None:
-            message = (
-                f"the training process was stopped: the lease went unrenewed for over "
-                f"{self.lease.ttl_s:g}s (database unreachable or worker frozen)"
-            )
-        attempt = self.lease.attempt
-        if self.fatal is not None:
-            code, message = self.fatal
-            transitions.fail(session, job, code=code, message=message)
-        elif self._out_of_memory(returncode):
-            limit = self.settings.train_memory_limit_mb
-            if error.get("category") == OUT_OF_MEMORY:
-                message = "the training process ran out of memory" + (
-                    f" (train_memory_limit_mb {limit}): {message}" if limit else f": {message}"
-                )
-            else:
-                message = f"the training process was killed by the OOM killer ({message})"
-            transitions.fail(session, job, code=OUT_OF_MEMORY, message=message)
-        elif error.get("category") == "user":
-            code = error.get("code") or "invalid_request"
-            transitions.fail(session, job, code=code, message=message, param=error.get("param"))
-        elif attempt < job.max_attempts:
-            delay = backoff_s(self.settings.retry_backoff_s, attempt)
-            transitions.requeue(
-                session,
-                job,
-                delay_s=delay,
-                message=f"Attempt {attempt} failed ({message}); retrying in {delay:.0f}s",
-            )
-        else:
-            message = f"{message} (attempt {attempt} of {job.max_attempts})"
-            transitions.fail(session, job, code="training_failed", message=message)
-
-    def _out_of_memory(self, returncode: int | None) -> bool:
-        """The child reported running out of memory, or died of SIGKILL while the OOM
-        killer's count went up (a cgroup limit: no message comes from a process killed so)."""
-        if (self.error or {}).get("category") == OUT_OF_MEMORY:
-            return True
-        return (
+        """The one final move (`worker.outcome.write_outcome`), from how the run ended."""
+        oom_killed = (
             returncode == -signal.SIGKILL
             and self.unrenewed_at is None
             and oom_kills() > self.oom_kills_before
+        )
+        end = RunEnd(
+            returncode=returncode,
+            result=self.result,
+            error=self.error,
+            stop_sent=self.stop_sent,
+            fatal=self.fatal,
+            lease_unrenewed=self.unrenewed_at is not None,
+            oom_killed=oom_killed,
+        )
+        write_outcome(
+            session,
+            leased_job(session, self.lease),
+            end,
+            lease=self.lease,
+            settings=self.settings,
+            model_name=self.info.model_name,
+            record_checkpoint=self._record_checkpoint,
         )

@@ -14,7 +14,8 @@ from jobs.db import transaction
 from jobs.leases import ATTEMPTS_EXHAUSTED, claim, refuse_claim
 from jobs.logs import log_context
 from worker.context import WorkerContext
-from worker.supervisor import Supervisor, load_job_info
+from worker.job_info import load_job_info
+from worker.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
