@@ -62,6 +62,7 @@ from jobs.states import is_terminal
 from worker.context import WorkerContext
 from worker.memory import oom_kills
 from worker.protocol import OUT_OF_MEMORY, decode
+from worker.ranks import rank_env, training_ranks
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +95,8 @@ class JobInfo:
     output_dir: Path
     model_path: str | None
     model_name: str
-    earlier_run_s: float = 0.0  # what the job's earlier attempts ran (max_job_runtime_s)
+    earlier_run_s: float = 0.0
+    gpus: int = 1  # what the job asked for (`resources.gpus`): its ranks on a GPU worker  # what the job's earlier attempts ran (max_job_runtime_s)
 
 
 def load_job_info(ctx: WorkerContext, job_id: str) -> JobInfo:
@@ -125,6 +127,7 @@ def load_job_info(ctx: WorkerContext, job_id: str) -> JobInfo:
             ),
             output_dir=storage.job_dir(job.team_id, job.id),
             model_path=model_path,
+            gpus=job.gpus,
             model_name=model_name(
                 job.base_model, team_name(session, job.team_id), job.spec.get("suffix"), job.id
             ),
@@ -159,6 +162,7 @@ class Supervisor:
     def _start_child(self) -> subprocess.Popen[bytes]:
         out = self.info.output_dir
         (out / "logs").mkdir(parents=True, exist_ok=True)
+        ranks = training_ranks(self.settings, self.info.gpus)
         config = {
             "spec": self.info.spec,
             "training_file": str(self.info.training_file),
@@ -169,6 +173,7 @@ class Supervisor:
             "model_path": self.info.model_path,
             "device": self.settings.device,
             "memory_limit_mb": self.settings.train_memory_limit_mb,
+            "ranks": ranks,
         }
         config_path = out / f"run-attempt-{self.lease.attempt}.json"
         config_path.write_text(json.dumps(config, indent=2))
@@ -192,6 +197,7 @@ class Supervisor:
                 stderr=subprocess.STDOUT,
                 cwd=str(Path(__file__).resolve().parent.parent),
                 start_new_session=True,  # its own process group: killed as a whole
+                env=rank_env(self.settings, ranks),
             )
         finally:
             os.close(ev_w)
