@@ -80,3 +80,37 @@ def test_two_cpu_ranks_survive_kill_9_of_one_rank(
     time.sleep(0.5)
     assert not any(map(alive, [launcher, *ranks]))
     check_invariants(svc.settings)
+
+
+def test_pause_then_resume_and_cancel_reach_every_rank(
+    fault_service: FaultService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pause: rank 0 hears it and passes it on, all ranks checkpoint together and exit;
+    resume continues with 2 ranks to the end. Cancel of another job ends its whole group."""
+    svc = fault_service
+    env = svc.env
+    monkeypatch.setattr(svc, "env", lambda: {**env(), "LCO_WORKER_CPU_RANKS": "2"})
+    svc.start_worker("worker-1")
+    job_id = svc.submit(max_steps=150, checkpoint_interval=1000)
+    svc.wait_step(job_id, 3)
+    launcher = svc.wait_training_pid(job_id)
+    ranks = rank_pids(launcher)
+    assert len(ranks) == 2
+    assert svc.http("POST", f"/fine_tuning/jobs/{job_id}/pause").status_code == 200
+    svc.wait_for("the pause", lambda: svc.job(job_id).status == "paused")
+    paused_at = svc.job(job_id).step
+    assert paused_at in svc.checkpoint_steps(job_id)  # saved by all ranks before stopping
+    svc.wait_for("the group to end", lambda: not any(map(alive, [launcher, *ranks])))
+    assert svc.http("POST", f"/fine_tuning/jobs/{job_id}/resume").status_code == 200
+    job = svc.wait_terminal(job_id)
+    assert job.status == "succeeded", (job.error, svc.logs())
+    assert svc.metric_steps(job_id) == list(range(1, 151))
+
+    doomed = svc.submit(max_steps=100_000, checkpoint_interval=1000)
+    svc.wait_step(doomed, 2)
+    launcher = svc.wait_training_pid(doomed)
+    ranks = rank_pids(launcher)
+    assert svc.http("POST", f"/fine_tuning/jobs/{doomed}/cancel").status_code == 200
+    svc.wait_for("the cancel", lambda: svc.job(doomed).status == "cancelled", every=0.1)
+    svc.wait_for("no rank left", lambda: not any(map(alive, [launcher, *ranks])), timeout=20)
+    check_invariants(svc.settings)
