@@ -174,23 +174,31 @@ def local_share(batch: Sequence[T] | Tensor) -> Any:
     return batch[r * size // n : (r + 1) * size // n]
 
 
+def _comm_device() -> torch.device:
+    """Where collective tensors must live: NCCL reduces only CUDA tensors, gloo CPU ones."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def sum_floats(values: dict[str, float]) -> dict[str, float]:
     """Each value summed over the ranks (one all-reduce for the whole dict)."""
     if not active() or not values:
         return values
     keys = sorted(values)
     t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64)
+    t = t.to(_comm_device())
     dist.all_reduce(t)
-    return dict(zip(keys, t.tolist(), strict=True))
+    return dict(zip(keys, t.cpu().tolist(), strict=True))
 
 
 def sum_tensor(t: Tensor) -> Tensor:
     """`t` (on the CPU) summed over the ranks."""
     if not active():
         return t
-    out = t.clone()
+    out = t.to(_comm_device(), copy=True)
     dist.all_reduce(out)
-    return out
+    return out.to(t.device)
 
 
 def grad_norm_of(tensors: list[Tensor]) -> float:
@@ -206,7 +214,7 @@ def grad_norm_of(tensors: list[Tensor]) -> float:
         else:
             replicated += t.detach().double().pow(2).sum().cpu()
     if active():
-        dist.all_reduce(sharded)
+        sharded = sum_tensor(sharded)
     return float((sharded + replicated).sqrt())
 
 
