@@ -148,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
             if isinstance(progress, ProgressCallbacks):
                 progress.close()
     except SpecError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        if main_rank:  # every rank meets it; one says it
+            print(f"error: {exc}", file=sys.stderr)
         return 2
     if not main_rank:
         return 0
