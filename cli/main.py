@@ -22,7 +22,7 @@
     lco pools [NAME]                                  capacity, running and queued jobs
     lco admin jobs list [--team T --status S] | cancel ID | pause ID | resume ID
                                                       any team's jobs (an admin key)
-    lco train --config job.yaml --output DIR          train locally, no service
+    lco train --config job.yaml --output DIR [--nproc N]  train locally (N ranks: FSDP2)
     lco tasks list                                    built-in tasks and reasoning-gym datasets
     lco tasks export NAME --out DIR                   write a built-in task's datasets
     lco tasks export rg:DATASET --size N --seed S --out DIR   the same from reasoning-gym

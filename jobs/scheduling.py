@@ -37,6 +37,8 @@ WAITING_FOR_CAPACITY = "waiting_for_capacity"
 WAITING_FOR_QUOTA = "waiting_for_quota"
 WAITING_FOR_RETRY = "waiting_for_retry"
 WAITING_FOR_WORKER = "waiting_for_worker"  # admitted, not yet claimed by a worker
+# More GPUs than any live worker of the pool has: it waits for a larger worker to join.
+WAITING_FOR_LARGER_WORKER = "waiting_for_larger_worker"
 
 
 def clamp_priority(asked: str, ceiling: str) -> str:
@@ -102,6 +104,7 @@ class Slot:
     ahead: int  # queued jobs before it in that pool
     reason: str
     estimated_start: float | None  # None: cannot be estimated (no capacity)
+    message: str | None = None  # the reason in words, where numbers help
 
 
 @dataclass
@@ -210,10 +213,18 @@ def _schedule_pool(
         position += 1
         plan.slots[run.id] = Slot(position, position - 1, WAITING_FOR_WORKER, now)
     admitted = set(plan.admit)
+    too_large = {q.id for q in never}
     for job, start in [*order, *((q, None) for q in stuck), *((q, None) for q in never)]:
         position += 1
         reason = WAITING_FOR_WORKER if job.id in admitted else reasons[job.id]
-        plan.slots[job.id] = Slot(position, position - 1, reason, start)
+        message = None
+        if job.id in too_large and pool.largest_worker > 0 and reason == WAITING_FOR_CAPACITY:
+            reason = WAITING_FOR_LARGER_WORKER
+            message = (
+                f"the job asks for {job.gpus} GPUs and the largest live worker of pool "
+                f"{pool.name!r} has {pool.largest_worker}: it waits for a larger worker"
+            )
+        plan.slots[job.id] = Slot(position, position - 1, reason, start, message)
 
 
 def _reasons(

@@ -71,6 +71,10 @@ class Settings(BaseSettings):
     # Sharing the pools (jobs.scheduling). A worker offers `worker_gpus` to one job at a
     # time and stops counting `worker_ttl_s` after its last heartbeat.
     worker_gpus: Annotated[int, Field(ge=1, le=1024)] = 1
+    # A worker without GPUs runs each job's training as this many gloo ranks (FSDP2 under
+    # torchrun's launcher, lco_core.distributed); a GPU worker runs a job asking for N GPUs
+    # as N ranks, one per GPU.
+    worker_cpu_ranks: Annotated[int, Field(ge=1, le=64)] = 1
     worker_ttl_s: Annotated[float, Field(gt=0)] = 60.0
     fair_share_window_s: Annotated[float, Field(gt=0)] = 7 * 24 * 3600.0
     # GPU-seconds charged per GPU a team holds now, so one pass interleaves teams by share.

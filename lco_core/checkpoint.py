@@ -49,9 +49,11 @@ def save_checkpoint(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     train_state: dict[str, Any],
+    model_state: dict[str, Any] | None = None,
 ) -> Path:
     """Write `root/step-{step}` atomically and return its path. An existing checkpoint of
-    the same step (a resumed run redoing steps) is replaced."""
+    the same step (a resumed run redoing steps) is replaced. `model_state` is the weights to
+    write when `model`'s own are sharded (lco_core.distributed gathers them)."""
     import torch
 
     if step < 0:
@@ -64,7 +66,10 @@ def save_checkpoint(
     tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}step-{step}-", dir=root))
     try:
         # transformers 5 always writes safetensors (the old safe_serialization flag is gone).
-        model.save_pretrained(tmp)
+        if model_state is None:
+            model.save_pretrained(tmp)
+        else:
+            model.save_pretrained(tmp, state_dict=model_state)
         tokenizer.save_pretrained(tmp)
         torch.save(state, tmp / TRAIN_STATE)
         files = {}

@@ -4,6 +4,8 @@ The YAML holds the same body `POST /v1/fine_tuning/jobs` takes (`model`, `traini
 `method`, ...); file fields are paths, relative to the YAML file. Writes
 `DIR/metrics.jsonl` and `DIR/checkpoints/step-N/`, shows a progress bar, and resumes if
 DIR already holds a checkpoint. Also runnable as `python -m lco_core.cli_train`.
+`--nproc N` runs it as N ranks under torchrun (lco_core.distributed); a checkpoint of any
+N resumes with any other N.
 """
 
 from __future__ import annotations
@@ -74,12 +76,48 @@ def load_config(path: Path) -> tuple[Any, Path, Path | None]:
     return spec, train, val
 
 
+def launch(nproc: int, argv: list[str]) -> int:
+    """Run this command again as `nproc` ranks under torchrun (standalone rendezvous on this
+    machine); torchrun ends every rank when one fails. Returns torchrun's exit status."""
+    import subprocess
+
+    rest = [a for i, a in enumerate(argv) if not _is_nproc(argv, i)]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        "-m",
+        "lco_core.cli_train",
+        *rest,
+    ]
+    return subprocess.call(command)
+
+
+def _is_nproc(argv: list[str], i: int) -> bool:
+    """Whether argv[i] is `--nproc`, its value, or `--nproc=N`."""
+    return (
+        argv[i] == "--nproc"
+        or argv[i].startswith("--nproc=")
+        or (i > 0 and argv[i - 1] == "--nproc")
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lco train", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", type=Path, required=True, help="job YAML (the API's job body)")
     parser.add_argument("--output", type=Path, required=True, help="run directory")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        help="ranks (torchrun on this machine, FSDP2; gloo on CPU, NCCL on GPUs)",
+    )
     args = parser.parse_args(argv)
+    if args.nproc > 1 and "LOCAL_RANK" not in os.environ:
+        return launch(args.nproc, argv if argv is not None else sys.argv[1:])
     logging.basicConfig(level=logging.WARNING)
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # one progress bar: ours
     # vLLM logs its config (one line of kilobytes) and a few lines per weight sync; the phase
@@ -92,9 +130,11 @@ def main(argv: list[str] | None = None) -> int:
 
     hf_logging.disable_progress_bar()
 
+    # Under torchrun only rank 0 shows progress and prints the result.
+    main_rank = os.environ.get("RANK", "0") == "0"
     try:
         spec, train, val = load_config(args.config)
-        progress = ProgressCallbacks()
+        progress = ProgressCallbacks() if main_rank else Callbacks()
         try:
             result = run_job(
                 spec,
@@ -105,10 +145,14 @@ def main(argv: list[str] | None = None) -> int:
                 device=args.device,
             )
         finally:
-            progress.close()
+            if isinstance(progress, ProgressCallbacks):
+                progress.close()
     except SpecError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        if main_rank:  # every rank meets it; one says it
+            print(f"error: {exc}", file=sys.stderr)
         return 2
+    if not main_rank:
+        return 0
     print(f"{result.status} after {result.step}/{result.total_steps} steps")
     for key, value in sorted(result.summary.items()):
         print(f"  {key}: {value:.4f}")

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
+from lco_core import distributed
 from lco_core.rollout import Completion, SamplingParams, check_request
 
 if TYPE_CHECKING:
@@ -175,6 +176,8 @@ class HFEngine:
                 attention_mask=attention_mask.to(device),
                 generation_config=config,
                 logits_processor=LogitsProcessorList([recorder]),
+                # N ranks of one sharded model: every rank runs every forward (FSDP gathers).
+                synced_gpus=distributed.active(),
             )
         finally:
             model.generation_config = saved

@@ -50,6 +50,11 @@ def grad_norm(params: Iterable[torch.nn.Parameter]) -> float:
 
 def grad_norm_of(tensors: Iterable[torch.Tensor]) -> float:
     """The L2 norm of the tensors taken together, as one vector."""
+    tensors = list(tensors)
+    if any(type(t).__name__ == "DTensor" for t in tensors):
+        from lco_core.distributed import grad_norm_of as sharded_norm
+
+        return sharded_norm(tensors)
     norms = [t.detach().float().norm() for t in tensors]
     return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
 

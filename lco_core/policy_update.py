@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from lco_core import distributed
 from lco_core.fused import chunked_loss
 from lco_core.losses import TokenData
 from lco_core.metrics import grad_norm, grad_norm_of
@@ -60,6 +61,7 @@ def policy_update(
     (a second backward through the trunk and one more gradient-sized buffer).
     Returns the mean statistics and log pi(a) [N] as the first pass saw each token."""
     cfg = trainer.cfg
+    distributed.reshard(trainer.model)  # list the parameters the optimiser holds
     policy_params = [p for p in trainer.model.parameters() if p.requires_grad]
     all_params = policy_params + (
         list(trainer.value_head.parameters()) if trainer.value_head else []
@@ -76,7 +78,8 @@ def policy_update(
             weights[minibatch] = token_weights(cfg, ro, seqs, minibatch, adv[minibatch])
             neg_grads: list[Tensor | None] = [None] * len(policy_params)
             stats = {"loss": 0.0, "clipped": 0.0, "tokens": 0.0, "value_loss": 0.0}
-            for micro in seqs.split(cfg.micro_batch_size):
+            # With N ranks each runs 1/N of the minibatch (its weights are the whole one's).
+            for micro in distributed.local_share(seqs).split(cfg.micro_batch_size):
                 input_ids, attention, rows, cols, index = ro.pack(micro)
                 h = trainer.hidden(trainer.base, input_ids, attention)[
                     rows.to(trainer.device), cols.to(trainer.device)
@@ -136,6 +139,7 @@ def policy_update(
                     sums["sampled_prob_sum"] = (
                         sums.get("sampled_prob_sum", 0.0) + res.sampled_prob_sum
                     )
+            stats = distributed.sum_floats(stats)
             if split:
                 norm_pos = grad_norm(policy_params)
                 norm_neg = grad_norm_of([g for g in neg_grads if g is not None])
@@ -157,6 +161,14 @@ def policy_update(
             if trainer.value_head is not None:
                 sums["value_loss"] = sums.get("value_loss", 0.0) + stats["value_loss"]
     n_tokens = max(len(ro.tokens), 1)
+    if distributed.active():
+        # Each token's first log pi was filled by the one rank that ran it.
+        first_logp = distributed.sum_tensor(first_logp)
+        sums.update(
+            distributed.sum_floats(
+                {k: sums.get(k, 0.0) for k in ("entropy_sum", "sampled_prob_sum")}
+            )
+        )
     metrics = {
         "entropy": sums.pop("entropy_sum", 0.0) / n_tokens,
         "sampled_prob": sums.pop("sampled_prob_sum", 0.0) / n_tokens,

@@ -19,11 +19,12 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
+from lco_core import distributed
 from lco_core.callbacks import Callbacks
 from lco_core.checkpoint import latest_checkpoint, load_train_state, prune_temp_dirs
 from lco_core.data import load_items
 from lco_core.lora import add_adapter, load_adapter, trainer_model
-from lco_core.metric_sinks import with_metric_sinks
+from lco_core.metric_sinks import SinkCallbacks, with_metric_sinks
 from lco_core.models import load_model_and_tokenizer, pick_device, resolve_model
 from lco_core.result import RunResult
 from lco_core.rollout import RolloutEngine
@@ -111,20 +112,28 @@ def run_job(
     (the service passes the checkpoint dir of a fine-tuned model name). Each step's metrics
     also go to the job's metric sinks (TensorBoard under `output_dir`, W&B when asked for
     and configured; lco_core.metric_sinks)."""
-    sinks = with_metric_sinks(spec, output_dir, callbacks or Callbacks())
+    # Under torchrun (several ranks) join the group first: only rank 0 reports and writes.
+    device = str(distributed.setup(pick_device(device)))
+    main = distributed.is_main()
+    sinks = (
+        with_metric_sinks(spec, output_dir, callbacks or Callbacks())
+        if main
+        else SinkCallbacks(Callbacks(), [])
+    )
     try:
         trainer = build_trainer(
             spec,
             training_file=training_file,
             validation_file=validation_file,
             output_dir=output_dir,
-            callbacks=sinks,
+            callbacks=distributed.rank_callbacks(sinks),
             model_path=model_path,
             device=device,
         )
         return trainer.run()
     finally:
         sinks.close()
+        distributed.teardown()
 
 
 def build_trainer(
@@ -159,7 +168,10 @@ def build_trainer(
     base_path = model_path or resolve_model(spec.model)
     # This run owns the dir now: what an interrupted save left behind is never resumed from
     # (it is not listed) and must not pile up.
-    prune_temp_dirs(output_dir / "checkpoints")
+    if distributed.is_main():
+        prune_temp_dirs(output_dir / "checkpoints")
+    distributed.barrier()
+    cfg = distributed.check_supported(cfg, lora=cfg.lora is not None)
     resume_from = latest_checkpoint(output_dir / "checkpoints")
     # Master weights stay float32; bfloat16 runs under autocast.
     callbacks.on_phase(
@@ -181,6 +193,8 @@ def build_trainer(
             param = f"{hyperparameters_path(spec)}.lora"
             adapter = add_adapter(model, cfg.lora, seed=cfg.seed, param=param)
         model = trainer_model(adapter)
+    if distributed.active():
+        model = distributed.shard(model)  # type: ignore[assignment]
     trainer: Trainer
     if cfg.kind in ("sft", "dpo"):
         from lco_core.dpo import DPOTrainer
@@ -213,8 +227,14 @@ def build_trainer(
             items=items,
             eval_items=eval_items,
             grader_spec=spec.method.rl.grader,
-            engine=start_rollout_engine(
-                cfg.rollout_engine, model, tokenizer, seed=cfg.seed, callbacks=callbacks
+            engine=distributed.shared_rollouts(
+                start_rollout_engine(
+                    distributed.engine_for(cfg.rollout_engine),
+                    model,
+                    tokenizer,
+                    seed=cfg.seed,
+                    callbacks=callbacks,
+                )
             ),
             ref_model=ref_model,
             output_dir=output_dir,
@@ -222,6 +242,8 @@ def build_trainer(
             device=torch_device,
             adapter=adapter,
         )
+    if not distributed.is_main():
+        trainer.metrics_log = distributed.NullMetricsLog()  # type: ignore[assignment]
     if resume_from is not None:
         trainer.load_state_dict(load_train_state(resume_from))
     return trainer

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from lco_core import distributed
 from lco_core.data import SFTExample, encode_sft, example_indices, pack_examples
 from lco_core.fused import chunked_loss
 from lco_core.losses import LossConfig, TokenData
@@ -97,12 +98,16 @@ class SFTTrainer(Trainer):
         # Micro-batches accumulate gradients of the whole batch's token-mean loss.
         n = sum(sum(e.trainable[1:]) for e in batch)
         loss_sum, entropy_sum, prob_sum = 0.0, 0.0, 0.0
-        for start in range(0, len(batch), cfg.micro_batch_size):
-            loss, stats, _ = self.loss(batch[start : start + cfg.micro_batch_size], n_total=n)
+        # With N ranks each runs 1/N of the batch, weighted by the whole batch's count.
+        mine = distributed.local_share(batch)
+        for start in range(0, len(mine), cfg.micro_batch_size):
+            loss, stats, _ = self.loss(mine[start : start + cfg.micro_batch_size], n_total=n)
             loss.backward()
             loss_sum += loss.item()
             entropy_sum += stats["entropy_sum"]
             prob_sum += stats["sampled_prob_sum"]
+        sums = distributed.sum_floats({"l": loss_sum, "e": entropy_sum, "p": prob_sum})
+        loss_sum, entropy_sum, prob_sum = sums["l"], sums["e"], sums["p"]
         norm = self.apply_gradients()
         self.trained_tokens += n
         elapsed = time.perf_counter() - started

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedModel, get_scheduler
 
+from lco_core import distributed
 from lco_core.callbacks import Callbacks, StopReason
 from lco_core.checkpoint import save_checkpoint
 from lco_core.memory import fit_to_model
@@ -43,6 +44,9 @@ def trunk_and_head(model: PreTrainedModel) -> tuple[torch.nn.Module, torch.nn.Li
     head = model.get_output_embeddings()
     if not isinstance(head, torch.nn.Linear):
         raise ValueError(f"{type(model).__name__} has no linear LM head")
+    if distributed.is_sharded(model):
+        # FSDP2 gathers the head with the root: the trunk must be reached through it.
+        return distributed.RootTrunk(model, trunk), head
     return trunk, head
 
 
@@ -161,6 +165,7 @@ class Trainer:
     def apply_gradients(self) -> float:
         """One optimiser step on the accumulated gradients, clipped to `max_grad_norm` when
         set; returns their norm before clipping."""
+        distributed.reshard(self.model)  # list the parameters the optimiser holds
         params = [p for p in self.model.parameters() if p.requires_grad]
         norm = grad_norm(params)
         if self.cfg.max_grad_norm is not None:
@@ -182,7 +187,11 @@ class Trainer:
         return {
             "step": self.step,
             "trained_tokens": self.trained_tokens,
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": (
+                distributed.full_optimizer_state(self.model, self.optimizer)
+                if distributed.is_sharded(self.model)
+                else self.optimizer.state_dict()
+            ),
             "scheduler": self.scheduler.state_dict(),
             "summary": dict(self.summary),
             "extra": self.extra_state(),
@@ -191,7 +200,10 @@ class Trainer:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step = int(state["step"])
         self.trained_tokens = int(state.get("trained_tokens", 0))
-        self.optimizer.load_state_dict(state["optimizer"])
+        if distributed.is_sharded(self.model):
+            distributed.load_optimizer_state(self.model, self.optimizer, state["optimizer"])
+        else:
+            self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         # Checkpoints written while the schedule was a LambdaLR of our own hold the step
         # itself; `lr_scheduler` runs one ahead. The lr the optimiser resumes with is the
@@ -208,13 +220,16 @@ class Trainer:
         )
 
     def save(self) -> Path:
-        path = save_checkpoint(
-            self.checkpoint_dir,
-            self.step,
-            self.adapter if self.adapter is not None else self.model,
-            self.tokenizer,
-            self.state_dict(),
-        )
+        if distributed.is_sharded(self.model):
+            path = distributed.save_sharded(self)
+        else:
+            path = save_checkpoint(
+                self.checkpoint_dir,
+                self.step,
+                self.adapter if self.adapter is not None else self.model,
+                self.tokenizer,
+                self.state_dict(),
+            )
         self.callbacks.on_checkpoint(path, self.step, self.last_metrics)
         return path
 
@@ -281,6 +296,7 @@ class Trainer:
                     lr=self.optimizer.param_groups[0]["lr"],
                     time_step=time.perf_counter() - started,
                     trained_tokens=self.trained_tokens,
+                    world_size=distributed.world_size(),
                 )
                 self.last_metrics = metrics
                 self.metrics_log.append(metrics)

@@ -161,6 +161,13 @@ def test_a_job_bigger_than_the_gpu_quota_is_a_400_on_resources_gpus(api: ApiClie
     assert (error["param"], error["code"]) == ("resources.gpus", "exceeds_quota")
 
 
+def test_a_job_bigger_than_every_worker_stays_queued_and_says_why(one_gpu: ApiClient) -> None:
+    job = _submit(one_gpu, resources={"gpus": 2})
+    details = _get(one_gpu, job["id"])["status_details"]
+    assert (details["phase"], details["reason"]) == ("queued", "waiting_for_larger_worker")
+    assert "asks for 2 GPUs" in details["message"] and "has 1" in details["message"]
+
+
 def test_unknown_pool_is_a_400_on_pool(api: ApiClient) -> None:
     file_id = api.upload(sft_lines()).json()["id"]
     body = {**sft_body(file_id), "pool": "h100"}

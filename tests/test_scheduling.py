@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from jobs.scheduling import (
     WAITING_FOR_CAPACITY,
+    WAITING_FOR_LARGER_WORKER,
     WAITING_FOR_QUOTA,
     WAITING_FOR_RETRY,
     WAITING_FOR_WORKER,
@@ -242,7 +243,8 @@ def test_a_job_bigger_than_any_worker_steps_aside() -> None:
     plan = sim.tick()
     assert all(j.start == 0 for j in small)
     slot = plan.slots[huge.id]
-    assert (slot.reason, slot.estimated_start) == (WAITING_FOR_CAPACITY, None)
+    assert (slot.reason, slot.estimated_start) == (WAITING_FOR_LARGER_WORKER, None)
+    assert slot.message is not None and "4 GPUs" in slot.message and "has 2" in slot.message
 
 
 def test_no_capacity_means_no_admission_and_no_estimate() -> None:

@@ -6,6 +6,10 @@ Started by the supervisor (never by users). Metrics, events and checkpoints go o
 events fd as JSON lines; cancel/pause/preempt requests come in on the control fd and are
 answered through `Callbacks.should_stop`, which the trainer polls between steps. If the
 supervisor vanishes (control fd closed), the run stops as preempted so nothing is orphaned.
+With `ranks` > 1 in the run config this process is only the launcher: it starts that many
+ranks with torchrun's own launcher (`elastic_launch`, which ends every rank when one dies)
+in this process group, so the supervisor's group kill reaches them all. Rank 0 opens the
+two pipes through /proc (the launcher holds them) and reports; the other ranks are silent.
 The run config's `memory_limit_mb` caps the process' address space before the trainer
 loads (worker.memory); running out is reported as the error category `out_of_memory`.
 """
@@ -17,6 +21,7 @@ import json
 import os
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -73,6 +78,36 @@ class RelayCallbacks(Callbacks):
         return self._stop
 
 
+# How long a rank other than 0 waits before exiting on a job error, so that rank 0 (which
+# meets the same error on the same data) sends it before the launcher ends the group.
+RANK_ERROR_GRACE_S = 5.0
+
+
+def launch_ranks(ranks: int, argv: list[str]) -> int:
+    """Run `main(argv)` as `ranks` ranks on this machine under torchrun's launcher (one
+    rendezvous on a free local port, no restarts: the supervisor retries attempts)."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    config = LaunchConfig(
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=ranks,
+        run_id=f"lco-{os.getpid()}",
+        rdzv_backend="c10d",
+        rdzv_endpoint="127.0.0.1:0",
+        max_restarts=0,
+        start_method="spawn",
+        monitor_interval=0.5,
+    )
+    try:
+        elastic_launch(config, main)(argv)
+    except ChildFailedError as exc:
+        print(f"a rank failed: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None, run: Callable[..., Any] | None = None) -> int:
     """Run one attempt; `run` defaults to `lco_core.runner.run_job` (tests pass a scripted one)."""
     parser = argparse.ArgumentParser(prog="worker.child")
@@ -80,12 +115,25 @@ def main(argv: list[str] | None = None, run: Callable[..., Any] | None = None) -
     parser.add_argument("--events-fd", required=True, type=int)
     parser.add_argument("--control-fd", required=True, type=int)
     args = parser.parse_args(argv)
-
-    out = os.fdopen(args.events_fd, "w", buffering=1)
-    control = os.fdopen(args.control_fd, "r")
-    callbacks = RelayCallbacks(out, control)
     config = json.loads(args.config.read_text())
     configure_logging()
+    in_ranks = "LOCAL_RANK" in os.environ
+    if int(config.get("ranks") or 1) > 1 and not in_ranks:
+        return launch_ranks(int(config["ranks"]), argv if argv is not None else sys.argv[1:])
+    main_rank = os.environ.get("RANK", "0") == "0"
+    callbacks: Callbacks
+    if not main_rank:
+        callbacks = Callbacks()  # rank 0 reports, and passes stop requests on
+    elif in_ranks:
+        # The launcher (our parent) holds the pipes; a rank reopens them through /proc.
+        fds = f"/proc/{os.getppid()}/fd"
+        callbacks = RelayCallbacks(
+            open(f"{fds}/{args.events_fd}", "w", buffering=1),  # noqa: SIM115 (lives as long as the run)
+            open(f"{fds}/{args.control_fd}"),  # noqa: SIM115
+        )
+    else:
+        out = os.fdopen(args.events_fd, "w", buffering=1)
+        callbacks = RelayCallbacks(out, os.fdopen(args.control_fd, "r"))
     # Before the trainer loads anything: the limit covers the model and all it allocates.
     apply_limit(int(config.get("memory_limit_mb") or 0))
     try:
@@ -108,6 +156,9 @@ def main(argv: list[str] | None = None, run: Callable[..., Any] | None = None) -
                 device=config.get("device", "auto"),
             )
     except SpecError as exc:
+        if not isinstance(callbacks, RelayCallbacks):
+            time.sleep(RANK_ERROR_GRACE_S)  # rank 0 meets the same error and reports it
+            return 2
         callbacks.send(
             {
                 "t": "error",
@@ -120,10 +171,14 @@ def main(argv: list[str] | None = None, run: Callable[..., Any] | None = None) -
         return 2
     except Exception as exc:
         traceback.print_exc(file=sys.stderr)
+        if not isinstance(callbacks, RelayCallbacks):
+            return 1
         category = OUT_OF_MEMORY if is_out_of_memory(exc) else "system"
         message = f"{type(exc).__name__}: {exc}".rstrip(": ")
         callbacks.send({"t": "error", "category": category, "message": message[:2000]})
         return 1
+    if not isinstance(callbacks, RelayCallbacks):
+        return 0
     callbacks.send(
         {
             "t": "result",

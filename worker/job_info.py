@@ -30,6 +30,7 @@ class JobInfo:
     model_path: str | None
     model_name: str
     earlier_run_s: float = 0.0  # what the job's earlier attempts ran (max_job_runtime_s)
+    gpus: int = 1  # what the job asked for (`resources.gpus`): its ranks on a GPU worker
 
 
 def load_job_info(ctx: WorkerContext, job_id: str) -> JobInfo:
@@ -60,6 +61,7 @@ def load_job_info(ctx: WorkerContext, job_id: str) -> JobInfo:
             ),
             output_dir=storage.job_dir(job.team_id, job.id),
             model_path=model_path,
+            gpus=job.gpus,
             model_name=model_name(
                 job.base_model, team_name(session, job.team_id), job.spec.get("suffix"), job.id
             ),

@@ -58,6 +58,7 @@ from worker.job_info import JobInfo
 from worker.memory import oom_kills
 from worker.outcome import RunEnd, write_outcome
 from worker.protocol import decode
+from worker.ranks import rank_env, training_ranks
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,7 @@ class Supervisor:
     def _start_child(self) -> subprocess.Popen[bytes]:
         out = self.info.output_dir
         (out / "logs").mkdir(parents=True, exist_ok=True)
+        ranks = training_ranks(self.settings, self.info.gpus)
         config = {
             "spec": self.info.spec,
             "training_file": str(self.info.training_file),
@@ -102,6 +104,7 @@ class Supervisor:
             "model_path": self.info.model_path,
             "device": self.settings.device,
             "memory_limit_mb": self.settings.train_memory_limit_mb,
+            "ranks": ranks,
             # Bound to every log line the training process writes (jobs.logs).
             "log_context": {
                 "job_id": self.lease.job_id,
@@ -132,6 +135,7 @@ class Supervisor:
                 stderr=subprocess.STDOUT,
                 cwd=str(Path(__file__).resolve().parent.parent),
                 start_new_session=True,  # its own process group: killed as a whole
+                env=rank_env(self.settings, ranks),
             )
         finally:
             os.close(ev_w)

@@ -79,10 +79,12 @@ class Hyperparameters(BaseModel):
 class StatusDetails(BaseModel):
     phase: str | None = None
     # Queued: waiting_for_capacity | waiting_for_quota | waiting_for_retry |
+    # waiting_for_larger_worker (more GPUs than any live worker has) |
     # waiting_for_worker (admitted); running: the pending user request (cancel | pause).
     reason: str | None = None
     since: int | None = None  # when the job entered its current status
-    # Running: what the run is doing in its phase ("loading lco-tiny onto cpu").
+    # Running: what the run is doing in its phase ("loading lco-tiny onto cpu"); queued
+    # for a larger worker: how many GPUs it asks for and the largest worker has.
     message: str | None = None
 
 
@@ -213,7 +215,12 @@ def _status_details(job: Job | Row[Any], slot: Slot | None) -> StatusDetails:
     since = epoch(job.status_since)
     if job.status == "queued":
         phase = "requeued" if job.phase == "requeued" else "queued"
-        return StatusDetails(phase=phase, reason=slot.reason if slot else None, since=since)
+        return StatusDetails(
+            phase=phase,
+            reason=slot.reason if slot else None,
+            since=since,
+            message=slot.message if slot else None,
+        )
     if job.status == "running":
         return StatusDetails(
             phase=job.phase, reason=job.requested_action, since=since, message=job.phase_message
