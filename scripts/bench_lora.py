@@ -6,7 +6,7 @@
 Each variant runs in a fresh process (so peak memory is its own), built by the trainer's
 real `build_trainer` from the same job spec but for `lora`: SmolLM2-135M-Instruct (the
 real-model fixture, imported once into `.cache/models`), 4 prompts x 8 samples of up to 24
-tokens of reasoning-gym `basic_arithmetic`, HF rollouts, seed 1. The rollouts of step 1
+tokens of reasoning-gym `basic_arithmetic`, HF rollouts, seed 1. The rollouts of step 2
 are generated once and then replayed (an engine that caches them), so every timed step
 trains on the same completions in both variants; a LoRA adapter starts with B = 0, so the
 two variants' first rollouts are the same tokens too.
@@ -95,8 +95,11 @@ class ReplayEngine:
 
 
 def model_path(name: str) -> str:
+    """The local dir of `name` (smollm2: the real-model fixture, imported once)."""
     if name != "smollm2":
-        return name
+        from lco_core.models import resolve_model
+
+        return resolve_model(name)
     from lco_core.model_import import SMOLLM2_NAME, import_cached, packaged_gguf
 
     return str(import_cached(packaged_gguf(), ROOT / ".cache" / "models", SMOLLM2_NAME))
@@ -155,7 +158,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     for i in range(args.repeats + 1):
         torch.manual_seed(1)
         started = time.perf_counter()
-        metrics = trainer.train_step(1)
+        metrics = trainer.train_step(2)  # step 1 would run the diagnostics too
         elapsed = time.perf_counter() - started
         if i == 0:
             rollout_s = metrics["time_rollout"]
