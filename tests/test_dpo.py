@@ -51,6 +51,7 @@ def test_the_two_pass_gradient_is_the_dpo_losss_gradient(
     assert isinstance(trainer, DPOTrainer)
     trainer.ref = trainer.pair_logprobs(trainer.pairs)
     # Move off the reference, so the margins (and sigmoid weights) differ between pairs.
+    torch.manual_seed(0)
     with torch.no_grad():
         for p in trainer.model.parameters():
             p.add_(0.02 * torch.randn_like(p))
@@ -83,7 +84,10 @@ def test_the_two_pass_gradient_is_the_dpo_losss_gradient(
     loss = -F.logsigmoid(margins).mean()
     loss.backward()
     for name, p in trainer.model.named_parameters():
-        torch.testing.assert_close(captured[name], p.grad, rtol=1e-4, atol=1e-6, msg=name)
+        # Float32 sums in another order differ by ~1e-6 per element (a summed embedding
+        # row most), so the comparison is of whole gradients: relative error under 1e-5.
+        error = float((captured[name] - p.grad).norm() / p.grad.norm().clamp_min(1e-12))
+        assert error < 1e-5, (name, error)
 
 
 def test_dpo_lowers_the_loss_and_raises_held_out_preference_accuracy(
