@@ -18,6 +18,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
 from lco_spec.metrics import HEADLINE_METRICS
 
@@ -116,12 +125,49 @@ def progress_line(job: dict[str, Any], metrics: dict[str, Any] | None = None) ->
     else:
         said = details.get("message") or details.get("reason")
         line = f"{job['status']:<9} {details.get('phase') or ''}" + (f" ({said})" if said else "")
-    shown = [
+    return "  ".join([line, headline(metrics)]).rstrip()
+
+
+def headline(metrics: dict[str, Any] | None) -> str:
+    """A step's headline metrics: `reward_mean=0.5  loss=0.1`."""
+    return "  ".join(
         f"{key}={metrics[key]:.4g}"
         for key in HEADLINE_METRICS
         if metrics and isinstance(metrics.get(key), int | float)
-    ]
-    return "  ".join([line, *shown]).rstrip()
+    )
+
+
+class StepBar:
+    """On a terminal, a job's steps as a live progress bar (rich): done/total, elapsed time,
+    the step's headline metrics. Lines that are not steps (phases, the end) print above it."""
+
+    def __init__(self, console: Console) -> None:
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[metrics]}"),
+            console=console,
+        )
+        self.task: TaskID | None = None
+
+    def step(self, job: dict[str, Any], metrics: dict[str, Any] | None) -> None:
+        progress = job.get("progress") or {}
+        step, total = progress.get("step") or 0, progress.get("total_steps")
+        if self.task is None:
+            self.progress.start()
+            self.task = self.progress.add_task("", total=total, metrics="")
+        self.progress.update(
+            self.task, completed=step, total=total, description=job["status"],
+            metrics=headline(metrics),
+        )  # fmt: skip
+
+    def line(self, text: str) -> None:
+        self.progress.console.print(text, highlight=False, markup=False)
+
+    def stop(self) -> None:
+        self.progress.stop()
 
 
 def sse_messages(response: httpx.Response) -> Iterator[tuple[str | None, str, str]]:
@@ -153,15 +199,23 @@ class _Follower:
     """Turns a job's stream into progress lines: one per phase while it prepares, one per
     step (with that step's headline metrics), one per change of status."""
 
-    def __init__(self, job_id: str) -> None:
+    def __init__(self, job_id: str, bar: StepBar | None = None) -> None:
         self.job_id = job_id
+        self.bar = bar  # a terminal's progress bar; None: one line per step
         self.job: dict[str, Any] | None = None
         self.point: dict[str, Any] | None = None  # the newest metrics point
         self.shown: tuple[str | None, str] = (None, "")  # status and line, without metrics
 
     def _show(self, job: dict[str, Any], metrics: dict[str, Any] | None) -> None:
+        if self.bar is not None and (job.get("progress") or {}).get("step"):
+            self.bar.step(job, metrics)
+            self.shown = (job["status"], progress_line(job))
+            return
         head = progress_line(job)  # a line repeats only when its metrics are all that differ
-        if head != self.shown[1]:
+        if head != self.shown[1] and self.bar is not None:
+            self.bar.line(progress_line(job, metrics))
+            self.shown = (job["status"], head)
+        elif head != self.shown[1]:
             print(progress_line(job, metrics), flush=True)
             self.shown = (job["status"], head)
 
@@ -189,6 +243,8 @@ class _Follower:
         return None
 
     def _end(self, status: str) -> int:
+        if self.bar is not None:
+            self.bar.stop()
         job = self.job or {}
         model = job.get("fine_tuned_model")
         print(f"{self.job_id}: {status}" + (f" -> {model}" if model else ""), flush=True)
@@ -207,7 +263,8 @@ MAX_EMPTY_STREAMS = 5
 def watch(args: argparse.Namespace, job_id: str) -> int:
     """Follow `job_id`'s event stream (`GET .../stream`) until the job ends; its exit status
     is 0 when the job succeeded, 1 when it failed or was cancelled."""
-    follower = _Follower(job_id)
+    console = Console()
+    follower = _Follower(job_id, StepBar(console) if console.is_terminal else None)
     last_id: str | None = None
     empty = 0
     with _client(args) as http:

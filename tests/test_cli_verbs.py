@@ -300,3 +300,29 @@ def test_through_a_real_lco_serve_watch_follows_the_stream_until_cancel(tmp_path
         assert out.splitlines()[-1] == f"{job_id}: cancelled"
     finally:
         service.stop()
+
+
+def test_watch_on_a_terminal_draws_a_progress_bar_of_the_steps(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """On a terminal, phases stay lines and the steps are one live bar (rich): done/total and
+    the step's headline metrics."""
+    import io
+
+    from rich.console import Console
+
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, width=100, color_system=None)
+    follower = client_commands._Follower("ftjob-1", client_commands.StepBar(console))
+    details = {"phase": "training"}
+    follower.feed("job", {"status": "running", "progress": {"step": 0, "total_steps": 2},
+                          "status_details": details})  # fmt: skip
+    for step in (1, 2):
+        follower.feed("job", {"status": "running", "progress": {"step": step, "total_steps": 2},
+                              "status_details": {}})  # fmt: skip
+        follower.feed("metrics", {"step": step, "metrics": {"loss": 1.0 / step}})
+    assert follower.feed("end", {"status": "succeeded"}) == 0
+    text = out.getvalue()
+    assert "running   training" in text
+    assert "2/2" in text and "loss=0.5" in text
+    assert capsys.readouterr().out == "ftjob-1: succeeded\n"  # after the bar, as a line
