@@ -159,12 +159,13 @@ def submit_job(session: Session, scope: TeamScope, settings: Settings, body: Any
         _check_grader(spec, train)
     # What the trainer resolves from the spec and the data (steps, defaults, combinations
     # of options) is checked now, so such a job never queues only to fail on a worker.
-    cfg = resolve_config(spec, n_train=n_train)
+    shape = model_shape(session, settings, resolved.base_model)
+    cfg = resolve_config(spec, n_train=n_train, n_params=shape.parameters if shape else None)
     # And what one step asks for: a job that no worker could run is refused now, naming the
     # field, instead of holding a worker at step 0.
     check_step(
         cfg,
-        model_shape(session, settings, resolved.base_model),
+        shape,
         max_step_tokens=settings.max_step_tokens,
         max_memory_bytes=settings.max_train_memory_bytes,
         prefix=hyperparameters_path(spec),

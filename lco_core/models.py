@@ -84,6 +84,24 @@ def load_model_and_tokenizer(
     return model, tokenizer
 
 
+def disable_dropout(model: torch.nn.Module) -> int:
+    """Set every dropout of `model` to 0 (its `nn.Dropout` modules, a LoRA adapter's
+    included, and the attention dropout that HF attention layers read from an attribute);
+    returns how many were on. RL needs it: a train-mode pass with dropout is not the policy
+    the rollouts were sampled from."""
+    changed = 0
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout) and module.p > 0:
+            module.p = 0.0
+            changed += 1
+        for name in ("attention_dropout", "attn_dropout_p"):
+            value = getattr(module, name, None)
+            if isinstance(value, float) and value > 0:
+                setattr(module, name, 0.0)
+                changed += 1
+    return changed
+
+
 def pick_device(pref: str) -> torch.device:
     """`"auto"` -> cuda if available, else cpu; anything else as torch spells it, checked."""
     if pref == "auto":

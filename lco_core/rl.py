@@ -24,6 +24,7 @@ from lco_core.advantages import equal_groups, gae_advantages, sequence_advantage
 from lco_core.data import encode_prompt, example_indices
 from lco_core.losses import LossConfig
 from lco_core.metrics import PhaseTimer, peak_memory_mb
+from lco_core.models import disable_dropout
 from lco_core.policy_update import policy_update
 from lco_core.rollout import Completion, RolloutEngine, SamplingParams
 from lco_core.rollout_batch import Rollouts, build_rollouts, rollout_samples
@@ -61,6 +62,9 @@ class RLTrainer(Trainer):
             torch.nn.init.zeros_(self.value_head.weight)
             torch.nn.init.zeros_(self.value_head.bias)
         extra = list(self.value_head.parameters()) if self.value_head else None
+        # The rollouts are sampled without dropout; pi_old, the update and the diagnostics
+        # must be that same policy, so dropout is off for the whole run (as TRL does).
+        disable_dropout(model)
         super().__init__(cfg, model, tokenizer, extra_params=extra, **inputs)
         cfg = self.cfg
         self.grader = build_grader(grader_spec)

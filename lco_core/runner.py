@@ -11,6 +11,7 @@ holds a complete checkpoint, the run resumes from the newest one.
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import os
 from pathlib import Path
@@ -31,6 +32,7 @@ from lco_core.rollout import RolloutEngine
 from lco_core.trainer import Trainer
 from lco_spec.graders import check_grader_against_item
 from lco_spec.job import JobSpec
+from lco_spec.step_budget import ModelShape
 from lco_spec.train_config import hyperparameters_path, resolve_config
 
 log = logging.getLogger(__name__)
@@ -136,6 +138,16 @@ def run_job(
         distributed.teardown()
 
 
+def config_parameters(model_dir: str | Path) -> int | None:
+    """The parameter count of the model in `model_dir`, estimated from its config.json
+    (`lco_spec.step_budget.ModelShape`); None if it has no readable decoder config."""
+    try:
+        config = json.loads((Path(model_dir) / "config.json").read_text())
+        return ModelShape.from_config(config).parameters
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def build_trainer(
     spec: JobSpec,
     *,
@@ -151,7 +163,9 @@ def build_trainer(
     kind = "reinforcement" if spec.method.is_rl else spec.method.type
     items = load_items(training_file, kind)
     eval_items = load_items(validation_file, kind) if validation_file else items
-    cfg = resolve_config(spec, n_train=len(items))
+    base_path = model_path or resolve_model(spec.model)
+    # One learning-rate rule by the model's size, whatever it is called (a local dir too).
+    cfg = resolve_config(spec, n_train=len(items), n_params=config_parameters(base_path))
     if spec.method.is_rl:
         check_grader_against_item(
             spec.method.rl.grader, items[0], param_prefix="method.reinforcement.grader"
@@ -165,7 +179,6 @@ def build_trainer(
         bf16 = torch_device.type == "cuda" and torch.cuda.is_bf16_supported()
         cfg = cfg.model_copy(update={"dtype": "bfloat16" if bf16 else "float32"})
 
-    base_path = model_path or resolve_model(spec.model)
     # This run owns the dir now: what an interrupted save left behind is never resumed from
     # (it is not listed) and must not pile up.
     if distributed.is_main():

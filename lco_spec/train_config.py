@@ -20,7 +20,10 @@ from lco_spec.job import CommonHyperparameters, JobSpec, ReinforcementHyperparam
 
 # Learning rates for multiplier 1.0. The paper's reference runs use 1e-5 for LCO and 1e-6
 # for PPO/GRPO (LCO's per-token gradient is damped by p(a)(e^{A/beta}-1)/(1+...), so it
-# tolerates a larger step). The bundled tiny model is far smaller and wants larger steps.
+# tolerates a larger step). A tiny model (lco-tiny) wants larger steps. Which table applies
+# is one rule, by the model's size (`lr_table`), however the model is named: lco-tiny, a
+# fine-tuned `ft:lco-tiny:...` or a local checkpoint dir of it all take the tiny rates.
+TINY_MAX_PARAMETERS = 20_000_000
 BASE_LR: dict[str, dict[str, float]] = {
     "default": {
         "sft": 2e-5,
@@ -32,7 +35,7 @@ BASE_LR: dict[str, dict[str, float]] = {
     },
     # Measured on lco-tiny (addition): LCO at 1e-3 collapses within 20 steps; 1e-4 and 3e-4
     # raise greedy reward from 0.36 to 0.57-0.59 in 150 steps.
-    "lco-tiny": {
+    "tiny": {
         "sft": 1e-3,
         "lco": 1e-4,
         "grpo": 1e-4,
@@ -97,6 +100,16 @@ class TrainConfig(ReinforcementHyperparameters):
         return self.model_dump()
 
 
+def lr_table(model: str, n_params: int | None) -> str:
+    """The BASE_LR table for a model of `n_params` parameters (from its config.json); when
+    the size is not known (the API, for the built-in model), by name: the built-in lco-tiny
+    and its fine-tuned models (`ft:lco-tiny:...`) are tiny."""
+    if n_params is not None:
+        return "tiny" if n_params <= TINY_MAX_PARAMETERS else "default"
+    base = model.split(":")[1] if model.startswith("ft:") and model.count(":") >= 1 else model
+    return "tiny" if base == "lco-tiny" else "default"
+
+
 def _auto(value: Any, default: Any) -> Any:
     return default if value == "auto" else value
 
@@ -109,6 +122,7 @@ def _common(
     epochs_default: int,
     key: str,
     model: str,
+    n_params: int | None,
     prefix: str,
 ) -> dict[str, Any]:
     """The hyperparameters SFT and RL share; `prefix` is their path in the job body, for the
@@ -119,9 +133,7 @@ def _common(
     if hp.learning_rate is not None:
         lr = hp.learning_rate
     else:
-        # A fine-tuned model ("ft:BASE:team:suffix:job") trains like its base model.
-        family = model.split(":")[1] if model.startswith("ft:") and model.count(":") >= 1 else model
-        base = BASE_LR.get(family, BASE_LR["default"])[key]
+        base = BASE_LR[lr_table(model, n_params)][key]
         lr = base * float(_auto(hp.learning_rate_multiplier, 1.0))
         if hp.lora is not None:
             lr *= LORA_LR_FACTOR
@@ -151,8 +163,9 @@ def hyperparameters_path(spec: JobSpec) -> str:
     return f"method.{block}.hyperparameters"
 
 
-def resolve_config(spec: JobSpec, *, n_train: int) -> TrainConfig:
-    """Resolve every "auto" of a normalised spec, given the training set size."""
+def resolve_config(spec: JobSpec, *, n_train: int, n_params: int | None = None) -> TrainConfig:
+    """Resolve every "auto" of a normalised spec, given the training set size and, when
+    known, the model's parameter count (it picks the learning-rate table: `lr_table`)."""
     seed = 0 if spec.seed is None else spec.seed
     if not spec.method.is_rl:
         # SFT and DPO: the common hyperparameters, plus DPO's beta (auto: 0.1).
@@ -165,6 +178,7 @@ def resolve_config(spec: JobSpec, *, n_train: int) -> TrainConfig:
             epochs_default=3,
             key="dpo" if dpo else "sft",
             model=spec.model,
+            n_params=n_params,
             prefix=hyperparameters_path(spec),
         )
         if not dpo:
@@ -209,6 +223,7 @@ def resolve_config(spec: JobSpec, *, n_train: int) -> TrainConfig:
         epochs_default=1,
         key=algorithm,
         model=spec.model,
+        n_params=n_params,
         prefix=prefix,
     )
     return TrainConfig(

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from lco_spec.errors import SpecError
@@ -64,3 +67,27 @@ def test_a_knob_given_under_both_names_is_refused() -> None:
     with pytest.raises(SpecError) as err:
         parse_job_spec(rl_spec(n_samples=4, num_generations=6))
     assert err.value.param == "method.lco.hyperparameters.num_generations"
+
+
+def test_one_learning_rate_rule_by_size_whatever_the_model_is_called(
+    tiny_model_path: Path, tmp_path: Path
+) -> None:
+    """lco-tiny by name, as a fine-tuned name, or as a local dir (`lco train` on a
+    checkpoint) takes the same auto learning rate; a model over 20M parameters the default."""
+    from lco_core.runner import config_parameters
+
+    def lr(model: str, n_params: int | None = None) -> float:
+        spec = parse_job_spec({**rl_spec(), "model": model})
+        return resolve_config(spec, n_train=40, n_params=n_params).learning_rate
+
+    tiny = config_parameters(tiny_model_path)
+    assert tiny is not None and tiny < 1_000_000
+    assert lr("lco-tiny") == lr("ft:lco-tiny:team::ftjob-1") == lr(str(tiny_model_path), tiny)
+    assert lr("lco-tiny") == 1e-4
+    big = tmp_path / "big"
+    big.mkdir()
+    (big / "config.json").write_text(
+        json.dumps({"hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30,
+                    "num_attention_heads": 9, "num_key_value_heads": 3, "vocab_size": 49152})
+    )  # fmt: skip
+    assert lr(str(big), config_parameters(big)) == 1e-5  # LCO's default table
