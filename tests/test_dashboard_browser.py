@@ -455,7 +455,8 @@ def test_finished_jobs_show_their_method_configuration_and_no_actions(
         expect(training).to_contain_text(sft["training_file"])
         expect(training).to_contain_text("sft-train.jsonl")
         expect(_definition(config, "Validation file")).to_contain_text("sft-valid.jsonl")
-        expect(_definition(config, "Result files")).to_have_text("–")
+        # A succeeded job's per-step results CSV (OpenAI's `result_files`).
+        expect(_definition(config, "Result files")).to_contain_text("step_metrics.csv")
         expect(_definition(config, "Suffix")).to_have_text("sft-view")
         expect(_definition(config, "Metadata")).to_have_text(
             re.compile(r"project: dashboard\s*owner: tests")
