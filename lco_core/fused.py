@@ -190,9 +190,16 @@ class _FusedHeadLoss(torch.autograd.Function):
         acc = torch.promote_types(hidden.dtype, torch.float32)
         halves = 2 if split else 1
         d_hidden = [torch.zeros_like(hidden) for _ in range(halves)]
-        d_weight = [torch.zeros_like(weight, dtype=acc) for _ in range(halves)]
+        # A frozen head (LoRA, or a head left out of training) needs no [V, H] gradient:
+        # skipping it saves a matmul per chunk and a head-sized buffer (113 MB on SmolLM2).
+        train_head = ctx.needs_input_grad[1]
+        d_weight = (
+            [torch.zeros_like(weight, dtype=acc) for _ in range(halves)] if train_head else []
+        )
         d_bias = (
-            [torch.zeros_like(bias, dtype=acc) for _ in range(halves)] if bias is not None else None
+            [torch.zeros_like(bias, dtype=acc) for _ in range(halves)]
+            if bias is not None and ctx.needs_input_grad[2]
+            else None
         )
         totals = torch.zeros(2, dtype=torch.float64, device=hidden.device)
         for start in range(0, hidden.shape[0], chunk_size):
@@ -224,7 +231,8 @@ class _FusedHeadLoss(torch.autograd.Function):
                     d_hidden[i][start:end] = dh
                 else:
                     d_hidden[i][start:end][mask] = dh
-                d_weight[i] += rows.T @ hs.to(acc)
+                if d_weight:
+                    d_weight[i] += rows.T @ hs.to(acc)
                 if d_bias is not None:
                     d_bias[i] += rows.sum(0)
             stats["entropy_sum"] += float(out.entropy.sum())
@@ -234,6 +242,7 @@ class _FusedHeadLoss(torch.autograd.Function):
         ctx.split = split
         ctx.weight_dtype = weight.dtype
         ctx.bias_dtype = bias.dtype if bias is not None else None
+        ctx.has_weight = bool(d_weight)
         ctx.has_bias = d_bias is not None
         ctx.save_for_backward(*d_hidden, *d_weight, *(d_bias or []))
         return totals[0].float(), totals[1].float()
@@ -242,21 +251,23 @@ class _FusedHeadLoss(torch.autograd.Function):
     def backward(ctx: Any, g_pos: Tensor, g_neg: Tensor) -> tuple[Tensor | None, ...]:
         saved = ctx.saved_tensors
         halves = 2 if ctx.split else 1
-        d_hidden, d_weight = saved[:halves], saved[halves : 2 * halves]
-        d_bias = saved[2 * halves :] if ctx.has_bias else None
+        d_hidden = saved[:halves]
+        d_weight = saved[halves : 2 * halves] if ctx.has_weight else None
+        d_bias = saved[halves + len(d_weight or ()) :] if ctx.has_bias else None
         if not ctx.split and not torch.equal(g_pos, g_neg):
             raise RuntimeError("backward the halves separately only with split=True")
         scales = [g_pos, g_neg] if ctx.split else [g_pos]
 
         def combine(parts: tuple[Tensor, ...], dtype: torch.dtype) -> Tensor:
-            return sum(
-                (s.to(p.dtype) * p for s, p in zip(scales, parts, strict=True)),
-                torch.zeros_like(parts[0]),
-            ).to(dtype)
+            # One temporary per half (no zeros buffer): these can be head-sized.
+            out = scales[0].to(parts[0].dtype) * parts[0]
+            for s, p in zip(scales[1:], parts[1:], strict=True):
+                out.add_(s.to(p.dtype) * p)
+            return out.to(dtype)
 
         return (
             combine(d_hidden, d_hidden[0].dtype),
-            combine(d_weight, ctx.weight_dtype),
+            combine(d_weight, ctx.weight_dtype) if d_weight else None,
             combine(d_bias, ctx.bias_dtype) if d_bias else None,
             None,
             None,

@@ -185,6 +185,33 @@ def test_fused_chunked_loss_matches_autograd(name: str, cfg: LossConfig) -> None
                 assert torch.allclose(gw, expected[0][1] + expected[1][1], atol=1e-6)
 
 
+@pytest.mark.parametrize("split", [False, True])
+def test_fused_loss_with_a_frozen_head_gives_the_same_hidden_gradient(split: bool) -> None:
+    """A frozen LM head (LoRA) gets no gradient, and the trunk's gradient is unchanged: the
+    fused loss skips the head-sized [V, H] buffer and its matmul then."""
+    torch.manual_seed(0)
+    n, h = 23, 8
+    _, data = make_data(n, k=4)
+    weight = torch.randn(V, h, dtype=torch.float64)
+    bias = torch.randn(V, dtype=torch.float64)
+    grads = []
+    for trained in (True, False):
+        hidden = torch.randn(n, h, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+        hidden.requires_grad_(True)
+        w, b = weight.clone().requires_grad_(trained), bias.clone().requires_grad_(trained)
+        out = chunked_loss(hidden, w, b, data, "lco_kld", LossConfig(), chunk_size=5, split=split)
+        node = out.pos.grad_fn
+        while node is not None and "Fused" not in type(node).__name__:
+            node = node.next_functions[0][0]
+        assert node is not None
+        # What the backward keeps: a head-sized gradient only when the head trains.
+        assert any(t.shape == weight.shape for t in node.saved_tensors) == trained
+        (out.pos + 2 * out.neg if split else out.loss).backward()
+        assert (w.grad is not None) == trained and (b.grad is not None) == trained
+        grads.append(hidden.grad)
+    assert torch.allclose(grads[0], grads[1], atol=1e-12)
+
+
 def test_fused_statistics() -> None:
     _, data = make_data(20)
     hidden = torch.randn(20, 6, dtype=torch.float64)
