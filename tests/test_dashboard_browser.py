@@ -9,9 +9,11 @@ time with only the buttons the job's state allows), download a checkpoint, then 
 its curves with a GRPO job's that ran meanwhile (the jobs and pool views show it queued
 first). Another opens a finished SFT job and a finished GRPO job: each shows the charts of
 what it reports (validation loss, eval reward), its files, suffix, metadata and
-hyperparameters, no actions, no leftover phase, and warnings marked. Any browser console
-error or page error fails them; on each view every text must have WCAG AA contrast and
-every control a name and a place in the tab order. Screenshots go to `test-artifacts/`
+hyperparameters, no actions, no leftover phase, and warnings marked. A third, on a server
+with no worker (nothing trains), marks a LoRA job and a full one succeeded: only the LoRA
+job's row and view say its model is a LoRA adapter, with its rank, on its base. Any
+browser console error or page error fails them; on each view every text must have WCAG AA
+contrast and every control a name and a place in the tab order. Screenshots go to `test-artifacts/`
 (gitignored); with LCO_DOCS_SCREENSHOT=1 the job view is also written to
 docs/dashboard-job.png.
 
@@ -24,6 +26,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import tarfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -37,6 +40,7 @@ from sqlalchemy import update
 
 from jobs.db import make_engine, make_session_factory, transaction
 from jobs.events import add_event
+from jobs.ids import utcnow
 from jobs.migrate import upgrade
 from jobs.models import Job
 from lco_core.tasks import get_task
@@ -44,8 +48,10 @@ from tests.service_fixtures import (
     ROOT,
     LiveService,
     fast_settings,
+    free_port,
     lco_serve,
     new_key,
+    sft_body,
     sft_lines,
     wait_for_job,
 )
@@ -492,4 +498,85 @@ def test_finished_jobs_show_their_method_configuration_and_no_actions(
         expect(page.locator("#events-marked")).to_have_text(re.compile(r"^\d+ warnings?$"))
         _accessible(page, "RL job")
         page.screenshot(path=str(ARTIFACTS / "dashboard-rl-job.png"), full_page=True)
+    assert not problems, "\n".join(problems) + "\n" + service.dump_logs()
+
+
+@pytest.fixture
+def served_without_worker(
+    tmp_path: Path, tiny_model_path: Path
+) -> Iterator[tuple[LiveService, str]]:
+    """`lco serve --no-worker`: jobs stay as the test writes them (nothing trains)."""
+    settings = fast_settings(tmp_path / "data")
+    upgrade(settings)
+    key = new_key(settings, "dash")
+    port = free_port()
+    service = LiveService(f"http://127.0.0.1:{port}/v1", settings)
+    service.start(
+        [sys.executable, "-m", "cli.main", "serve", "--port", str(port), "--no-worker"],
+        tmp_path / "serve.log",
+    )
+    try:
+        service.wait_healthy()
+        yield service, key
+    finally:
+        service.stop()
+
+
+def test_a_lora_job_shows_its_adapter_and_base(
+    served_without_worker: tuple[LiveService, str],
+) -> None:
+    """A succeeded LoRA job: the jobs table and the job view say its model is a LoRA adapter
+    (with its rank) on its base; a full fine-tune's say nothing of the kind."""
+    from playwright.sync_api import expect
+
+    executable = _browser_or_skip()
+    service, key = served_without_worker
+    headers = {"Authorization": f"Bearer {key}"}
+    jobs: dict[str, str] = {}
+    with httpx.Client(base_url=service.base_url, headers=headers, timeout=30) as client:
+        file_id = _upload(client, "sft.jsonl", sft_lines(8))
+        for kind, hp in (("lora", {"lora": {"r": 8}}), ("full", {})):
+            job = client.post("/fine_tuning/jobs", json=sft_body(file_id, **hp))
+            assert job.status_code == 200, job.text
+            jobs[kind] = job.json()["id"]
+    # Finished as a worker would leave them (no worker runs here: nothing trains).
+    with transaction(make_session_factory(make_engine(service.settings))) as session:
+        for kind, job_id in jobs.items():
+            session.execute(
+                update(Job)
+                .where(Job.id == job_id)
+                .values(
+                    status="succeeded",
+                    fine_tuned_model=f"ft:lco-tiny:dash:{kind}::{job_id}",
+                    finished_at=utcnow(),
+                )
+            )
+    origin = service.base_url.removesuffix("/v1")
+    ARTIFACTS.mkdir(exist_ok=True)
+    problems: list[str] = []
+
+    with _page(executable, problems) as page:
+        page.goto(f"{origin}/dashboard")
+        page.get_by_label("API key").fill(key)
+        page.get_by_role("button", name="Sign in").click()
+        model = page.locator(f'tr[data-job="{jobs["lora"]}"] td').first
+        expect(model).to_have_text("lco-tiny · LoRA adapter (r=8)")
+        expect(page.locator(f'tr[data-job="{jobs["full"]}"] td').first).to_have_text("lco-tiny")
+        _accessible(page, "jobs with a LoRA job")
+
+        page.goto(f"{origin}/dashboard#/jobs/{jobs['lora']}")
+        expect(page.locator("#job-status .badge")).to_have_text("succeeded")
+        summary = page.locator("#job-summary")
+        expect(_definition(summary, "Fine-tuned model")).to_have_text(
+            f"ft:lco-tiny:dash:lora::{jobs['lora']} · LoRA adapter (r=8) on lco-tiny"
+        )
+        _accessible(page, "LoRA job")
+        page.screenshot(path=str(ARTIFACTS / "dashboard-lora-job.png"))
+
+        page.goto(f"{origin}/dashboard#/jobs/{jobs['full']}")
+        expect(page.locator("#job-status .badge")).to_have_text("succeeded")
+        expect(_definition(summary, "Fine-tuned model")).to_have_text(
+            f"ft:lco-tiny:dash:full::{jobs['full']}"
+        )
+        expect(page.locator("#job-adapter")).to_have_count(0)
     assert not problems, "\n".join(problems) + "\n" + service.dump_logs()

@@ -26,6 +26,15 @@ function value(v) {
   return typeof v === "string" ? v : JSON.stringify(v);
 }
 
+// A LoRA job's model is an adapter served on its base (`adapter`; null for a full fine-tune,
+// which gets no note): "LoRA adapter (r=16) on lco-tiny", r from the job's LoRA settings.
+function adapterNote(job) {
+  if (!job.adapter) return null;
+  const r = job.method?.[job.method?.type]?.hyperparameters?.lora?.r;
+  const text = ` · LoRA adapter${r ? ` (r=${r})` : ""} on ${job.adapter.base_model}`;
+  return h("span", { class: "muted", id: "job-adapter", text });
+}
+
 function definitions(rows) {
   return rows.flatMap(([k, ...v]) => [h("dt", { text: k }), h("dd", {}, ...v)]);
 }
@@ -151,7 +160,7 @@ export function jobView(root, signal, jobId) {
       ["Progress", progressCell(job)],
       ["Model", job.model],
       ["Method", algorithm(job)],
-      ["Fine-tuned model", job.fine_tuned_model || "–"],
+      ["Fine-tuned model", job.fine_tuned_model || "–", adapterNote(job)],
       ["Attempts", String(job.attempts ?? "–")],
       ["Created", time(job.created_at)],
       ["Finished", time(job.finished_at)],

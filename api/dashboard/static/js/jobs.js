@@ -13,6 +13,14 @@ function phase(job) {
   return [d.phase, d.reason, d.message].filter(Boolean).join(" · ") || "–";
 }
 
+// A LoRA job trains an adapter on the model in the same cell (`adapter`; null for a full
+// fine-tune, which gets no note).
+function lora(job) {
+  if (!job.adapter) return null;
+  const r = job.method?.[job.method?.type]?.hyperparameters?.lora?.r;
+  return h("span", { class: "muted", text: ` · LoRA adapter${r ? ` (r=${r})` : ""}` });
+}
+
 function select(id, label, options) {
   return [
     h("label", { for: id, text: label }),
@@ -77,7 +85,7 @@ export function jobsView(root, signal) {
           "tr",
           { "data-job": j.id },
           h("th", { scope: "row" }, h("a", { href: `#/jobs/${j.id}`, text: j.id })),
-          h("td", { text: j.model }),
+          h("td", {}, j.model, lora(j)),
           h("td", { text: algorithm(j) }),
           h("td", {}, badge(j.status)),
           h("td", { text: phase(j) }),
