@@ -241,11 +241,16 @@ def add_parsers(sub: Any) -> None:
     p = experiment.add_parser(
         "stability", help="LCO vs PPO/GRPO/REINFORCE over seeds: docs/results/stability.md"
     )
-    p.add_argument("--preset", choices=["full", "quick"], default="full")
+    p.add_argument(
+        "--preset",
+        choices=["full", "tiny", "quick"],
+        default="full",
+        help="full: tuning, held-out seeds on lco-tiny, then SmolLM2; tiny: without SmolLM2",
+    )
     p.add_argument("--work", default="data/stability", help="run directories (resumable)")
     p.add_argument("--out", default="docs/results", help="where the report and plots go")
     p.add_argument("--steps", type=int, help="override the preset's steps per run")
-    p.add_argument("--seeds", type=int, nargs="+", help="override the preset's seeds")
+    p.add_argument("--seeds", type=int, nargs="+", help="override the preset's held-out seeds")
     p.add_argument("--workers", type=int, default=1, help="runs in parallel (1 thread each)")
     p.add_argument("--fresh", action="store_true", help="retrain runs already finished")
     p.add_argument("--report-only", action="store_true", help="report on finished runs only")

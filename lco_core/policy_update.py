@@ -71,6 +71,9 @@ def policy_update(
     first_logp = torch.zeros(len(ro.tokens))
     weights = torch.zeros(len(ro.tokens))
     generator = torch.Generator().manual_seed(cfg.seed * 31 + trainer.step)
+    # Mean grad norm of each pass over the batch: with a reused batch, how the gradient
+    # changes as the policy moves away from pi_old (LCO fits a fixed target, so it shrinks).
+    epoch_norms = [0.0] * cfg.ppo_epochs
     for epoch in range(cfg.ppo_epochs):
         order = torch.randperm(len(ro.lengths), generator=generator)
         for seqs in order.chunk(cfg.mini_batches):
@@ -148,7 +151,9 @@ def policy_update(
                         p.grad = g if p.grad is None else p.grad.add_(g)
                 sums["grad_norm_pos"] = sums.get("grad_norm_pos", 0.0) + norm_pos
                 sums["grad_norm_neg"] = sums.get("grad_norm_neg", 0.0) + norm_neg
-            sums["grad_norm"] = sums.get("grad_norm", 0.0) + grad_norm(policy_params)
+            norm = grad_norm(policy_params)
+            sums["grad_norm"] = sums.get("grad_norm", 0.0) + norm
+            epoch_norms[epoch] += norm / cfg.mini_batches
             if cfg.max_grad_norm is not None:
                 torch.nn.utils.clip_grad_norm_(all_params, cfg.max_grad_norm)
             trainer.optimizer.step()
@@ -174,6 +179,9 @@ def policy_update(
         "sampled_prob": sums.pop("sampled_prob_sum", 0.0) / n_tokens,
         **{k: v / updates for k, v in sums.items()},
     }
+    if cfg.ppo_epochs > 1:
+        metrics["grad_norm_first_epoch"] = epoch_norms[0]
+        metrics["grad_norm_last_epoch"] = epoch_norms[-1]
     if cfg.loss not in ("grpo", "ppo_clip"):
         metrics.pop("clip_frac", None)
     return metrics, first_logp

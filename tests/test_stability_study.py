@@ -1,6 +1,7 @@
-"""The stability study: its event rules on synthetic series, and the whole pipeline on a
-CI budget (`lco experiment stability --preset quick`: 2 algorithms x 1 seed x 2 settings,
-about half a minute). The pipeline test checks what is written, never what it concludes.
+"""The stability study: its event rules, the tuning rule and the verdicts on synthetic
+series, and the whole pipeline on a CI budget (`lco experiment stability --preset quick`:
+tuning, held-out seeds in both settings, a second stage; about two minutes). The pipeline
+test checks what is written, never what it concludes.
 """
 
 from __future__ import annotations
@@ -16,12 +17,18 @@ from lco_core.experiments.analysis import (
     RunData,
     collapse_events,
     entropy_collapsed,
+    entropy_exploded,
+    epoch_ratio,
+    final_eval,
     grad_norm_ratio,
     grad_spikes,
     identical_pairs,
     summarize,
+    t_interval,
 )
-from lco_core.experiments.verdicts import judge
+from lco_core.experiments.stability import PRESETS
+from lco_core.experiments.tuning import Candidate, Score, choose, tuning_grid
+from lco_core.experiments.verdicts import judge, noninferior
 
 RULES = Rules()
 
@@ -49,6 +56,51 @@ def test_entropy_collapse_and_grad_spikes() -> None:
     assert grad_spikes(norms, RULES) == 1
     assert grad_spikes([1.0, 1.2] * 10, RULES) == 0
     assert grad_norm_ratio([2.0] * 4 + [1.0] * 4) == pytest.approx(0.5)
+
+
+def test_entropy_explosion_final_reward_and_per_pass_ratio() -> None:
+    assert entropy_exploded([0.7] * 5 + [1.6] * 20, RULES)  # the demo's rise after SFT
+    assert not entropy_exploded([0.7] * 5 + [1.3] * 20, RULES)
+    assert not entropy_collapsed([0.7] * 5 + [1.6] * 20, RULES)
+    evals = [{"eval_reward": x} for x in (0.1, 0.2, 0.4, 0.5, 0.6)]
+    run = RunData("lco_kld", "single", 1, evals, initial_eval=0.0, final_eval=0.6)
+    assert final_eval(run, RULES) == pytest.approx(0.5)  # mean of the last 3
+    passes = [{"grad_norm_first_epoch": 2.0, "grad_norm_last_epoch": x} for x in (1.0, 0.5, 1.5)]
+    assert epoch_ratio(RunData("lco_kld", "reuse", 1, passes, 0.0, 0.0)) == pytest.approx(0.5)
+
+
+def test_paired_noninferiority_uses_a_t_interval() -> None:
+    mean, low, high = t_interval([0.01, -0.01, 0.03])
+    assert mean == pytest.approx(0.01)
+    assert low == pytest.approx(0.01 - 4.303 * 0.02 / 3**0.5)  # t(0.975, df 2)
+    assert noninferior(low, high, 0.02) == "unclear"  # spans -0.02
+    assert noninferior(*t_interval([0.0, 0.01, 0.005])[1:], 0.02) == "held"
+    assert noninferior(*t_interval([-0.1, -0.12, -0.11])[1:], 0.02) == "not held"
+    assert noninferior(*t_interval([0.5])[1:], 0.02) == "unclear"  # one seed
+
+
+def test_every_algorithm_gets_the_same_tuning_budget() -> None:
+    cfg = PRESETS["full"]
+    grids = {a: tuning_grid(a, cfg) for a in cfg.algorithms}
+    assert {len(g) for g in grids.values()} == {6}
+    assert {c.knob for c in grids["lco_kld"]} == {"beta"}
+    assert {c.knob for c in grids["grpo"]} == {"epsilon"}
+    factors = [c.lr_factor for c in grids["reinforce"]]
+    assert factors[0] == 0.3 and factors[-1] == 3.0 and factors == sorted(set(factors))
+
+
+def test_the_tuning_rule() -> None:
+    def sc(factor: float, reward: float, unstable: int = 0) -> Score:
+        return Score(Candidate(factor), reward, unstable, n=2)
+
+    # The best stable candidate wins even when an unstable one scored higher.
+    assert choose([sc(1, 0.5), sc(3, 0.7, unstable=1), sc(0.3, 0.4)], 0.01).candidate.lr_factor == 1
+    # Within the tie margin the learning rate nearest the default wins, then the lower one.
+    assert choose([sc(0.3, 0.505), sc(1, 0.5), sc(3, 0.6)], 0.01).candidate.lr_factor == 3
+    assert choose([sc(0.3, 0.6), sc(1, 0.595), sc(3, 0.4)], 0.01).candidate.lr_factor == 1
+    assert choose([sc(0.5, 0.6), sc(2, 0.6)], 0.01).candidate.lr_factor == 0.5
+    # All unstable: the best of them.
+    assert choose([sc(1, 0.2, 1), sc(3, 0.3, 2)], 0.01).candidate.lr_factor == 3
 
 
 def _run(algorithm: str, setting: str, seed: int, norms: list[float], final: float) -> RunData:
@@ -88,6 +140,15 @@ def test_verdicts_follow_the_rules() -> None:
     verdicts = judge(summarize(swapped, RULES), RULES, lco=["lco_kld"], baselines=["ppo_clip"])
     assert verdicts[0].outcome == "not held"
     assert verdicts[3].outcome == "not held"
+    # Entropy that doubles makes a run unstable: claim 2 fails with 2+ such runs.
+    flat = [
+        RunData(r.algorithm, r.setting, r.seed,
+                [m | {"entropy": 0.6 if i < 5 else 1.5} for i, m in enumerate(r.metrics)],
+                r.initial_eval, r.final_eval)
+        for r in runs
+    ]  # fmt: skip
+    verdicts = judge(summarize(flat, RULES), RULES, lco=["lco_kld"], baselines=["ppo_clip"])
+    assert verdicts[1].outcome == "not held" and "entropy explosions" in verdicts[1].cases[0].detail
 
 
 @pytest.mark.e2e
@@ -98,17 +159,22 @@ def test_quick_study_writes_report_and_plots(
     argv = ["experiment", "stability", "--preset", "quick", "--work", str(work)]
     assert lco_main([*argv, "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert printed.count("greedy reward") == 4  # one line per run
+    # One line per run: 4 tuning (2 candidates each), 8 held-out, 4 in the second stage.
+    assert printed.count("greedy reward") == 16
 
     report = (out / "stability.md").read_text()
     assert "lco experiment stability --preset quick" in report
-    rows = [line for line in report.splitlines() if re.match(r"\| (lco_kld|grpo) \|", line)]
-    assert len(rows) == 4  # 2 algorithms x 2 settings
+    rows = [line for line in report.splitlines() if re.match(r"\| (lco_kld|grpo) \| [0-9]", line)]
+    assert len(rows) == 6  # 2 algorithms x 2 settings, then x 1 setting in the second stage
+    tuning = [line for line in report.splitlines() if re.match(r"\| (lco_kld|grpo) \| lr ", line)]
+    assert len(tuning) == 4 and sum("**yes**" in line for line in tuning) == 2
+    assert "Rule (fixed before the runs)" in report
     for claim in ("Gradient norms", "peak-then-collapse", "reused", "Final reward"):
         assert re.search(rf"{claim}.*\*\*(held|not held|unclear)\*\*", report), claim
-    assert "torch" in report and "seeds: [1]" in report
+    assert "`reverse`" in report and "95% CI" in report
+    assert "torch" in report and "held-out seeds: [1, 2]" in report
     pngs = sorted((out / "stability").glob("*.png"))
-    assert len(pngs) == 6
+    assert len(pngs) == 6 and len(list((out / "stability" / "real").glob("*.png"))) == 6
     for png in pngs:
         data = png.read_bytes()
         assert data.startswith(b"\x89PNG\r\n\x1a\n") and 5_000 < len(data) < 200_000

@@ -34,8 +34,10 @@ class Rules:
     collapse_floor: float = 0.1
     collapse_fraction: float = 0.5
     rearm_fraction: float = 0.8
-    # Entropy collapse: the smoothed token entropy falls below this fraction of step 1's.
+    # Entropy collapse: the smoothed token entropy falls below this fraction of step 1's;
+    # entropy explosion: it rises above this multiple of step 1's (the policy flattening).
     entropy_collapse_fraction: float = 0.1
+    entropy_explosion_factor: float = 2.0
     # Grad-norm spike: a step whose grad norm exceeds `spike_factor` x the median of all
     # earlier steps (needs `spike_min_history` earlier steps).
     spike_factor: float = 5.0
@@ -45,11 +47,13 @@ class Rules:
     grow_ratio: float = 1.1
     # A smooth grad-norm trace has at most this many spikes in any one run.
     max_spikes_smooth: int = 1
-    # Reward comparisons (final greedy reward, mean over seeds): a difference counts when
-    # it is beyond 2 standard errors and beyond `material_diff`; a noise band (2 SE) wider
-    # than `informative_band` cannot confirm "at least as good".
-    material_diff: float = 0.02
-    informative_band: float = 0.05
+    # A run's final greedy reward: the mean of its last `final_evals` evaluations (one
+    # evaluation moves by 1/prompts per prompt; three smooth a lucky or unlucky one).
+    final_evals: int = 3
+    # Reward comparisons are paired by seed: the 95% t-interval of the mean per-seed
+    # difference. Non-inferior ("at least as good") when its lower end is above
+    # -`noninferiority_margin`; inferior when its upper end is below it.
+    noninferiority_margin: float = 0.02
     # Runs with a collapse (reward event or entropy collapse) that make a pattern.
     pattern_runs: int = 2
 
@@ -112,6 +116,31 @@ def grad_spikes(norms: Sequence[float], rules: Rules) -> int:
     return spikes
 
 
+def entropy_exploded(entropy: Sequence[float], rules: Rules) -> bool:
+    if not entropy or entropy[0] <= 0:
+        return False
+    smoothed = trailing_mean(entropy, rules.smooth_window)
+    return max(smoothed) > rules.entropy_explosion_factor * entropy[0]
+
+
+def final_eval(run: RunData, rules: Rules) -> float:
+    """Mean of the run's last `final_evals` greedy evaluations (its final one if it logged
+    fewer)."""
+    evals = run.series("eval_reward")[-rules.final_evals :]
+    return statistics.fmean(evals) if evals else run.final_eval
+
+
+def epoch_ratio(run: RunData) -> float:
+    """Median over steps of (grad norm in the last pass over a reused batch) / (first pass);
+    nan with one pass per batch."""
+    ratios = [
+        float(m["grad_norm_last_epoch"]) / float(m["grad_norm_first_epoch"])
+        for m in run.metrics
+        if m.get("grad_norm_first_epoch", 0) > 0 and "grad_norm_last_epoch" in m
+    ]
+    return statistics.median(ratios) if ratios else math.nan
+
+
 def grad_norm_ratio(norms: Sequence[float]) -> float:
     """Mean grad norm over the last quarter of steps / over the first quarter."""
     first, last = _quarters(norms)
@@ -146,6 +175,7 @@ class RunSummary:
     best_sampled: float  # best smoothed sampled reward
     collapse_events: int
     entropy_collapse: bool
+    entropy_explosion: bool
     spikes: int
     grad_norm_ratio: float
     step_time: float  # median seconds per step
@@ -153,6 +183,18 @@ class RunSummary:
     wall_s: float
     zero_std_early: float = math.nan  # share of zero-spread groups, first quarter of steps
     zero_std_late: float = math.nan  # and last quarter
+    epoch_ratio: float = math.nan  # grad norm, last / first pass over a reused batch
+    entropy_start: float = math.nan  # token entropy at step 1 and over the last tenth
+    entropy_end: float = math.nan
+
+    @property
+    def collapsed(self) -> bool:
+        return self.collapse_events > 0 or self.entropy_collapse
+
+    @property
+    def unstable(self) -> bool:
+        """A reward or entropy collapse, or an entropy explosion."""
+        return self.collapsed or self.entropy_explosion
 
 
 def summarize_run(run: RunData, rules: Rules) -> RunSummary:
@@ -160,17 +202,19 @@ def summarize_run(run: RunData, rules: Rules) -> RunSummary:
     norms = run.series("grad_norm")
     tail = max(1, math.ceil(len(rewards) / 10))
     kl_init = run.series("kl_init")
+    entropy = run.series("entropy")
     zero_early, zero_late = _quarters(run.series("zero_std_group_frac"))
     return RunSummary(
         algorithm=run.algorithm,
         setting=run.setting,
         seed=run.seed,
         initial_eval=run.initial_eval,
-        final_eval=run.final_eval,
+        final_eval=final_eval(run, rules),
         final_sampled=statistics.fmean(rewards[-tail:]),
         best_sampled=max(trailing_mean(rewards, rules.smooth_window)),
         collapse_events=collapse_events(rewards, rules),
-        entropy_collapse=entropy_collapsed(run.series("entropy"), rules),
+        entropy_collapse=entropy_collapsed(entropy, rules),
+        entropy_explosion=entropy_exploded(entropy, rules),
         spikes=grad_spikes(norms, rules),
         grad_norm_ratio=grad_norm_ratio(norms),
         step_time=statistics.median(run.series("time_step")),
@@ -178,6 +222,9 @@ def summarize_run(run: RunData, rules: Rules) -> RunSummary:
         wall_s=run.wall_s,
         zero_std_early=zero_early,
         zero_std_late=zero_late,
+        epoch_ratio=epoch_ratio(run),
+        entropy_start=entropy[0] if entropy else math.nan,
+        entropy_end=statistics.fmean(entropy[-tail:]) if entropy else math.nan,
     )
 
 
@@ -199,6 +246,22 @@ def identical_pairs(runs: Sequence[RunData]) -> list[tuple[str, str, str]]:
             ):
                 pairs.append((setting, a, b))
     return pairs
+
+
+# Two-sided 95% quantiles of Student's t by degrees of freedom (1-30); the normal's beyond.
+T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
+        2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
+        2.060, 2.056, 2.052, 2.048, 2.045, 2.042)  # fmt: skip
+
+
+def t_interval(xs: Sequence[float]) -> tuple[float, float, float]:
+    """Mean and 95% t-interval (low, high) of `xs` (nan bounds with fewer than two)."""
+    mean, std = mean_std(xs)
+    if len(xs) < 2:
+        return mean, math.nan, math.nan
+    q = T975[len(xs) - 2] if len(xs) - 1 <= len(T975) else 1.96
+    half = q * std / math.sqrt(len(xs))
+    return mean, mean - half, mean + half
 
 
 def mean_std(xs: Sequence[float]) -> tuple[float, float]:
@@ -244,8 +307,29 @@ class GroupSummary:
         return sum(r.entropy_collapse for r in self.runs)
 
     @property
+    def entropy_explosions(self) -> int:
+        return sum(r.entropy_explosion for r in self.runs)
+
+    @property
     def runs_with_collapse(self) -> int:
-        return sum(r.collapse_events > 0 or r.entropy_collapse for r in self.runs)
+        return sum(r.collapsed for r in self.runs)
+
+    @property
+    def unstable_runs(self) -> int:
+        return sum(r.unstable for r in self.runs)
+
+    @property
+    def epoch_ratio(self) -> float:
+        ratios = [r.epoch_ratio for r in self.runs if not math.isnan(r.epoch_ratio)]
+        return statistics.median(ratios) if ratios else math.nan
+
+    @property
+    def entropy_change(self) -> tuple[float, float]:
+        """Mean token entropy at step 1 and over the last tenth of the steps."""
+        return (
+            statistics.fmean(r.entropy_start for r in self.runs),
+            statistics.fmean(r.entropy_end for r in self.runs),
+        )
 
     @property
     def spikes(self) -> int:

@@ -29,6 +29,7 @@ from lco_core.experiments.analysis import (
     trailing_mean,
 )
 from lco_core.experiments.stability import BASELINES, LCO_LOSSES, StudyResult
+from lco_core.experiments.tuning import RULE
 from lco_core.experiments.verdicts import Verdict, judge
 
 # (metric key, title, y label, log scale): one PNG each, one panel per setting.
@@ -163,27 +164,61 @@ def _pm(ms: tuple[float, float]) -> str:
 def results_table(groups: dict[tuple[str, str], GroupSummary], setting: str) -> list[str]:
     rows = [
         "| algorithm | final greedy reward | initial | final sampled reward | best sampled "
-        "| collapse events (runs) | entropy collapses | grad-norm spikes | grad norm late/early "
+        "| entropy start -> end | unstable runs (collapse events / entropy collapses / "
+        "explosions) | grad-norm spikes | grad norm late/early | per pass last/first "
         "| KL to init (end) | step s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for (s, algorithm), g in groups.items():
         if s != setting:
             continue
+        e0, e1 = g.entropy_change
+        per_pass = "-" if math.isnan(g.epoch_ratio) else f"{g.epoch_ratio:.2f}"
         rows.append(
             f"| {algorithm} | {_pm(g.final_eval)} | {g.initial_eval:.3f} "
-            f"| {_pm(g.final_sampled)} | {g.best_sampled:.3f} "
-            f"| {g.collapse_events} ({g.runs_with_collapse}/{g.n}) | {g.entropy_collapses} "
-            f"| {g.spikes} | {g.grad_norm_ratio:.2f} | {g.kl_init_final:.4f} "
-            f"| {g.step_time:.2f} |"
+            f"| {_pm(g.final_sampled)} | {g.best_sampled:.3f} | {e0:.2f} -> {e1:.2f} "
+            f"| {g.unstable_runs}/{g.n} ({g.collapse_events} / {g.entropy_collapses} / "
+            f"{g.entropy_explosions}) | {g.spikes} | {g.grad_norm_ratio:.2f} | {per_pass} "
+            f"| {g.kl_init_final:.4f} | {g.step_time:.2f} |"
         )
     return rows
+
+
+def tuning_lines(result: StudyResult) -> list[str]:
+    """The tuning phase: the rule, the budget and every candidate's score."""
+    cfg = result.config
+    n = max((len(v) for v in result.tuning.values()), default=0)
+    lines = [
+        f"Budget: {n} candidates per algorithm x {len(cfg.tune_seeds)} tuning seeds "
+        f"({', '.join(map(str, cfg.tune_seeds))}) = {n * len(cfg.tune_seeds)} runs each, "
+        f"`single` setting, the same steps and evaluation as the held-out runs. Learning "
+        f"rate: {', '.join(f'{f:g}' for f in cfg.lr_factors)} x the model's default for the "
+        f"algorithm (`learning_rate_multiplier`); LCO's `beta` "
+        f"{', '.join(f'{v:g}' for v in cfg.knob_values['beta'])}; PPO's and GRPO's "
+        f"`epsilon` {', '.join(f'{v:g}' for v in cfg.knob_values['epsilon'])}; REINFORCE, "
+        "with no second knob, the same number of learning rates over the same range.",
+        "",
+        f"Rule (fixed before the runs): {RULE}.",
+        "",
+        "| algorithm | candidate | final greedy reward (mean over tuning seeds) | unstable "
+        "runs | chosen |",
+        "|---|---|---|---|---|",
+    ]
+    for algorithm, scores in result.tuning.items():
+        for sc in scores:
+            mark = "**yes**" if result.chosen.get(algorithm) == sc.candidate else ""
+            reward = "not run" if sc.n == 0 else f"{sc.final_eval:.3f}"
+            lines.append(
+                f"| {algorithm} | {sc.candidate.describe()} | {reward} | "
+                f"{sc.unstable}/{sc.n} | {mark} |"
+            )
+    return lines
 
 
 def verdict_lines(verdicts: Sequence[Verdict]) -> list[str]:
     lines = []
     for i, v in enumerate(verdicts, 1):
-        lines += [f"### {i}. {v.claim}: **{v.outcome}**", "", f"Rule: {v.rule}.", ""]
+        lines += [f"##### {i}. {v.claim}: **{v.outcome}**", "", f"Rule: {v.rule}.", ""]
         lines += [f"- {c.label}: {c.outcome} ({c.detail})" for c in v.cases]
         if v.context:
             lines += ["", v.context]
@@ -197,24 +232,94 @@ def _rules_lines(rules: Rules) -> list[str]:
         f"{rules.smooth_window} steps, falls below {rules.collapse_fraction:g} x its running best "
         f"after that best exceeded {rules.collapse_floor:g}; the detector re-arms once the "
         f"reward is back above {rules.rearm_fraction:g} x the best.",
-        f"- **Entropy collapse**: the token entropy ({rules.smooth_window}-step trailing mean) "
-        f"falls below {rules.entropy_collapse_fraction:g} x its value at step 1.",
+        f"- **Entropy collapse / explosion**: the token entropy ({rules.smooth_window}-step "
+        f"trailing mean) falls below {rules.entropy_collapse_fraction:g} x its value at step "
+        f"1 / rises above {rules.entropy_explosion_factor:g} x it (the policy flattening). A "
+        "run with a reward collapse, an entropy collapse or an explosion is **unstable**.",
         f"- **Grad-norm spike**: a step whose global grad norm exceeds "
         f"{rules.spike_factor:g} x the median of all earlier steps (from step "
         f"{rules.spike_min_history + 1} on).",
         "- **Grad norm late/early**: mean grad norm over the last quarter of steps divided by "
-        "the mean over the first quarter (median over seeds).",
-        "- **Final greedy reward**: greedy decoding on the held-out prompts after the last "
-        "step (mean ± sample std over seeds). **Final sampled reward**: mean training-batch "
-        "reward (temperature 1) over the last tenth of the steps. **Best sampled**: the "
-        f"highest {rules.smooth_window}-step trailing mean (mean over seeds).",
-        "- **2 SE**: twice the standard error of a difference of final rewards. Runs with "
-        "the same seed see the same prompts in the same order, so the difference is paired by "
-        "seed: the SE is std(per-seed differences)/sqrt(n) (unpaired, sqrt(s1²/n1 + s2²/n2), "
-        "only where the seeds differ).",
+        "the mean over the first quarter (median over seeds). **Per pass last/first**: with a "
+        "reused batch, the mean grad norm of the last pass over a batch divided by the "
+        "first's, median over steps and then over seeds.",
+        f"- **Final greedy reward**: greedy decoding on the held-out prompts, the mean of a "
+        f"run's last {rules.final_evals} evaluations (mean ± sample std over seeds). **Final "
+        "sampled reward**: mean training-batch reward (temperature 1) over the last tenth of "
+        f"the steps. **Best sampled**: the highest {rules.smooth_window}-step trailing mean "
+        "(mean over seeds).",
+        "- **Paired comparison**: runs with the same seed see the same prompts in the same "
+        "order, so a difference of final rewards is taken per seed; the report gives the mean "
+        "difference and its 95% Student-t interval over seeds. **Non-inferior** means the "
+        f"interval's low end is above -{rules.noninferiority_margin:g} (the margin, fixed "
+        "before the runs).",
         "- **Step s**: median wall seconds per training step (rollout, update, metrics; "
         "median, so evaluation steps do not count).",
     ]
+
+
+def stage_lines(
+    result: StudyResult, rules: Rules, plot_dir: Path, prefix: str
+) -> tuple[list[str], list[Verdict], list[Path]]:
+    """One stage's results tables, claims and plots (PNGs under `plot_dir`, linked as
+    `prefix/<file>`); headings start at level 3."""
+    cfg = result.config
+    runs = result.runs
+    groups = summarize(runs, rules)
+    settings = [s.name for s in cfg.settings if any(r.setting == s.name for r in runs)]
+    algorithms = [a for a in cfg.algorithms if any(r.algorithm == a for r in runs)]
+    lco = [a for a in algorithms if a in LCO_LOSSES]
+    baselines = [a for a in algorithms if a in BASELINES]
+    verdicts = judge(groups, rules, lco=lco, baselines=baselines, settings=settings)
+    plot_dir.mkdir(parents=True, exist_ok=True)
+    pngs = (
+        [
+            plot_metric(
+                runs, key, title, ylabel, log, settings, algorithms, plot_dir / f"{key}.png", rules
+            )
+            for key, title, ylabel, log in PLOTS
+        ]
+        if runs
+        else []
+    )
+    expected = len(cfg.algorithms) * len(cfg.seeds) * len(cfg.settings)
+    missing = [
+        f"{s.name}/{a}/seed-{seed}"
+        for seed in cfg.seeds
+        for s in cfg.settings
+        for a in cfg.algorithms
+        if not any(r.setting == s.name and r.algorithm == a and r.seed == seed for r in runs)
+    ]
+    chosen = ", ".join(f"{a} {c.describe()}" for a, c in result.chosen.items())
+    lines = [
+        f"{len(runs)} of {expected} held-out runs; settings: {chosen or 'the job defaults'}.",
+        "",
+        "| claim | verdict |",
+        "|---|---|",
+        *[f"| {v.claim} | **{v.outcome}** |" for v in verdicts],
+        "",
+    ]
+    if missing:
+        lines += [f"**Incomplete**: {len(missing)} run(s) missing: {', '.join(missing)}.", ""]
+    same = identical_pairs(runs)
+    for s in cfg.settings:
+        if s.name not in settings:
+            continue
+        lines += [f"#### `{s.name}`: {s.description}", "", *results_table(groups, s.name), ""]
+        for _, a, b in (p for p in same if p[0] == s.name):
+            lines += [f"`{a}` and `{b}` gave identical per-step metrics for every seed.", ""]
+    lines += ["#### Claims", "", *verdict_lines(verdicts)]
+    if pngs:
+        lines += ["#### Plots", ""]
+        for (key, title, *_), png in zip(PLOTS, pngs, strict=True):
+            lines += [f"**{title}** (`{key}`)", "", f"![{key}]({prefix}/{png.name})", ""]
+    lines += ["#### Setup", "", *[f"- {k}: {v}" for k, v in cfg.describe().items()]]
+    lines += [
+        "- learning rates of the held-out runs: "
+        + ", ".join(f"{a} {lr:g}" for a, lr in result.learning_rates.items()),
+        "",
+    ]
+    return lines, verdicts, pngs
 
 
 def write_report(
@@ -228,113 +333,72 @@ def write_report(
     """Write `out_dir/<name>.md` and `out_dir/<name>/*.png`; returns their paths."""
     rules = rules or Rules()
     cfg = result.config
-    runs = result.runs
-    groups = summarize(runs, rules)
-    settings = [s.name for s in cfg.settings if any(r.setting == s.name for r in runs)]
-    algorithms = [a for a in cfg.algorithms if any(r.algorithm == a for r in runs)]
-    lco = [a for a in algorithms if a in LCO_LOSSES]
-    baselines = [a for a in algorithms if a in BASELINES]
-    verdicts = judge(groups, rules, lco=lco, baselines=baselines)
-
-    plot_dir = out_dir / name
-    plot_dir.mkdir(parents=True, exist_ok=True)
-    pngs = [
-        plot_metric(
-            runs,
-            key,
-            title,
-            ylabel,
-            log,
-            settings,
-            algorithms,
-            plot_dir / f"{key}.png",
-            rules,
-        )
-        for key, title, ylabel, log in PLOTS
-    ]
-
-    expected = len(cfg.algorithms) * len(cfg.seeds) * len(cfg.settings)
-    missing = [
-        f"{s.name}/{a}/seed-{seed}"
-        for seed in cfg.seeds
-        for s in cfg.settings
-        for a in cfg.algorithms
-        if not any(r.setting == s.name and r.algorithm == a and r.seed == seed for r in runs)
-    ]
+    stages = [(result, out_dir / name, name)]
+    if result.real is not None:
+        stages.append((result.real, out_dir / name / "real", f"{name}/real"))
+    bodies = [stage_lines(r, rules, d, prefix) for r, d, prefix in stages]
+    all_runs = [run for r, _, _ in stages for run in r.runs]
     versions = _versions()
-    run_wall = sum(r.wall_s for r in runs)
+    run_wall = sum(r.wall_s for r in all_runs)
     # Wall clock of the whole study, across invocations: first run's start to last run's end.
     span = (
-        max(r.finished_at for r in runs) - min(r.finished_at - r.wall_s for r in runs)
-        if runs
+        max(r.finished_at for r in all_runs) - min(r.finished_at - r.wall_s for r in all_runs)
+        if all_runs
         else 0.0
     )
+    title = " and ".join(dict.fromkeys(r.config.model for r, _, _ in stages))
     lines = [
-        "# Stability of LCO against PPO, GRPO and REINFORCE on lco-tiny",
+        f"# Stability of LCO against PPO, GRPO and REINFORCE on {title}",
         "",
-        "A small-scale reproduction of the stability claims of *Stabilizing Policy "
-        "Optimization via Logits Convexity* (see `docs/method.md`). Generated by the command "
-        "below; do not edit by hand, re-run it.",
+        "A small-scale test of the stability claims of *Stabilizing Policy Optimization via "
+        "Logits Convexity* (see `docs/method.md`): every algorithm tuned with the same budget "
+        "by a rule fixed before the runs, then compared on held-out seeds. Generated by the "
+        "command below; do not edit by hand, re-run it.",
         "",
         "```bash",
         command,
         "```",
         "",
         f"Generated {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')} at commit "
-        f"`{_git_commit(Path(__file__).resolve().parent)}`; {len(runs)} of {expected} runs.",
+        f"`{_git_commit(Path(__file__).resolve().parent)}`.",
         "",
         "## Verdicts",
         "",
-        "| claim | verdict |",
-        "|---|---|",
-        *[f"| {v.claim} | **{v.outcome}** |" for v in verdicts],
+        "| claim | "
+        + " | ".join(f"{r.config.model}, {r.config.task}" for r, _, _ in stages)
+        + " |",
+        "|---|" + "---|" * len(stages),
+    ]
+    for i, v in enumerate(bodies[0][1]):
+        cells = [body[1][i].outcome if i < len(body[1]) else "n/a" for body in bodies]
+        lines.append(f"| {v.claim} | " + " | ".join(f"**{c}**" for c in cells) + " |")
+    lines += [
         "",
-        "Each verdict is computed from the runs by the rule stated with it below (per LCO "
-        "loss and setting; overall: held if every case held, not held if more than half did "
-        "not, unclear otherwise).",
+        "Each verdict is computed from the held-out runs by the rule stated with it below "
+        "(per LCO loss and setting; overall: held if every case held, not held if more than "
+        "half did not, unclear otherwise).",
+        "",
+        "## Tuning",
+        "",
+        *(tuning_lines(result) if result.tuning else ["No tuning stage in this preset."]),
         "",
     ]
-    if missing:
-        lines += [
-            f"**Incomplete**: {len(missing)} run(s) missing: {', '.join(missing)}.",
-            "",
-        ]
-    lines += ["## Results", ""]
-    same = identical_pairs(runs)
-    for s in cfg.settings:
-        if s.name not in settings:
-            continue
-        lines += [f"### `{s.name}`: {s.description}", "", *results_table(groups, s.name), ""]
-        for _, a, b in (p for p in same if p[0] == s.name):
-            why = (
-                " With one update per batch (and no KL penalty) GRPO's clipped ratio is exactly "
-                "1 at its only update, so its gradient is REINFORCE's: a check of the trainer, "
-                "not a finding."
-                if {a, b} == {"grpo", "reinforce"} and s.ppo_epochs == 1
-                else ""
-            )
-            lines += [f"`{a}` and `{b}` gave identical per-step metrics for every seed.{why}", ""]
-    lines += ["## Claims", "", *verdict_lines(verdicts)]
-    lines += ["## Plots", ""]
-    for (key, title, *_), png in zip(PLOTS, pngs, strict=True):
-        lines += [f"**{title}** (`{key}`)", "", f"![{key}]({name}/{png.name})", ""]
+    for (r, _, _), (body, _, _) in zip(stages, bodies, strict=True):
+        lines += [f"## Held-out seeds: {r.config.model}, `{r.config.task}`", "", *body]
     lines += ["## Definitions", "", *_rules_lines(rules), ""]
-    lines += ["## Setup", ""]
-    lines += [f"- {k}: {v}" for k, v in cfg.describe().items()]
     lines += [
-        "- learning rates (lco-tiny defaults of `lco_spec/train_config.py`, not tuned per "
-        "algorithm): " + ", ".join(f"{a} {lr:g}" for a, lr in result.learning_rates.items()),
-        "- everything else: the job spec's defaults (AdamW, no grad clipping, temperature 1, "
-        "token-mean aggregation; group advantages for LCO/GRPO/REINFORCE, GAE with a value "
-        "head for PPO; clip 0.2; pi_old kept as top-20 logprobs plus tail mass when a batch "
-        "is reused).",
+        "## Setup",
+        "",
+        "- everything not named in a stage's setup: the job spec's defaults (AdamW, no grad "
+        "clipping, temperature 1, token-mean aggregation; group advantages for "
+        "LCO/GRPO/REINFORCE, GAE with a value head for PPO; pi_old kept as top-20 logprobs "
+        "plus tail mass when a batch is reused).",
         "- each run is a job (`job.yaml` under the work dir) trained by `lco_core.runner."
         "run_job` on CPU with one torch thread; the HF rollout engine.",
         "",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".",
         "",
-        f"Machine: {platform.platform()}, {os.cpu_count()} CPUs, shared with other work "
-        "while the study ran, so step times are indicative only.",
+        f"Machine: {platform.platform()}, {os.cpu_count()} CPUs.",
         "",
         "## Reproducibility and runtime",
         "",
@@ -356,33 +420,27 @@ def write_report(
             "above); compare them with the seed spread in the table before reading a "
             "difference."
         )
+    tuned = sum(sc.n for scores in result.tuning.values() for sc in scores)
     lines += [
-        f"- Wall clock from the first run's start to the last run's end: {span / 60:.0f} min; "
-        f"training time summed over runs (they ran in parallel, one torch thread each): "
-        f"{run_wall / 60:.1f} min ({run_wall / max(len(runs), 1):.0f} s per run on average, "
-        "on the shared machine); this invocation trained "
-        f"{result.trained} run(s) in {result.wall_s / 60:.1f} min"
-        + (
-            f", the other {len(runs) - result.trained} were trained by earlier invocations of "
-            "the command (it resumes: finished runs are kept under the work dir and reused)."
-            if result.trained < len(runs)
-            else "."
-        ),
+        f"- Wall clock from the first held-out run's start to the last run's end: "
+        f"{span / 60:.0f} min; training time summed over the {len(all_runs)} held-out runs "
+        f"(they ran in parallel, one torch thread each): {run_wall / 60:.1f} min; plus "
+        f"{tuned} tuning runs. This invocation trained {result.trained} run(s) in "
+        f"{result.wall_s / 60:.1f} min (the study resumes: finished runs are kept under the "
+        "work dir and reused).",
         "",
         "## Caveats",
         "",
-        "- A 2-layer model with about a million parameters, one synthetic task, short runs "
-        f"and {len(cfg.seeds)} seed(s): evidence about this implementation at this scale, not "
-        "about the paper's settings.",
-        "- No algorithm was tuned; all use the model's default learning rate. A claim that "
-        "depends on tuning would need a sweep per algorithm.",
-        "- Verdicts follow fixed rules with a 2-standard-error noise band; with few seeds "
-        "a real difference smaller than the band reads as held or unclear, not as a win. The "
-        "band is itself estimated from few seeds: with 3 seeds a t-interval would be about "
-        "twice as wide, and greedy rewards move in steps of 1/(held-out prompts), so seeds "
-        "that agree exactly give a band of 0.",
+        "- Small models, synthetic tasks, short runs and "
+        f"{len(cfg.seeds)} held-out seeds: evidence about this implementation at this scale, "
+        "not about the paper's settings.",
+        "- The tuning grid is small (the same for every algorithm): a setting outside it could "
+        "change a verdict. The second stage reuses the first stage's choices without tuning "
+        "of its own.",
+        "- Greedy rewards move in steps of 1/(held-out prompts); a t-interval from few seeds "
+        "is wide, so a real difference smaller than it reads as unclear, not as a win.",
         "",
     ]
     report = out_dir / f"{name}.md"
     report.write_text("\n".join(lines))
-    return [report, *pngs]
+    return [report, *(p for _, _, pngs in bodies for p in pngs)]

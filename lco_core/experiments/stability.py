@@ -1,15 +1,24 @@
-"""The stability study: LCO's three losses and the RL baselines, several seeds, two settings.
+"""The stability study: LCO's three losses and the RL baselines, tuned alike, then compared
+on held-out seeds in two settings and on a second model and task.
 
-    lco experiment stability                 # the full study (about an hour on 2 CPU cores)
+    lco experiment stability                 # the whole study (see PRESETS for its budget)
     lco experiment stability --preset quick  # the CI-sized pipeline check
 
-Every run is an ordinary job: the study writes each run's `job.yaml` (the body `lco train`
-and `POST /v1/fine_tuning/jobs` take) and trains it through `lco_core.runner.run_job`, so
-one run can be reproduced alone with `lco train --config RUN/job.yaml --output RUN2`.
-All algorithms get the same rollout budget (steps x prompts x samples) and the lco-tiny
-default learning rates of `lco_spec.train_config` (no per-algorithm tuning). Settings: one
-update per rollout batch (`single`), and the stress setting that reuses each batch for
-several updates (`reuse`, `ppo_epochs` 4).
+Three stages, each a set of ordinary jobs:
+1. **Tuning** (`tune/`): every algorithm gets the same grid budget over its own knobs
+   (`tuning.py`: learning rate for all, `beta` for LCO, the clip `epsilon` for PPO/GRPO) on
+   the tuning seeds, one update per batch; the rule in `tuning.RULE`, fixed before the runs,
+   picks each algorithm's setting.
+2. **Held-out seeds** (`single/`, `reuse/`): the chosen settings on other seeds, with one
+   update per rollout batch (`single`) and in the stress setting that reuses each batch for
+   several updates (`reuse`, `ppo_epochs` 4).
+3. **A second model and task** (`real/`, when the preset has one): the same chosen settings
+   (the learning rate as the same multiple of that model's default) and both settings again.
+
+The study writes each run's `job.yaml` (the body `lco train` and `POST
+/v1/fine_tuning/jobs` take) and trains it through `lco_core.runner.run_job`, so one run can
+be reproduced alone with `lco train --config RUN/job.yaml --output RUN2`. All algorithms get
+the same rollout budget (steps x prompts x samples).
 
 A finished run leaves `result.json` in its directory; a re-run of the study skips those
 (`--fresh` retrains everything), so an interrupted study resumes where it stopped.
@@ -31,7 +40,8 @@ from typing import Any
 
 import yaml
 
-from lco_core.experiments.analysis import RunData
+from lco_core.experiments.analysis import Rules, RunData, summarize_run
+from lco_core.experiments.tuning import Candidate, Score, choose, score, tuning_grid
 from lco_core.tasks import get_task, split_examples, write_jsonl
 
 LCO_LOSSES = ("lco_kld", "lco_mse", "lco_logcosh")
@@ -49,26 +59,41 @@ class Setting:
 
 SINGLE = Setting("single", 1, "one update per rollout batch")
 REUSE = Setting("reuse", 4, "each rollout batch reused for 4 updates (ppo_epochs 4)")
+TUNE = Setting("tune", 1, "tuning runs: one update per rollout batch, tuning seeds")
+RG_PREFIX = "rg:"
+DEFAULT_CANDIDATE = Candidate(1.0)  # the job defaults: an untuned stage's setting
+
+
+def _knobs() -> dict[str, tuple[float, ...]]:
+    # beta: the default and a 5x softer target; epsilon: PPO's usual 0.2 and a tighter 0.1.
+    return {"beta": (2.0, 10.0), "epsilon": (0.1, 0.2)}
 
 
 @dataclass(frozen=True)
 class StudyConfig:
-    """What the study runs. Hyperparameters not named here are the job spec's defaults."""
+    """What one stage of the study runs. Hyperparameters not named here are the job spec's
+    defaults; a tuned candidate's learning-rate multiplier and knob override them."""
 
     algorithms: tuple[str, ...] = LCO_LOSSES + BASELINES
-    seeds: tuple[int, ...] = (1, 2, 3)
+    seeds: tuple[int, ...] = (1, 2, 3, 4, 5)  # held-out seeds
     settings: tuple[Setting, ...] = (SINGLE, REUSE)
-    model: str = "lco-tiny"
-    task: str = "addition"
+    model: str = "lco-tiny"  # lco-tiny, smollm2 (the packaged fixture) or a model dir
+    task: str = "addition"  # a built-in task or rg:<dataset> (reasoning-gym, preset small)
     steps: int = 100
     batch_size: int = 8  # prompts per step
     n_samples: int = 8  # samples per prompt (GRPO/LCO groups; PPO too, for one budget)
     max_completion_tokens: int = 6
-    beta: float = 2.0
-    eval_interval: int = 20
-    eval_samples: int = 128  # held-out prompts, greedy
+    eval_interval: int = 10  # the final reward is the mean of the last 3 evaluations
+    eval_samples: int = 512  # held-out prompts, greedy
     n_train: int = 1000
     data_seed: int = 0
+    # Tuning: seeds and grid (tuning.py). No tune_seeds: the stage takes its candidates
+    # from the stage before it (or the defaults).
+    tune_seeds: tuple[int, ...] = (101, 102)
+    lr_factors: tuple[float, ...] = (0.3, 1.0, 3.0)
+    knob_values: dict[str, tuple[float, ...]] = field(default_factory=_knobs)
+    # The next stage: the chosen settings on another model and task.
+    real: StudyConfig | None = None
     # Re-train this many runs into a scratch dir and compare them with the study's own,
     # so the report states measured (not assumed) run-to-run reproducibility.
     repeat_runs: int = 1
@@ -78,33 +103,68 @@ class StudyConfig:
             "model": self.model,
             "task": self.task,
             "algorithms": list(self.algorithms),
-            "seeds": list(self.seeds),
+            "held-out seeds": list(self.seeds),
             "settings": {s.name: s.description for s in self.settings},
             "steps": self.steps,
             "prompts per step": self.batch_size,
             "samples per prompt": self.n_samples,
             "rollouts per run": self.steps * self.batch_size * self.n_samples,
             "max completion tokens": self.max_completion_tokens,
-            "beta (LCO)": self.beta,
             "greedy evaluation": f"{self.eval_samples} held-out prompts every "
             f"{self.eval_interval} steps",
             "training prompts": self.n_train,
         }
 
 
+# The real-model stage: SmolLM2-135M-Instruct on reasoning-gym's basic_arithmetic.
+SMOLLM2_STAGE = StudyConfig(
+    algorithms=("lco_kld", "ppo_clip", "grpo"),
+    model="smollm2",
+    task="rg:basic_arithmetic",
+    steps=20,
+    batch_size=4,
+    n_samples=4,
+    max_completion_tokens=16,
+    eval_interval=10,
+    eval_samples=64,
+    n_train=256,
+    tune_seeds=(),
+    repeat_runs=0,
+)
+
 PRESETS: dict[str, StudyConfig] = {
-    "full": StudyConfig(),
-    # The pipeline on a CI budget: two algorithms (one LCO, one baseline), one seed, both
-    # settings, a few steps. Its verdicts mean nothing (one seed reads as "unclear").
+    "full": StudyConfig(real=SMOLLM2_STAGE),
+    # The lco-tiny stages alone.
+    "tiny": StudyConfig(),
+    # The pipeline on a CI budget: two algorithms (one LCO, one baseline), a 2-point grid,
+    # one tuning and two held-out seeds, both settings, a few steps, and a second stage on
+    # another task. Its verdicts mean nothing.
     "quick": StudyConfig(
         algorithms=("lco_kld", "grpo"),
-        seeds=(1,),
-        steps=16,
+        seeds=(1, 2),
+        steps=8,
         batch_size=4,
         n_samples=4,
-        eval_interval=6,
+        eval_interval=4,
         eval_samples=16,
         n_train=64,
+        tune_seeds=(101,),
+        lr_factors=(1.0, 3.0),
+        knob_values={"beta": (2.0,), "epsilon": (0.2,)},
+        real=StudyConfig(
+            algorithms=("lco_kld", "grpo"),
+            task="reverse",
+            seeds=(1, 2),
+            settings=(SINGLE,),
+            steps=8,
+            batch_size=4,
+            n_samples=4,
+            eval_interval=4,
+            eval_samples=16,
+            n_train=64,
+            tune_seeds=(),
+            repeat_runs=0,
+        ),
     ),
 }
 
@@ -114,9 +174,12 @@ class RunKey:
     setting: Setting
     algorithm: str
     seed: int
+    candidate: Candidate = DEFAULT_CANDIDATE
 
     @property
     def name(self) -> str:
+        if self.setting == TUNE:
+            return f"tune/{self.algorithm}/{self.candidate.label}/seed-{self.seed}"
         return f"{self.setting.name}/{self.algorithm}/seed-{self.seed}"
 
 
@@ -128,19 +191,33 @@ class StudyResult:
     trained: int  # runs trained by this invocation (the rest were found complete)
     learning_rates: dict[str, float] = field(default_factory=dict)
     repeat: list[dict[str, Any]] = field(default_factory=list)
+    tuning: dict[str, list[Score]] = field(default_factory=dict)  # per algorithm, grid order
+    chosen: dict[str, Candidate] = field(default_factory=dict)
+    real: StudyResult | None = None
 
 
-def run_keys(cfg: StudyConfig) -> list[RunKey]:
+def run_keys(cfg: StudyConfig, chosen: dict[str, Candidate]) -> list[RunKey]:
     # Seed-major: a study cut short still has every algorithm at its first seeds.
     return [
-        RunKey(setting, algorithm, seed)
+        RunKey(setting, algorithm, seed, chosen.get(algorithm, DEFAULT_CANDIDATE))
         for seed in cfg.seeds
         for setting in cfg.settings
         for algorithm in cfg.algorithms
     ]
 
 
-def job_body(cfg: StudyConfig, key: RunKey, data_dir: str) -> dict[str, Any]:
+def tuning_keys(cfg: StudyConfig) -> list[RunKey]:
+    return [
+        RunKey(TUNE, algorithm, seed, candidate)
+        for seed in cfg.tune_seeds
+        for algorithm in cfg.algorithms
+        for candidate in tuning_grid(algorithm, cfg)
+    ]
+
+
+def job_body(
+    cfg: StudyConfig, key: RunKey, data_dir: str, grader: dict[str, Any]
+) -> dict[str, Any]:
     """The `lco train` / API job body of one run; file paths relative to the job file."""
     lco = key.algorithm in LCO_LOSSES
     hp: dict[str, Any] = {
@@ -160,35 +237,61 @@ def job_body(cfg: StudyConfig, key: RunKey, data_dir: str) -> dict[str, Any]:
         "diagnostic_interval": 1,
     }
     if lco:
-        hp.update(lco_loss=key.algorithm, beta=cfg.beta)
+        hp["lco_loss"] = key.algorithm
+    hp.update(key.candidate.hyperparameters())
     return {
-        "model": cfg.model,
+        "model": model_dir(cfg.model),
         "training_file": f"{data_dir}/rl_train.jsonl",
         "validation_file": f"{data_dir}/rl_val.jsonl",
         "seed": key.seed,
         "method": {
             "type": "reinforcement",
-            "reinforcement": {"grader": get_task(cfg.task).grader(), "hyperparameters": hp},
+            "reinforcement": {"grader": grader, "hyperparameters": hp},
         },
     }
 
 
-def write_jobs(cfg: StudyConfig, work: Path) -> dict[RunKey, Path]:
+def model_dir(model: str) -> str:
+    """What a job names the model by: lco-tiny or a dir as given; `smollm2` is the packaged
+    fixture, imported once into the checkout's `.cache/models` (as the tests do)."""
+    if model != "smollm2":
+        return model
+    from lco_core.model_import import SMOLLM2_NAME, import_cached, packaged_gguf
+
+    cache = Path(__file__).resolve().parents[2] / ".cache" / "models"
+    return str(import_cached(packaged_gguf(), cache, SMOLLM2_NAME))
+
+
+def task_data(cfg: StudyConfig) -> tuple[list[Any], list[Any], dict[str, Any]]:
+    """Training and held-out items (disjoint) and the grader of the stage's task."""
+    if cfg.task.startswith(RG_PREFIX):
+        from lco_core.rg_tasks import export_rg, preset
+
+        name = cfg.task.removeprefix(RG_PREFIX)
+        train, val, _, _, grader = export_rg(
+            name, cfg.n_train, cfg.eval_samples, cfg.data_seed, **preset(name, "small")
+        )
+        return train, val, grader
+    task = get_task(cfg.task)
+    train, val = split_examples(task, cfg.n_train, cfg.eval_samples, seed=cfg.data_seed)
+    return train, val, task.grader()
+
+
+def write_jobs(cfg: StudyConfig, work: Path, keys: Sequence[RunKey]) -> dict[RunKey, Path]:
     """The shared datasets and one job.yaml per run; returns each run's directory."""
     data = work / "data"
     data.mkdir(parents=True, exist_ok=True)
-    train, val = split_examples(
-        get_task(cfg.task), cfg.n_train, cfg.eval_samples, seed=cfg.data_seed
-    )
+    train, val, grader = task_data(cfg)
     for items, name in ((train, "rl_train.jsonl"), (val, "rl_val.jsonl")):
         _replace_if_changed(write_jsonl(items, data / f".{name}.tmp"), data / name)
     dirs = {}
-    for key in run_keys(cfg):
+    for key in keys:
         run_dir = work / "runs" / key.name
         run_dir.mkdir(parents=True, exist_ok=True)
         rel = Path(*[".."] * len(run_dir.relative_to(work).parts)) / "data"
         tmp = run_dir / ".job.yaml.tmp"
-        tmp.write_text(yaml.safe_dump(job_body(cfg, key, rel.as_posix()), sort_keys=False))
+        body = job_body(cfg, key, rel.as_posix(), grader)
+        tmp.write_text(yaml.safe_dump(body, sort_keys=False))
         _replace_if_changed(tmp, run_dir / "job.yaml")
         dirs[key] = run_dir
     return dirs
@@ -253,7 +356,7 @@ def load_run(key: RunKey, run_dir: Path) -> RunData | None:
     ]
     return RunData(
         algorithm=key.algorithm,
-        setting=key.setting.name,
+        setting=key.setting.name if key.setting != TUNE else f"tune:{key.candidate.label}",
         seed=key.seed,
         metrics=metrics,
         initial_eval=float(record.get("initial_eval_reward", math.nan)),
@@ -276,7 +379,7 @@ def _run_all(dirs: Sequence[Path], workers: int) -> Iterator[tuple[Path, dict[st
 
 
 def learning_rates(cfg: StudyConfig, dirs: dict[RunKey, Path]) -> dict[str, float]:
-    """The learning rate each algorithm resolves to (the model's defaults, untuned)."""
+    """The learning rate each algorithm's held-out runs resolve to."""
     from lco_core.cli_train import load_config
     from lco_spec.train_config import resolve_config
 
@@ -310,25 +413,59 @@ def run_study(
     fresh: bool = False,
     train: bool = True,
     on_run: Callable[[str, dict[str, Any], int, int], None] | None = None,
+    chosen: dict[str, Candidate] | None = None,
+    rules: Rules | None = None,
 ) -> StudyResult:
     """Train every run not yet finished under `work` and load them all (with `train`
-    False, only load what has finished: a report on a partial study).
+    False, only load what has finished: a report on a partial study). Tunes first when
+    `cfg.tune_seeds` is set (else uses `chosen`, or the defaults), then the held-out seeds,
+    then `cfg.real` under `work/real` with the same choices.
 
     `on_run(name, record, done, total)` is called as each run finishes (the CLI prints it).
     """
+    rules = rules or Rules()
     if fresh:
-        shutil.rmtree(work / "runs", ignore_errors=True)
-        shutil.rmtree(work / "repeat", ignore_errors=True)
-    dirs = write_jobs(cfg, work)
-    todo = [d for key, d in dirs.items() if train and load_run(key, d) is None]
-    names = {d: key.name for key, d in dirs.items()}
+        for sub in ("runs", "repeat", "real"):
+            shutil.rmtree(work / sub, ignore_errors=True)
     started = time.perf_counter()
-    done = len(dirs) - len(todo)
-    for run_dir, record in _run_all(todo, workers):
-        done += 1
-        if on_run is not None:
-            on_run(names[run_dir], record, done, len(dirs))
-    wall = time.perf_counter() - started
+    trained = 0
+
+    def train_all(keys: list[RunKey]) -> dict[RunKey, Path]:
+        nonlocal trained
+        dirs = write_jobs(cfg, work, keys)
+        todo = [d for key, d in dirs.items() if train and load_run(key, d) is None]
+        names = {d: key.name for key, d in dirs.items()}
+        done = len(dirs) - len(todo)
+        for run_dir, record in _run_all(todo, workers):
+            done += 1
+            trained += 1
+            if on_run is not None:
+                on_run(names[run_dir], record, done, len(dirs))
+        return dirs
+
+    tuning: dict[str, list[Score]] = {}
+    if cfg.tune_seeds:
+        tune_dirs = train_all(tuning_keys(cfg))
+        chosen = {}
+        for algorithm in cfg.algorithms:
+            scores = []
+            for candidate in tuning_grid(algorithm, cfg):
+                found = [
+                    summarize_run(r, rules)
+                    for key, d in tune_dirs.items()
+                    if key.algorithm == algorithm and key.candidate == candidate
+                    and (r := load_run(key, d)) is not None
+                ]  # fmt: skip
+                scores.append(score(candidate, found))
+            tuning[algorithm] = scores
+            if any(s.n for s in scores):
+                chosen[algorithm] = choose(scores, tie=1 / cfg.eval_samples).candidate
+    chosen = chosen or {}
+    if cfg.tune_seeds and len(chosen) < len(cfg.algorithms):
+        # A partial report: the held-out stage waits for the tuning to finish.
+        return StudyResult(cfg, [], time.perf_counter() - started, trained, tuning=tuning,
+                           chosen=chosen)  # fmt: skip
+    dirs = train_all(run_keys(cfg, chosen))
     runs = [r for key, d in dirs.items() if (r := load_run(key, d)) is not None]
 
     repeat = []
@@ -342,13 +479,20 @@ def run_study(
         first, second = load_run(key, dirs[key]), load_run(key, again)
         if first is not None and second is not None:
             repeat.append({"run": key.name, **compare_runs(first, second)})
+    real = None
+    if cfg.real is not None:
+        real = run_study(cfg.real, work / "real", workers=workers, train=train, on_run=on_run,
+                         chosen=chosen, rules=rules)  # fmt: skip
     return StudyResult(
         config=cfg,
         runs=runs,
-        wall_s=wall,
-        trained=len(todo),
+        wall_s=time.perf_counter() - started,
+        trained=trained,
         learning_rates=learning_rates(cfg, dirs),
         repeat=repeat,
+        tuning=tuning,
+        chosen=chosen,
+        real=real,
     )
 
 

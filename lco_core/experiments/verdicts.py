@@ -13,7 +13,13 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from lco_core.experiments.analysis import GroupSummary, Outcome, Rules, mean_std, zero_signal_trend
+from lco_core.experiments.analysis import (
+    GroupSummary,
+    Outcome,
+    Rules,
+    t_interval,
+    zero_signal_trend,
+)
 
 
 @dataclass(frozen=True)
@@ -44,19 +50,29 @@ def overall(cases: Sequence[Case]) -> Outcome:
     return "unclear"
 
 
-def _diff(a: GroupSummary, b: GroupSummary) -> tuple[float, float]:
-    """Difference of mean final greedy reward (a - b) and its 2-standard-error band.
-
-    Runs with the same seed see the same prompts in the same order, so when both groups
-    have the same seeds the difference is paired by seed (its SE is that of the per-seed
-    differences); otherwise the two means are compared unpaired."""
-    by_seed_a = {r.seed: r.final_eval for r in a.runs}
+def paired(a: GroupSummary, b: GroupSummary) -> tuple[float, float, float]:
+    """Mean of the per-seed differences of final greedy reward (a - b) over the seeds both
+    groups ran, with its 95% t-interval (low, high). Runs with the same seed see the same
+    prompts in the same order, so the difference is paired by seed."""
     by_seed_b = {r.seed: r.final_eval for r in b.runs}
-    if by_seed_a.keys() == by_seed_b.keys():
-        mean, std = mean_std([by_seed_a[k] - by_seed_b[k] for k in by_seed_a])
-        return mean, 2 * std / math.sqrt(a.n)
-    (ma, sa), (mb, sb) = a.final_eval, b.final_eval
-    return ma - mb, 2 * math.sqrt(sa**2 / a.n + sb**2 / b.n)
+    diffs = [r.final_eval - by_seed_b[r.seed] for r in a.runs if r.seed in by_seed_b]
+    return t_interval(diffs)
+
+
+def noninferior(low: float, high: float, margin: float) -> Outcome:
+    """Held when the interval's low end is above -margin, not held when its high end is
+    below it, unclear otherwise (or with fewer than two seeds)."""
+    if math.isnan(low):
+        return "unclear"
+    if low > -margin:
+        return "held"
+    if high < -margin:
+        return "not held"
+    return "unclear"
+
+
+def _interval(d: tuple[float, float, float]) -> str:
+    return f"{_fmt(d[0])} (95% CI {_fmt(d[1])}..{_fmt(d[2])})"
 
 
 def _fmt(x: float) -> str:
@@ -90,7 +106,10 @@ def judge(
     cases = []
     for loss, s in cases_for:
         g = groups[(s, loss)]
-        ratio = g.grad_norm_ratio
+        # With a reused batch LCO fits one fixed target, so its gradient should shrink
+        # from the first pass over the batch to the last; with one pass, across training.
+        per_pass = not math.isnan(g.epoch_ratio)
+        ratio = g.epoch_ratio if per_pass else g.grad_norm_ratio
         smooth = g.max_spikes <= rules.max_spikes_smooth
         outcome: Outcome
         if ratio > rules.grow_ratio or not smooth:
@@ -99,88 +118,90 @@ def judge(
             outcome = "held"
         else:
             outcome = "unclear"
-        detail = (
-            f"late/early grad norm {ratio:.2f}, spikes {g.spikes} (max {g.max_spikes} in a run)"
-        )
+        what = "last/first pass over a batch" if per_pass else "late/early steps"
+        detail = f"grad norm {what} {ratio:.2f}, spikes {g.spikes} (max {g.max_spikes} in a run)"
         cases.append(Case(f"{loss}/{s}", outcome, detail))
     signal = zero_signal_trend([r for g in groups.values() for r in g.runs])
+
+    def grad_context(g: GroupSummary) -> str:
+        ratio = g.grad_norm_ratio if math.isnan(g.epoch_ratio) else g.epoch_ratio
+        return f"{ratio:.2f}/{g.spikes}"
+
     grad = Verdict(
         claim="Gradient norms shrink smoothly as training proceeds",
         rule=(
-            f"per LCO loss and setting: the median over seeds of (mean grad norm, last quarter "
-            f"of steps) / (first quarter) below {rules.shrink_ratio} and no run with more than "
-            f"{rules.max_spikes_smooth} spike: held; ratio above {rules.grow_ratio} or a run "
-            f"with more spikes: not held; otherwise unclear"
+            f"per LCO loss and setting, the median over seeds of a grad-norm ratio: with a "
+            f"reused batch, (mean grad norm of the last pass over the batch) / (first pass); "
+            f"with one pass, (last quarter of steps) / (first quarter). Below "
+            f"{rules.shrink_ratio} and no run with more than {rules.max_spikes_smooth} spike: "
+            f"held; above {rules.grow_ratio} or a run with more spikes: not held; otherwise "
+            f"unclear"
         ),
         cases=tuple(cases),
-        context=context(
-            "late/early ratio and spikes",
-            lambda g: f"{g.grad_norm_ratio:.2f}/{g.spikes}",
-        )
+        context=context("grad-norm ratio and spikes", grad_context)
         + (
             f" Share of groups with zero reward spread (no gradient signal), first -> last "
             f"quarter of steps, all runs: {signal[0]:.2f} -> {signal[1]:.2f}; fewer such groups "
             f"means more tokens with an advantage, which alone raises every algorithm's grad "
-            f"norm."
+            f"norm across steps."
         ),
     )
 
-    # 2. No peak-then-collapse.
+    # 2. No peak-then-collapse (and no explosion of entropy either).
     cases = []
     for loss, s in cases_for:
         g = groups[(s, loss)]
-        k = g.runs_with_collapse
+        k = g.unstable_runs
         outcome = "held" if k == 0 else "not held" if k >= rules.pattern_runs else "unclear"
         detail = (
-            f"{k}/{g.n} runs collapsed ({g.collapse_events} reward events, "
-            f"{g.entropy_collapses} entropy collapses)"
+            f"{k}/{g.n} runs unstable ({g.collapse_events} reward collapse events, "
+            f"{g.entropy_collapses} entropy collapses, {g.entropy_explosions} entropy "
+            f"explosions)"
         )
         cases.append(Case(f"{loss}/{s}", outcome, detail))
     collapse = Verdict(
-        claim="No peak-then-collapse of reward or entropy",
+        claim="No peak-then-collapse of reward, no collapse or explosion of entropy",
         rule=(
-            f"per LCO loss and setting: no run with a reward collapse event or an entropy "
-            f"collapse: held; {rules.pattern_runs} or more such runs: not held; one: unclear"
+            f"per LCO loss and setting: no run with a reward collapse event, an entropy "
+            f"collapse or an entropy explosion: held; {rules.pattern_runs} or more such runs: "
+            f"not held; one: unclear"
         ),
         cases=tuple(cases),
-        context=context("runs collapsed", lambda g: f"{g.runs_with_collapse}/{g.n}"),
+        context=context("unstable runs", lambda g: f"{g.unstable_runs}/{g.n}"),
     )
 
     # 3. Robust when a batch is reused for several updates.
     cases = []
+    margin = rules.noninferiority_margin
     if reuse_setting in present and single_setting in present:
         for loss in lco:
             if (reuse_setting, loss) not in groups or (single_setting, loss) not in groups:
                 continue
             reuse, single = groups[(reuse_setting, loss)], groups[(single_setting, loss)]
-            d, band = _diff(reuse, single)
-            threshold = max(band, rules.material_diff)
-            if math.isnan(band):
-                outcome = "unclear"
-            elif d < -threshold or reuse.runs_with_collapse >= rules.pattern_runs:
+            d = paired(reuse, single)
+            outcome = noninferior(d[1], d[2], margin)
+            if reuse.unstable_runs >= rules.pattern_runs:
                 outcome = "not held"
-            elif reuse.runs_with_collapse == 0:
-                outcome = "held"
-            else:
+            elif outcome == "held" and reuse.unstable_runs > 0:
                 outcome = "unclear"
             detail = (
-                f"final reward {reuse_setting} - {single_setting} {_fmt(d)} (2 SE {band:.3f}), "
-                f"{reuse.runs_with_collapse}/{reuse.n} {reuse_setting} runs collapsed"
+                f"final reward {reuse_setting} - {single_setting} {_interval(d)}, "
+                f"{reuse.unstable_runs}/{reuse.n} {reuse_setting} runs unstable"
             )
             cases.append(Case(loss, outcome, detail))
 
     def reuse_drop(b: str) -> str:
         if (reuse_setting, b) in groups and (single_setting, b) in groups:
-            return _fmt(_diff(groups[(reuse_setting, b)], groups[(single_setting, b)])[0])
+            return _interval(paired(groups[(reuse_setting, b)], groups[(single_setting, b)]))
         return "n/a"
 
     robust = Verdict(
         claim="Robust when a batch is reused for several updates",
         rule=(
-            f"per LCO loss: final greedy reward with reuse minus without it not below "
-            f"-max(2 SE, {rules.material_diff}) and no collapsed reuse run: held; below it, or "
-            f"{rules.pattern_runs}+ collapsed reuse runs: not held; otherwise (or one seed) "
-            f"unclear"
+            f"per LCO loss, paired by seed: final greedy reward with reuse minus without it "
+            f"non-inferior (95% t-interval's low end above -{margin}) and no unstable reuse "
+            f"run: held; the interval's high end below -{margin}, or {rules.pattern_runs}+ "
+            f"unstable reuse runs: not held; otherwise unclear"
         ),
         cases=tuple(cases),
         context=(
@@ -190,31 +211,24 @@ def judge(
         ),
     )
 
-    # 4. Final reward at least as good as PPO/GRPO.
+    # 4. Final reward at least as good as PPO/GRPO: paired non-inferiority.
     cases = []
     for loss, s in cases_for:
         rivals = [groups[(s, c)] for c in comparators if (s, c) in groups]
         if not rivals:
             continue
         best = max(rivals, key=lambda g: g.final_eval[0])
-        d, band = _diff(groups[(s, loss)], best)
-        if math.isnan(band):
-            outcome = "unclear"
-        elif d < -max(band, rules.material_diff):
-            outcome = "not held"
-        elif d >= 0 or band <= rules.informative_band:
-            outcome = "held"
-        else:
-            outcome = "unclear"
-        detail = f"final reward - best of {best.algorithm} {_fmt(d)} (2 SE {band:.3f})"
+        d = paired(groups[(s, loss)], best)
+        outcome = noninferior(d[1], d[2], margin)
+        detail = f"final reward - {best.algorithm}'s {_interval(d)}"
         cases.append(Case(f"{loss}/{s}", outcome, detail))
     final = Verdict(
         claim=f"Final reward at least as good as {'/'.join(comparators)}",
         rule=(
             f"per LCO loss and setting, against the better of {', '.join(comparators)} by mean "
-            f"final greedy reward: difference below -max(2 SE, {rules.material_diff}): not held; "
-            f"difference >= 0, or within 2 SE with 2 SE <= {rules.informative_band}: held; "
-            f"otherwise (too noisy to tell, or one seed) unclear"
+            f"final greedy reward, paired by seed: non-inferior (the 95% t-interval of the "
+            f"mean difference has its low end above -{margin}): held; its high end below "
+            f"-{margin}: not held; otherwise (the interval spans -{margin}) unclear"
         ),
         cases=tuple(cases),
         context=context("final greedy reward", lambda g: f"{g.final_eval[0]:.3f}"),
