@@ -1,6 +1,7 @@
 """Benchmark: one LCO step with a LoRA r=16 adapter vs the full fine-tune, same batch, same run.
 
-    .venv/bin/python scripts/bench_lora.py                      # SmolLM2-135M, CPU, ~3 min
+    .venv/bin/python scripts/bench_lora.py                      # SmolLM2-135M, CPU, ~4 min
+    .venv/bin/python scripts/bench_lora.py --micro-batch-size 1 # one sequence per forward
     .venv/bin/python scripts/bench_lora.py --model lco-tiny --repeats 5
 
 Each variant runs in a fresh process (so peak memory is its own), built by the trainer's
@@ -16,7 +17,8 @@ state, activations, libraries), the peak RSS above the process's RSS once the tr
 built (sampled every millisecond: what training adds), trainable parameters, and the
 median time of a training step (reward, logprobs, update, optimiser step) over `--repeats`
 steps after one warm-up step. Then the LoRA/full ratios; the targets are peak memory
-<= 0.5x and step time <= 0.9x.
+<= 0.5x and step time <= 0.9x. `--micro-batch-size` (default auto: the trainer's
+activation budget) and `--gradient-checkpointing` apply to both variants alike.
 
     .venv/bin/python scripts/bench_lora.py --vllm               # vLLM: merged sync vs adapters
 
@@ -129,6 +131,8 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
         "eval_samples": 1,
         "diagnostic_interval": 1000,
         "split_grad_norm": False,
+        "gradient_checkpointing": args.gradient_checkpointing,
+        "micro_batch_size": args.micro_batch_size or "auto",
     }
     if args.variant == "lora":
         hp["lora"] = {"r": args.r}
@@ -174,6 +178,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
         "step_s": statistics.median(times),
         "rollout_s": rollout_s,
         "loss": metrics["loss"],
+        "micro_batch_size": metrics["micro_batch_size"],
     }
 
 
@@ -361,6 +366,12 @@ def main() -> None:
     parser.add_argument("--vllm", action="store_true", help="merged sync vs vLLM adapters")
     parser.add_argument("--reward", action="store_true", help="held-out reward, full vs LoRA")
     parser.add_argument("--steps", type=int, default=150, help="--reward: steps per run")
+    parser.add_argument(
+        "--gradient-checkpointing", action="store_true", help="both variants recompute activations"
+    )
+    parser.add_argument(
+        "--micro-batch-size", type=int, default=0, help="sequences per forward (0: auto)"
+    )
     parser.add_argument("--variant", choices=["full", "lora"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.reward:
@@ -382,10 +393,13 @@ def main() -> None:
         cmd = [sys.executable, __file__, "--variant", variant, "--model", args.model,
                "--r", str(args.r), "--repeats", str(args.repeats),
                "--threads", str(args.threads)]  # fmt: skip
+        cmd += ["--gradient-checkpointing"] if args.gradient_checkpointing else []
+        cmd += ["--micro-batch-size", str(args.micro_batch_size)]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT)
         rows[variant] = json.loads(out.stdout.strip().splitlines()[-1])
     header = f"{'variant':<10}{'trainable':>14}{'peak RSS MB':>13}{'train +MB':>11}{'step s':>9}"
-    print(f"model {args.model}, LCO, 4 prompts x 8 samples x 24 tokens, r={args.r}")
+    gc = ", gradient checkpointing" if args.gradient_checkpointing else ""
+    print(f"model {args.model}, LCO, 4 prompts x 8 samples x 24 tokens, r={args.r}{gc}")
     print(header)
     for row in rows.values():
         print(
