@@ -210,6 +210,14 @@ def resolve_config(spec: JobSpec, *, n_train: int, n_params: int | None = None) 
             "more mini_batches than sequences per step",
             param=f"{prefix}.mini_batches",
         )
+    if rl.kl_coef > 0 and algorithm != "grpo":
+        # Only GRPO's loss has a KL penalty term; a knob that silently does nothing is a
+        # worse answer than a refusal.
+        raise SpecError(
+            f"kl_coef is the KL penalty of algorithm 'grpo'; algorithm '{algorithm}' has none "
+            "(LCO's own regulariser is beta)",
+            param=f"{prefix}.kl_coef",
+        )
     if rl.importance_cap is not None and algorithm not in ("grpo", "ppo"):
         raise SpecError(
             "importance_cap corrects the probability ratio of grpo and ppo; "

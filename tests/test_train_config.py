@@ -26,12 +26,28 @@ def rl_spec(**hp: object) -> dict[str, object]:
 def test_every_hyperparameter_reaches_the_config_without_a_second_declaration() -> None:
     assert set(ReinforcementHyperparameters.model_fields) <= set(TrainConfig.model_fields)
     # A value other than the default passes through for every field that cannot be "auto".
-    given = {"beta": 7.5, "top_p": 0.9, "kl_coef": 0.1, "weight_decay": 0.01,
+    given = {"beta": 7.5, "top_p": 0.9, "weight_decay": 0.01,
              "lr_schedule": "cosine", "topk_old": 5, "diagnostic_interval": 3}  # fmt: skip
     cfg = resolve_config(parse_job_spec(rl_spec(**given)), n_train=40)
     for name, value in given.items():
         assert getattr(cfg, name) == value, name
     assert cfg.describe()["beta"] == 7.5
+
+
+def test_kl_coef_is_grpo_only() -> None:
+    """Only GRPO's loss has the KL term: elsewhere a non-zero kl_coef is refused, never
+    accepted and ignored."""
+    def spec(algorithm: str) -> dict[str, object]:
+        hp = {"algorithm": algorithm, "kl_coef": 0.1}
+        return rl_spec() | {"method": {"type": "reinforcement", "reinforcement": {
+            "grader": GRADER, "hyperparameters": hp}}}  # fmt: skip
+
+    assert resolve_config(parse_job_spec(spec("grpo")), n_train=40).kl_coef == 0.1
+    for algorithm in ("lco", "ppo", "reinforce"):
+        with pytest.raises(SpecError) as err:
+            resolve_config(parse_job_spec(spec(algorithm)), n_train=40)
+        assert err.value.param == "method.reinforcement.hyperparameters.kl_coef"
+    assert resolve_config(parse_job_spec(rl_spec(kl_coef=0.0)), n_train=40).kl_coef == 0.0
 
 
 def test_auto_fields_are_resolved_to_concrete_values() -> None:
