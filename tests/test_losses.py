@@ -283,3 +283,38 @@ def test_gae_with_lambda_one_is_return_minus_value() -> None:
     adv, ret = gae_advantages(torch.tensor([1.0, 0.0]), values, mask, gamma=1.0, lam=1.0)
     assert torch.allclose(adv, torch.tensor([[0.8, 0.6, 0.0], [-0.5, 0.0, 0.0]]))
     assert torch.allclose(ret, torch.tensor([[1.0, 1.0, 0.0], [0.0, 0.0, 0.0]]))
+
+
+def _logit_step(name: str, p: float, adv: float, beta: float = 2.0) -> float:
+    """d loss / d z(a) for a sampled token a of probability p (the rest of 4 tokens equal)."""
+    rest = (1 - p) / 3
+    logits = torch.log(torch.tensor([p, rest, rest, rest], dtype=torch.float64))
+    logits.requires_grad_(True)
+    data = TokenData(
+        tokens=torch.tensor([0]),
+        advantages=torch.tensor([adv], dtype=torch.float64),
+        weights=torch.ones(1, dtype=torch.float64),
+        old_logprobs=torch.log_softmax(logits.detach(), -1)[None, 0],
+        old_logits=logits.detach()[None, 0],
+    )
+    get_loss(name)(logits[None], data, LossConfig(beta=beta)).sum().backward()
+    assert logits.grad is not None
+    return float(logits.grad[0])
+
+
+def test_lco_kld_pushes_a_confident_token_down_harder_than_up() -> None:
+    """The mechanism behind LCO's flatter policies on a sharp (SFT'd) model: lco_kld's step
+    on the sampled logit is p - pi*(a), with pi*(a) = p e^(A/beta) / (1 + p (e^(A/beta) - 1)),
+    which is concave in A. For p = 0.95 and beta 2 a negative advantage moves the logit
+    1.6x as far as the same positive one, so advantages that sum to zero over a group no
+    longer cancel and the net step lowers the confident token (mass goes to the rest of the
+    vocabulary). The policy gradient (reinforce) and lco_mse are linear in A: no such bias."""
+    up, down = _logit_step("lco_kld", 0.95, +1.0), _logit_step("lco_kld", 0.95, -1.0)
+    assert abs(down) / abs(up) == pytest.approx(1.6, abs=0.05)
+    assert up + down > 0  # descent lowers z(a) on net: the token loses probability
+    for linear in ("reinforce", "lco_mse"):
+        up, down = _logit_step(linear, 0.95, +1.0), _logit_step(linear, 0.95, -1.0)
+        assert up + down == pytest.approx(0.0, abs=1e-12)
+    # A larger beta linearises the target: the bias shrinks (1.1x at beta 10).
+    up, down = _logit_step("lco_kld", 0.95, +1.0, 10.0), _logit_step("lco_kld", 0.95, -1.0, 10.0)
+    assert abs(down) / abs(up) == pytest.approx(1.1, abs=0.05)
