@@ -31,6 +31,7 @@ from jobs.settings import Settings
 from jobs.states import Action, JobStatus, check_action, check_transition
 from jobs.storage import Storage
 from lco_spec.job import JobSpec, parse_job_spec
+from lco_spec.ranks import check_ranks
 from lco_spec.step_budget import check_step
 from lco_spec.train_config import hyperparameters_path, resolve_config
 
@@ -170,6 +171,8 @@ def submit_job(session: Session, scope: TeamScope, settings: Settings, body: Any
         max_memory_bytes=settings.max_train_memory_bytes,
         prefix=hyperparameters_path(spec),
     )
+    # What several ranks cannot run yet, before it waits for N GPUs only to fail there.
+    check_ranks(cfg, spec.resources.gpus)
     # Only now, with the files read and checked (up to hundreds of MB), lock the team row:
     # it serialises one team's submissions so that its quotas hold, and is held only for
     # the quota check and the insert.

@@ -38,7 +38,7 @@ from torch import Tensor
 
 from lco_core.callbacks import Callbacks, ForwardingCallbacks, Level, Phase, StopReason
 from lco_core.rollout import Completion, RolloutEngine, SamplingParams
-from lco_spec.errors import SpecError
+from lco_spec.ranks import check_ranks
 
 T = TypeVar("T")
 
@@ -83,30 +83,16 @@ def teardown() -> None:
         dist.destroy_process_group()
 
 
-def check_supported(cfg: Any, *, lora: bool) -> Any:
-    """`cfg` as N ranks run it. Refuses, before any work, what N ranks do not run yet, and
-    batches that do not split into equal shares (unequal shares would run unequal numbers
-    of forwards: a hang). `split_grad_norm` is turned off: its second backward through one
-    forward is not something FSDP2 supports (the shards are freed after the first)."""
+def check_supported(cfg: Any) -> Any:
+    """`cfg` as N ranks run it. Refuses, before any work, what N ranks do not run yet
+    (`lco_spec.ranks.check_ranks`, which the API also applies at submission).
+    `split_grad_norm` is turned off: its second backward through one forward is not
+    something FSDP2 supports (the shards are freed after the first)."""
     n = world_size()
-    kind = cfg.kind
     if n <= 1:
         return cfg
-    if lora:
-        raise SpecError("LoRA jobs run on one rank only for now", param="resources")
-    if kind == "dpo":
-        raise SpecError("DPO jobs run on one rank only for now", param="resources")
-    if kind != "sft" and cfg.rollout_engine == "vllm":
-        raise SpecError("vLLM rollouts run on one rank only for now; use hf or auto")
-    if kind == "sft":
-        share, what = cfg.batch_size, "batch_size"
-    else:
-        if cfg.algorithm == "ppo":
-            raise SpecError("PPO runs on one rank only for now (its value head)")
-        share, what = cfg.batch_size * cfg.n_samples // cfg.mini_batches, "minibatch sequences"
-    if share % n:
-        raise SpecError(f"{what} ({share}) must divide by the number of ranks ({n})")
-    return cfg.model_copy(update={"split_grad_norm": False}) if kind == "rl" else cfg
+    check_ranks(cfg, n, param=None)
+    return cfg.model_copy(update={"split_grad_norm": False}) if cfg.kind == "rl" else cfg
 
 
 def shard(model: torch.nn.Module) -> torch.nn.Module:

@@ -184,7 +184,7 @@ def build_trainer(
     if distributed.is_main():
         prune_temp_dirs(output_dir / "checkpoints")
     distributed.barrier()
-    cfg = distributed.check_supported(cfg, lora=cfg.lora is not None)
+    cfg = distributed.check_supported(cfg)
     resume_from = latest_checkpoint(output_dir / "checkpoints")
     # Master weights stay float32; bfloat16 runs under autocast.
     callbacks.on_phase(

@@ -69,6 +69,17 @@ def test_bad_lora_settings_are_400s_naming_the_field(
     assert message in error["message"]
 
 
+def test_a_lora_job_on_several_gpus_is_a_400_at_submission(api: ApiClient) -> None:
+    """LoRA runs on one rank for now: refused when submitted, not after waiting for GPUs."""
+    file_id = api.upload(rl_lines()).json()["id"]
+    body = rl_body(file_id, lora={"r": 4}) | {"resources": {"gpus": 2}}
+    response = api.post("/v1/fine_tuning/jobs", json=body)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == "resources.gpus"
+    assert "LoRA jobs run on one rank only" in error["message"]
+
+
 def test_a_lora_job_says_it_trains_an_adapter_on_its_model(api: ApiClient) -> None:
     register_smollm2_shape(api)
     file_id = api.upload(rl_lines()).json()["id"]
