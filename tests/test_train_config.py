@@ -37,6 +37,7 @@ def test_every_hyperparameter_reaches_the_config_without_a_second_declaration() 
 def test_kl_coef_is_grpo_only() -> None:
     """Only GRPO's loss has the KL term: elsewhere a non-zero kl_coef is refused, never
     accepted and ignored."""
+
     def spec(algorithm: str) -> dict[str, object]:
         hp = {"algorithm": algorithm, "kl_coef": 0.1}
         return rl_spec() | {"method": {"type": "reinforcement", "reinforcement": {
