@@ -7,6 +7,7 @@ test checks what is written, never what it concludes.
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,7 @@ from lco_core.experiments.analysis import (
     summarize,
     t_interval,
 )
-from lco_core.experiments.stability import PRESETS
+from lco_core.experiments.stability import PRESETS, job_body, run_keys
 from lco_core.experiments.tuning import Candidate, Score, choose, tuning_grid
 from lco_core.experiments.verdicts import judge, noninferior
 
@@ -194,3 +195,18 @@ def test_identical_algorithms_are_detected() -> None:
     ]
     other = [_run("lco_kld", "single", seed, [1.0, 3.0], 0.4) for seed in (1, 2)]
     assert identical_pairs([*same, *other]) == [("single", "grpo", "reinforce")]
+
+
+def test_a_stage_with_one_base_learning_rate_gives_it_to_every_algorithm() -> None:
+    """The real-model stage: LCO's and GRPO's size-based defaults differ 10x there, so the
+    stage sets one base rate and each algorithm's tuned multiplier applies to it."""
+    assert PRESETS["full"].real is not None and PRESETS["full"].real.learning_rate == 2e-5
+    cfg = replace(PRESETS["quick"], learning_rate=2e-5)
+    chosen = {"lco_kld": Candidate(1.0, "beta", 2.0), "grpo": Candidate(3.0, "epsilon", 0.1)}
+    rates = {
+        key.algorithm: job_body(cfg, key, "data", {})["method"]["reinforcement"][
+            "hyperparameters"]
+        for key in run_keys(cfg, chosen)
+    }  # fmt: skip
+    assert rates["lco_kld"]["learning_rate"] == 2e-5 and rates["grpo"]["learning_rate"] == 6e-5
+    assert "learning_rate_multiplier" not in rates["grpo"] and rates["grpo"]["epsilon"] == 0.1

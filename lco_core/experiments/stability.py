@@ -87,6 +87,11 @@ class StudyConfig:
     eval_samples: int = 512  # held-out prompts, greedy
     n_train: int = 1000
     data_seed: int = 0
+    # One base learning rate for every algorithm (a candidate's multiplier applies to it);
+    # None: each algorithm's size-based default of `lco_spec.train_config.BASE_LR`. A
+    # stage whose defaults differ by algorithm (the real-model table: LCO 1e-5, the rest
+    # 1e-6) would otherwise hand one side a 10x larger step before any tuning.
+    learning_rate: float | None = None
     # Tuning: seeds and grid (tuning.py). No tune_seeds: the stage takes its candidates
     # from the stage before it (or the defaults).
     tune_seeds: tuple[int, ...] = (101, 102)
@@ -110,6 +115,9 @@ class StudyConfig:
             "samples per prompt": self.n_samples,
             "rollouts per run": self.steps * self.batch_size * self.n_samples,
             "max completion tokens": self.max_completion_tokens,
+            "base learning rate": "each algorithm's default for the model"
+            if self.learning_rate is None
+            else f"{self.learning_rate:g} for every algorithm",
             "greedy evaluation": f"{self.eval_samples} held-out prompts every "
             f"{self.eval_interval} steps",
             "training prompts": self.n_train,
@@ -120,6 +128,7 @@ class StudyConfig:
 SMOLLM2_STAGE = StudyConfig(
     algorithms=("lco_kld", "ppo_clip", "grpo"),
     model="smollm2",
+    learning_rate=2e-5,  # the README's SmolLM2 runs, where LCO and GRPO both learned
     task="rg:basic_arithmetic",
     steps=20,
     batch_size=4,
@@ -239,6 +248,8 @@ def job_body(
     if lco:
         hp["lco_loss"] = key.algorithm
     hp.update(key.candidate.hyperparameters())
+    if cfg.learning_rate is not None:
+        hp["learning_rate"] = float(f"{cfg.learning_rate * hp.pop('learning_rate_multiplier'):.6g}")
     return {
         "model": model_dir(cfg.model),
         "training_file": f"{data_dir}/rl_train.jsonl",
