@@ -340,19 +340,32 @@ def test_importance_weights_in_the_updates_forward_equal_a_separate_pass(
         assert trainer.separate_old_pass is False  # the default now
         trainer.separate_old_pass = separate
         trainer.engine = _EngineThatUnderestimates(trainer.engine)
+        grads: list[torch.Tensor] = []
+        step = trainer.optimizer.step
+
+        def capture(
+            *args: Any, step: Any = step, model: Any = trainer.model, out: Any = grads, **kw: Any
+        ) -> Any:
+            params = [p for p in model.parameters() if p.grad is not None]
+            out.append(torch.cat([p.grad.detach().flatten() for p in params]))
+            return step(*args, **kw)
+
+        trainer.optimizer.step = capture
         torch.manual_seed(0)
         metrics = trainer.train_step(1)
         weights = torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
-        results.append((metrics, weights))
-    (a, wa), (b, wb) = results
+        results.append((metrics, weights, grads[0]))
+    (a, wa, ga), (b, wb, gb) = results
     for key in ("importance_weight_mean", "importance_weight_min", "loss", "grad_norm"):
         assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-7), key
     assert a["importance_weight_mean"] == pytest.approx(1.2, abs=1e-3)  # e^0.5 capped
+    # The same gradient, coordinate by coordinate, up to the rounding of two forwards.
+    assert torch.allclose(ga, gb, rtol=1e-3, atol=1e-5 * float(ga.abs().max()))
     # The two pi_old forwards differ in their last bits, so a gradient that is ~0 can change
-    # sign; Adam's first step moves such a weight by up to lr either way. All others agree.
-    diff = (wa - wb).abs()
-    assert float(diff.max()) <= 2 * lr + 1e-6
-    assert float((diff > 3e-5).float().mean()) < 1e-3
+    # sign, and Adam's first step (about lr x sign(g)) moves such a weight by up to lr
+    # either way. How many weights have a gradient that small depends on the CPU's
+    # rounding, so the weights are only bounded; the gradients above are the step.
+    assert float((wa - wb).abs().max()) <= 2 * lr + 1e-6
 
 
 def test_importance_cap_only_for_ratio_losses(addition_file: Path) -> None:
