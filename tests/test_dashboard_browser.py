@@ -256,6 +256,13 @@ def _page(executable: str, problems: list[str]) -> Iterator[Any]:
             browser.close()
 
 
+def _sign_in(page: Any, origin: str, key: str) -> None:
+    """Open the dashboard and sign in with the form (the keyboard path has its own test)."""
+    page.goto(f"{origin}/dashboard")
+    page.get_by_label("API key").fill(key)
+    page.get_by_role("button", name="Sign in").click()
+
+
 def test_dashboard_follows_a_live_job_and_cancels_it(served: tuple[LiveService, str]) -> None:
     from playwright.sync_api import expect
 
@@ -437,9 +444,7 @@ def test_finished_jobs_show_their_method_configuration_and_no_actions(
     problems: list[str] = []
 
     with _page(executable, problems) as page:
-        page.goto(f"{origin}/dashboard")
-        page.get_by_label("API key").fill(key)
-        page.get_by_role("button", name="Sign in").click()
+        _sign_in(page, origin, key)
         expect(page.locator(f'tr[data-job="{sft["id"]}"]')).to_be_visible()
 
         # The SFT job: its curves, with validation loss; none of RL's.
@@ -556,9 +561,7 @@ def test_a_lora_job_shows_its_adapter_and_base(
     problems: list[str] = []
 
     with _page(executable, problems) as page:
-        page.goto(f"{origin}/dashboard")
-        page.get_by_label("API key").fill(key)
-        page.get_by_role("button", name="Sign in").click()
+        _sign_in(page, origin, key)
         model = page.locator(f'tr[data-job="{jobs["lora"]}"] td').first
         expect(model).to_have_text("lco-tiny · LoRA adapter (r=8)")
         expect(page.locator(f'tr[data-job="{jobs["full"]}"] td').first).to_have_text("lco-tiny")

@@ -141,40 +141,32 @@ SMOLLM2_STAGE = StudyConfig(
     repeat_runs=0,
 )
 
+# The pipeline on a CI budget: two algorithms (one LCO, one baseline), a 2-point grid, one
+# tuning and two held-out seeds, both settings, a few steps, and a second stage on another
+# task with the same budget. Its verdicts mean nothing.
+_QUICK_STAGE = StudyConfig(
+    algorithms=("lco_kld", "grpo"),
+    seeds=(1, 2),
+    steps=8,
+    batch_size=4,
+    n_samples=4,
+    eval_interval=4,
+    eval_samples=16,
+    n_train=64,
+    tune_seeds=(101,),
+    lr_factors=(1.0, 3.0),
+    knob_values={"beta": (2.0,), "epsilon": (0.2,)},
+)
+QUICK = replace(
+    _QUICK_STAGE,
+    real=replace(_QUICK_STAGE, task="reverse", settings=(SINGLE,), tune_seeds=(), repeat_runs=0),
+)
+
 PRESETS: dict[str, StudyConfig] = {
     "full": StudyConfig(real=SMOLLM2_STAGE),
     # The lco-tiny stages alone.
     "tiny": StudyConfig(),
-    # The pipeline on a CI budget: two algorithms (one LCO, one baseline), a 2-point grid,
-    # one tuning and two held-out seeds, both settings, a few steps, and a second stage on
-    # another task. Its verdicts mean nothing.
-    "quick": StudyConfig(
-        algorithms=("lco_kld", "grpo"),
-        seeds=(1, 2),
-        steps=8,
-        batch_size=4,
-        n_samples=4,
-        eval_interval=4,
-        eval_samples=16,
-        n_train=64,
-        tune_seeds=(101,),
-        lr_factors=(1.0, 3.0),
-        knob_values={"beta": (2.0,), "epsilon": (0.2,)},
-        real=StudyConfig(
-            algorithms=("lco_kld", "grpo"),
-            task="reverse",
-            seeds=(1, 2),
-            settings=(SINGLE,),
-            steps=8,
-            batch_size=4,
-            n_samples=4,
-            eval_interval=4,
-            eval_samples=16,
-            n_train=64,
-            tune_seeds=(),
-            repeat_runs=0,
-        ),
-    ),
+    "quick": QUICK,
 }
 
 
