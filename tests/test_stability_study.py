@@ -85,9 +85,12 @@ def test_every_algorithm_gets_the_same_tuning_budget() -> None:
     grids = {a: tuning_grid(a, cfg) for a in cfg.algorithms}
     assert {len(g) for g in grids.values()} == {6}
     assert {c.knob for c in grids["lco_kld"]} == {"beta"}
-    assert {c.knob for c in grids["grpo"]} == {"epsilon"}
-    factors = [c.lr_factor for c in grids["reinforce"]]
-    assert factors[0] == 0.3 and factors[-1] == 3.0 and factors == sorted(set(factors))
+    # The clip is inert with one update per batch: PPO and GRPO tune 6 learning rates, as
+    # REINFORCE does, rather than 3 twice over.
+    for algorithm in ("grpo", "ppo_clip", "reinforce"):
+        factors = [c.lr_factor for c in grids[algorithm]]
+        assert factors[0] == 0.3 and factors[-1] == 3.0 and factors == sorted(set(factors))
+        assert {c.knob for c in grids[algorithm]} == {None}
 
 
 def test_the_tuning_rule() -> None:
@@ -202,11 +205,11 @@ def test_a_stage_with_one_base_learning_rate_gives_it_to_every_algorithm() -> No
     stage sets one base rate and each algorithm's tuned multiplier applies to it."""
     assert PRESETS["full"].real is not None and PRESETS["full"].real.learning_rate == 2e-5
     cfg = replace(PRESETS["quick"], learning_rate=2e-5)
-    chosen = {"lco_kld": Candidate(1.0, "beta", 2.0), "grpo": Candidate(3.0, "epsilon", 0.1)}
+    chosen = {"lco_kld": Candidate(1.0, "beta", 2.0), "grpo": Candidate(3.0)}
     rates = {
         key.algorithm: job_body(cfg, key, "data", {})["method"]["reinforcement"][
             "hyperparameters"]
         for key in run_keys(cfg, chosen)
     }  # fmt: skip
     assert rates["lco_kld"]["learning_rate"] == 2e-5 and rates["grpo"]["learning_rate"] == 6e-5
-    assert "learning_rate_multiplier" not in rates["grpo"] and rates["grpo"]["epsilon"] == 0.1
+    assert "learning_rate_multiplier" not in rates["grpo"] and rates["lco_kld"]["beta"] == 2.0

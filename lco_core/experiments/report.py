@@ -194,9 +194,10 @@ def tuning_lines(result: StudyResult) -> list[str]:
         f"`single` setting, the same steps and evaluation as the held-out runs. Learning "
         f"rate: {', '.join(f'{f:g}' for f in cfg.lr_factors)} x the model's default for the "
         f"algorithm (`learning_rate_multiplier`); LCO's `beta` "
-        f"{', '.join(f'{v:g}' for v in cfg.knob_values['beta'])}; PPO's and GRPO's "
-        f"`epsilon` {', '.join(f'{v:g}' for v in cfg.knob_values['epsilon'])}; REINFORCE, "
-        "with no second knob, the same number of learning rates over the same range.",
+        f"{', '.join(f'{v:g}' for v in cfg.knob_values['beta'])}. REINFORCE, PPO and GRPO: "
+        "the same number of learning rates, log-spaced over the same range (PPO's and "
+        "GRPO's clip `epsilon` cannot act with one update per batch, where the ratio to "
+        "pi_old is exactly 1; it stays at 0.2 in every run).",
         "",
         f"Rule (fixed before the runs): {RULE}.",
         "",
@@ -337,13 +338,13 @@ def write_report(
     if result.real is not None:
         stages.append((result.real, out_dir / name / "real", f"{name}/real"))
     bodies = [stage_lines(r, rules, d, prefix) for r, d, prefix in stages]
-    all_runs = [run for r, _, _ in stages for run in r.runs]
+    every_run = [run for r, _, _ in stages for run in (*r.tuning_runs, *r.runs)]
     versions = _versions()
-    run_wall = sum(r.wall_s for r in all_runs)
-    # Wall clock of the whole study, across invocations: first run's start to last run's end.
+    # Wall clock of the whole study, across invocations: first run's start to last run's
+    # end, tuning included (an interrupted and resumed study counts its pause too).
     span = (
-        max(r.finished_at for r in all_runs) - min(r.finished_at - r.wall_s for r in all_runs)
-        if all_runs
+        max(r.finished_at for r in every_run) - min(r.finished_at - r.wall_s for r in every_run)
+        if every_run
         else 0.0
     )
     title = " and ".join(dict.fromkeys(r.config.model for r, _, _ in stages))
@@ -420,14 +421,18 @@ def write_report(
             "above); compare them with the seed spread in the table before reading a "
             "difference."
         )
-    tuned = sum(sc.n for scores in result.tuning.values() for sc in scores)
+    per_stage = "; ".join(
+        f"{r.config.model}: {len(r.tuning_runs)} tuning runs "
+        f"{sum(x.wall_s for x in r.tuning_runs) / 60:.1f} min, {len(r.runs)} held-out runs "
+        f"{sum(x.wall_s for x in r.runs) / 60:.1f} min"
+        for r, _, _ in stages
+    )
     lines += [
-        f"- Wall clock from the first held-out run's start to the last run's end: "
-        f"{span / 60:.0f} min; training time summed over the {len(all_runs)} held-out runs "
-        f"(they ran in parallel, one torch thread each): {run_wall / 60:.1f} min; plus "
-        f"{tuned} tuning runs. This invocation trained {result.trained} run(s) in "
-        f"{result.wall_s / 60:.1f} min (the study resumes: finished runs are kept under the "
-        "work dir and reused).",
+        f"- **Wall time of the whole study**: {span / 60:.0f} min from the first run's start "
+        f"to the last run's end, on {os.cpu_count()} CPUs (`--workers` runs at once, as in the "
+        f"command above; one torch thread each). Training time summed per stage ({per_stage}). This invocation "
+        f"trained {sum(r.trained for r, _, _ in stages)} run(s) in {result.wall_s / 60:.1f} min (the study "
+        "resumes: finished runs are kept under the work dir and reused).",
         "",
         "## Caveats",
         "",

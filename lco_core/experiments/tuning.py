@@ -4,11 +4,14 @@ the rule that picks each one's setting, both fixed before any run.
     grid = tuning_grid("lco_kld", cfg)          # [Candidate(lr 0.3x, beta 2), ...]
     chosen = choose(scores)                      # by the rule in RULE
 
-Each algorithm gets `len(cfg.lr_factors) x 2` candidates: the learning rate as a multiple
-of the model's default for the algorithm (`learning_rate_multiplier`, so a choice made on
-lco-tiny carries over to a larger model's own default) times two values of its own key
-knob: LCO's target temperature `beta`, PPO's and GRPO's clip `epsilon`. REINFORCE has no
-second knob, so it gets the same number of learning rates, log-spaced over the same range.
+Each algorithm gets `len(cfg.lr_factors) x 2` candidates. LCO's: the learning rate as a
+multiple of the model's default for the algorithm (`learning_rate_multiplier`, so a choice
+made on lco-tiny carries over to a larger model's own default) times two values of its
+target temperature `beta`. The others get the same number of learning rates, log-spaced
+over the same range: REINFORCE has no second knob, and PPO's and GRPO's clip `epsilon` is
+inert where the tuning runs (one update per batch: the ratio to pi_old is exactly 1, so
+the clip never binds and a grid over it would spend half their budget on duplicate runs).
+They keep the clip at its default, 0.2, in the reuse setting too.
 """
 
 from __future__ import annotations
@@ -22,14 +25,9 @@ if TYPE_CHECKING:
     from lco_core.experiments.analysis import RunSummary
     from lco_core.experiments.stability import StudyConfig
 
-# Each algorithm's own knob (job spec field) besides the learning rate.
-KNOB = {
-    "lco_kld": "beta",
-    "lco_mse": "beta",
-    "lco_logcosh": "beta",
-    "ppo_clip": "epsilon",
-    "grpo": "epsilon",
-}
+# Each algorithm's own knob (job spec field) besides the learning rate, where it acts with
+# one update per batch.
+KNOB = {"lco_kld": "beta", "lco_mse": "beta", "lco_logcosh": "beta"}
 
 RULE = (
     "per algorithm, the candidate with the highest mean over the tuning seeds of its final "
