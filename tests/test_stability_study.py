@@ -30,6 +30,7 @@ from lco_core.experiments.analysis import (
 from lco_core.experiments.stability import PRESETS, job_body, run_keys
 from lco_core.experiments.tuning import Candidate, Score, choose, tuning_grid
 from lco_core.experiments.verdicts import judge, noninferior
+from lco_spec.job import ReinforcementHyperparameters
 
 RULES = Rules()
 
@@ -85,6 +86,8 @@ def test_every_algorithm_gets_the_same_tuning_budget() -> None:
     grids = {a: tuning_grid(a, cfg) for a in cfg.algorithms}
     assert {len(g) for g in grids.values()} == {6}
     assert {c.knob for c in grids["lco_kld"]} == {"beta"}
+    # The tie-break's "knob value listed first" is the job default.
+    assert grids["lco_kld"][0].value == ReinforcementHyperparameters().beta
     # The clip is inert with one update per batch: PPO and GRPO tune 6 learning rates, as
     # REINFORCE does, rather than 3 twice over.
     for algorithm in ("grpo", "ppo_clip", "reinforce"):
@@ -105,6 +108,11 @@ def test_the_tuning_rule() -> None:
     assert choose([sc(0.5, 0.6), sc(2, 0.6)], 0.01).candidate.lr_factor == 0.5
     # All unstable: the best of them.
     assert choose([sc(1, 0.2, 1), sc(3, 0.3, 2)], 0.01).candidate.lr_factor == 3
+    # At one learning rate, a tie goes to the knob value the grid lists first (the default).
+    default, softer = Candidate(1, "beta", 2.0), Candidate(1, "beta", 10.0)
+    assert (
+        choose([Score(default, 0.5, 0, 2), Score(softer, 0.505, 0, 2)], 0.01).candidate == default
+    )
 
 
 def _run(algorithm: str, setting: str, seed: int, norms: list[float], final: float) -> RunData:

@@ -34,7 +34,8 @@ RULE = (
     "greedy reward (mean of the last 3 evaluations); a candidate any of whose tuning runs "
     "collapsed (reward collapse, entropy collapse or entropy explosion) ranks below every "
     "candidate that did not; ties (within one held-out prompt's worth of reward) go to the "
-    "learning rate nearest the default, then to the lower one"
+    "learning rate nearest the default, then to the lower one, then to the knob value listed "
+    "first (the job default)"
 )
 
 
@@ -105,4 +106,5 @@ def choose(scores: list[Score], tie: float) -> Score:
     stable = [s for s in finished if s.unstable == 0] or finished
     best = max(s.final_eval for s in stable)
     near = [s for s in stable if s.final_eval >= best - tie]
+    # min() keeps the first of equal keys: grid order, whose first knob value is the default.
     return min(near, key=lambda s: (abs(math.log(s.candidate.lr_factor)), s.candidate.lr_factor))
