@@ -120,6 +120,7 @@ class ReinforcementHyperparameters(CommonHyperparameters):
 
     algorithm: Literal["lco", "grpo", "ppo", "reinforce"] = "lco"
     lco_loss: Literal["lco_kld", "lco_mse", "lco_logcosh"] = "lco_kld"
+    # LCO's target temperature; 2 is the stability study's choice over 10 (README).
     beta: Annotated[float, Field(gt=0, le=1e4)] = 2.0
     vocab_advantage: Literal["sampled", "estimate"] = "sampled"
     target_base: Literal["old", "current"] = "old"

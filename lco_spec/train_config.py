@@ -20,14 +20,18 @@ from lco_spec.job import CommonHyperparameters, JobSpec, ReinforcementHyperparam
 
 # Learning rates for multiplier 1.0. The paper's reference runs use 1e-5 for LCO and 1e-6
 # for PPO/GRPO (LCO's per-token gradient is damped by p(a)(e^{A/beta}-1)/(1+...), so it
-# tolerates a larger step). A tiny model (lco-tiny) wants larger steps. Which table applies
+# tolerates a larger step). LCO's rates (and its `beta` 2) are the stability study's
+# choices (docs/results/stability.md): its tuning on lco-tiny chose 1x the tiny rate at
+# beta 2 for all three LCO losses, and the same 1x of 2e-5 is what its SmolLM2 stage ran
+# (as did the README's SmolLM2 runs; 1e-4 collapsed there within 8 steps).
+# A tiny model (lco-tiny) wants larger steps. Which table applies
 # is one rule, by the model's size (`lr_table`), however the model is named: lco-tiny, a
 # fine-tuned `ft:lco-tiny:...` or a local checkpoint dir of it all take the tiny rates.
 TINY_MAX_PARAMETERS = 20_000_000
 BASE_LR: dict[str, dict[str, float]] = {
     "default": {
         "sft": 2e-5,
-        "lco": 1e-5,
+        "lco": 2e-5,
         "grpo": 1e-6,
         "ppo": 1e-6,
         "reinforce": 1e-6,

@@ -209,7 +209,7 @@ def test_identical_algorithms_are_detected() -> None:
 
 
 def test_a_stage_with_one_base_learning_rate_gives_it_to_every_algorithm() -> None:
-    """The real-model stage: LCO's and GRPO's size-based defaults differ 10x there, so the
+    """The real-model stage: LCO's and GRPO's size-based defaults differ 20x there, so the
     stage sets one base rate and each algorithm's tuned multiplier applies to it."""
     assert PRESETS["full"].real is not None and PRESETS["full"].real.learning_rate == 2e-5
     cfg = replace(PRESETS["quick"], learning_rate=2e-5)

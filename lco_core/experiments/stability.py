@@ -89,8 +89,8 @@ class StudyConfig:
     data_seed: int = 0
     # One base learning rate for every algorithm (a candidate's multiplier applies to it);
     # None: each algorithm's size-based default of `lco_spec.train_config.BASE_LR`. A
-    # stage whose defaults differ by algorithm (the real-model table: LCO 1e-5, the rest
-    # 1e-6) would otherwise hand one side a 10x larger step before any tuning.
+    # stage whose defaults differ by algorithm (the real-model table: LCO 2e-5, the rest
+    # 1e-6) would otherwise hand one side a 20x larger step before any tuning.
     learning_rate: float | None = None
     # Tuning: seeds and grid (tuning.py). No tune_seeds: the stage takes its candidates
     # from the stage before it (or the defaults).
