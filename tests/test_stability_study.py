@@ -161,6 +161,11 @@ def test_verdicts_follow_the_rules() -> None:
     ]  # fmt: skip
     verdicts = judge(summarize(flat, RULES), RULES, lco=["lco_kld"], baselines=["ppo_clip"])
     assert verdicts[1].outcome == "not held" and "entropy explosions" in verdicts[1].cases[0].detail
+    # Runs shorter than two detector windows cannot show a collapse: unclear, never held.
+    short = [RunData(r.algorithm, r.setting, r.seed, r.metrics[:10], r.initial_eval,
+                     r.final_eval) for r in runs]  # fmt: skip
+    verdicts = judge(summarize(short, RULES), RULES, lco=["lco_kld"], baselines=["ppo_clip"])
+    assert verdicts[1].outcome == "unclear" and "too short" in verdicts[1].cases[0].detail
 
 
 @pytest.mark.e2e

@@ -186,6 +186,7 @@ class RunSummary:
     epoch_ratio: float = math.nan  # grad norm, last / first pass over a reused batch
     entropy_start: float = math.nan  # token entropy at step 1 and over the last tenth
     entropy_end: float = math.nan
+    steps: int = 0  # training steps the run logged
 
     @property
     def collapsed(self) -> bool:
@@ -225,6 +226,7 @@ def summarize_run(run: RunData, rules: Rules) -> RunSummary:
         epoch_ratio=epoch_ratio(run),
         entropy_start=entropy[0] if entropy else math.nan,
         entropy_end=statistics.fmean(entropy[-tail:]) if entropy else math.nan,
+        steps=len(rewards),
     )
 
 

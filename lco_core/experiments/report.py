@@ -179,7 +179,8 @@ def results_table(groups: dict[tuple[str, str], GroupSummary], setting: str) -> 
             f"| {_pm(g.final_sampled)} | {g.best_sampled:.3f} | {e0:.2f} -> {e1:.2f} "
             f"| {g.unstable_runs}/{g.n} ({g.collapse_events} / {g.entropy_collapses} / "
             f"{g.entropy_explosions}) | {g.spikes} | {g.grad_norm_ratio:.2f} | {per_pass} "
-            f"| {g.kl_init_final:.4f} | {g.step_time:.2f} |"
+            f"| {'-' if math.isnan(g.kl_init_final) else f'{g.kl_init_final:.4f}'} "
+            f"| {g.step_time:.2f} |"
         )
     return rows
 
@@ -291,7 +292,9 @@ def stage_lines(
         for a in cfg.algorithms
         if not any(r.setting == s.name and r.algorithm == a and r.seed == seed for r in runs)
     ]
-    chosen = ", ".join(f"{a} {c.describe()}" for a, c in result.chosen.items())
+    chosen = ", ".join(
+        f"{a} {c.describe()}" for a, c in result.chosen.items() if a in cfg.algorithms
+    )
     lines = [
         f"{len(runs)} of {expected} held-out runs; settings: {chosen or 'the job defaults'}.",
         "",

@@ -149,6 +149,9 @@ def judge(
 
     # 2. No peak-then-collapse (and no explosion of entropy either).
     cases = []
+    # The detectors read trailing means over `smooth_window` steps: a peak and then a fall
+    # need two windows, so a shorter run cannot show a collapse and cannot count as "held".
+    min_steps = 2 * rules.smooth_window
     for loss, s in cases_for:
         g = groups[(s, loss)]
         k = g.unstable_runs
@@ -158,13 +161,18 @@ def judge(
             f"{g.entropy_collapses} entropy collapses, {g.entropy_explosions} entropy "
             f"explosions)"
         )
+        steps = min(r.steps for r in g.runs)
+        if outcome == "held" and steps < min_steps:
+            outcome = "unclear"
+            detail += f"; runs of {steps} steps are too short for the detectors"
         cases.append(Case(f"{loss}/{s}", outcome, detail))
     collapse = Verdict(
         claim="No peak-then-collapse of reward, no collapse or explosion of entropy",
         rule=(
             f"per LCO loss and setting: no run with a reward collapse event, an entropy "
-            f"collapse or an entropy explosion: held; {rules.pattern_runs} or more such runs: "
-            f"not held; one: unclear"
+            f"collapse or an entropy explosion: held (unclear if the runs are shorter than "
+            f"{min_steps} steps, two of the detectors' windows); {rules.pattern_runs} or more "
+            f"such runs: not held; one: unclear"
         ),
         cases=tuple(cases),
         context=context("unstable runs", lambda g: f"{g.unstable_runs}/{g.n}"),
