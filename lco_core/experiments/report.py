@@ -274,12 +274,16 @@ def stage_lines(
     baselines = [a for a in algorithms if a in BASELINES]
     verdicts = judge(groups, rules, lco=lco, baselines=baselines, settings=settings)
     plot_dir.mkdir(parents=True, exist_ok=True)
+    # A metric no run logged gets no empty plot: KL to the initial policy needs a second
+    # copy of the model, which the trainer loads only for small ones (KL_INIT_MAX_PARAMS).
+    plots = [p for p in PLOTS if p[0] == "eval_reward" or any(r.series(p[0]) for r in runs)]
+    unmeasured = [p[0] for p in PLOTS if p not in plots]
     pngs = (
         [
             plot_metric(
                 runs, key, title, ylabel, log, settings, algorithms, plot_dir / f"{key}.png", rules
             )
-            for key, title, ylabel, log in PLOTS
+            for key, title, ylabel, log in plots
         ]
         if runs
         else []
@@ -315,8 +319,15 @@ def stage_lines(
     lines += ["#### Claims", "", *verdict_lines(verdicts)]
     if pngs:
         lines += ["#### Plots", ""]
-        for (key, title, *_), png in zip(PLOTS, pngs, strict=True):
+        for (key, title, *_), png in zip(plots, pngs, strict=True):
             lines += [f"**{title}** (`{key}`)", "", f"![{key}]({prefix}/{png.name})", ""]
+        if unmeasured:
+            lines += [
+                f"Not measured for this model, so not plotted: {', '.join(unmeasured)} "
+                "(the trainer keeps a second copy of the model for it only up to "
+                "`KL_INIT_MAX_PARAMS`).",
+                "",
+            ]
     lines += ["#### Setup", "", *[f"- {k}: {v}" for k, v in cfg.describe().items()]]
     lines += [
         "- learning rates of the held-out runs: "
