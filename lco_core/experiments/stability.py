@@ -126,9 +126,9 @@ class StudyConfig:
 
 # The real-model stage: SmolLM2-135M-Instruct on reasoning-gym's basic_arithmetic. Its
 # size is set by the study's budget (under 3 hours on 2 idle cores): on one CPU thread a
-# step of 16 sequences costs about 20 s with one update and 65 s with four, so the stage
+# step of 16 sequences costs about 22 s with one update and 72 s with four, so the stage
 # compares LCO with GRPO (the group baseline its advantages come from) over 10 steps,
-# 5 seeds and both settings, about 80 minutes with 2 workers.
+# 5 seeds and both settings: 90 minutes with 2 workers, measured.
 SMOLLM2_STAGE = StudyConfig(
     algorithms=("lco_kld", "grpo"),
     model="smollm2",
