@@ -240,9 +240,16 @@ class FakeResult:
     summary: dict[str, float] = field(default_factory=dict)
 
 
+_HOLD_S = 60.0
+
+
 def fake_run_job(spec: Any, *, output_dir: Path, callbacks: Any, **_: Any) -> FakeResult:
     """Behaves like lco_core.runner.run_job on a timer. `spec.metadata["fake"]` picks a script:
-    ok (default), crash (exit without a result), user_error, hang (ignores stop requests)."""
+    ok (default), crash (exit without a result), user_error, hang (ignores stop requests).
+
+    `hold_steps` ("2,4"): after finishing one of these steps (not one it resumed past) the run
+    waits, up to `_HOLD_S`, for a stop request. A test that stops a run mid-way holds it there,
+    so the stop cannot lose a race with the run's last step on a slow machine."""
     from lco_spec.errors import SpecError
 
     mode = (spec.metadata or {}).get("fake", "ok")
@@ -262,6 +269,7 @@ def fake_run_job(spec: Any, *, output_dir: Path, callbacks: Any, **_: Any) -> Fa
     callbacks.on_event(
         "info", "fake run starting", {"start": start, "config": {"total_steps": steps}}
     )
+    holds = {int(k) for k in (spec.metadata or {}).get("hold_steps", "").split(",") if k}
     final = None
     for step in range(start + 1, steps + 1):
         if mode != "hang":
@@ -278,6 +286,10 @@ def fake_run_job(spec: Any, *, output_dir: Path, callbacks: Any, **_: Any) -> Fa
             final.mkdir(parents=True, exist_ok=True)
             (final / "config.json").write_text(json.dumps({"step": step}))
             callbacks.on_checkpoint(final, step, {"loss": 1.0 / step})
+        if step in holds:
+            held_until = time.monotonic() + _HOLD_S
+            while callbacks.should_stop() is None and time.monotonic() < held_until:
+                time.sleep(0.02)
     return FakeResult(
         "succeeded", steps, steps, final, trained_tokens=10 * steps, summary={"loss": 0.25}
     )

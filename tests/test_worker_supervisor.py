@@ -85,7 +85,7 @@ def test_status_shows_the_model_preparation_phase_while_it_lasts(api: ApiClient)
 
 
 def test_cancel_while_running_stops_between_steps(api: ApiClient) -> None:
-    job_id = _submit(api, steps="50", delay="0.2")
+    job_id = _submit(api, steps="50", delay="0.05", hold_steps="1")
     thread = threading.Thread(target=run_job, args=(_ctx(api), job_id))
     thread.start()
     _wait_step(api, job_id, 1)
@@ -103,7 +103,7 @@ def test_cancel_while_running_stops_between_steps(api: ApiClient) -> None:
 
 
 def test_pause_then_resume_continues_from_checkpoint(api: ApiClient) -> None:
-    job_id = _submit(api, steps="6", delay="0.3")
+    job_id = _submit(api, steps="6", delay="0.05", hold_steps="2")
     thread = threading.Thread(target=run_job, args=(_ctx(api), job_id))
     thread.start()
     _wait_step(api, job_id, 2)
@@ -130,8 +130,8 @@ def _claim_tokens(api: ApiClient, job_id: str) -> list[int]:
 def test_pauses_never_spend_attempts_and_every_claim_takes_a_new_token(api: ApiClient) -> None:
     """Five pause/resume cycles (more than max_attempts) and the job still succeeds, as
     attempt 1; the fencing token still moves on at every claim (I2, I7)."""
-    # Slow enough steps that each pause lands well before the run could finish.
-    job_id = _submit(api, steps="30", delay="0.3")
+    # Each run holds at the step its cycle pauses at, so no pause can come too late.
+    job_id = _submit(api, steps="30", delay="0.05", hold_steps="2,4,6,8,10")
     ctx = _ctx(api)
     assert api.settings.max_attempts < 5
     for cycle in range(1, 6):
@@ -223,11 +223,11 @@ def test_metric_rows_are_unique_per_step(api: ApiClient) -> None:
 
 
 def test_worker_shutdown_preempts_without_spending_an_attempt(api: ApiClient) -> None:
-    job_id = _submit(api, steps="12", delay="0.2")
+    job_id = _submit(api, steps="12", delay="0.05", hold_steps="2")
     ctx = _ctx(api)
     thread = threading.Thread(target=run_job, args=(ctx, job_id))
     thread.start()
-    _wait_step(api, job_id, 1)
+    _wait_step(api, job_id, 2)
     ctx.shutting_down.set()  # what the worker's SIGTERM (warm shutdown) does
     thread.join(timeout=30)
     job = _job(api, job_id)
