@@ -255,11 +255,13 @@ class FaultService:
         env["LCO_DEVICE"] = "cpu"
         return env
 
-    def start(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+    def start(
+        self, name: str, argv: list[str], env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         log = (self.tmp_path / f"{name}.log").open("ab")
         proc = subprocess.Popen(
             [sys.executable, *argv],
-            env=self.env(),
+            env={**self.env(), **(env or {})},
             cwd=str(ROOT),
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -294,8 +296,11 @@ class FaultService:
             assert time.monotonic() < deadline, "the API did not become healthy\n" + self.logs()
             time.sleep(0.2)
 
-    def start_worker(self, name: str) -> subprocess.Popen[bytes]:
-        return self.start(name, ["-m", "cli.main", "worker", "--pools", "default"])
+    def start_worker(self, name: str, **settings: float) -> subprocess.Popen[bytes]:
+        """A worker process; `settings` (e.g. `lease_ttl_s=15.0`) override the fault
+        settings for it alone."""
+        env = {f"LCO_{key.upper()}": str(value) for key, value in settings.items()}
+        return self.start(name, ["-m", "cli.main", "worker", "--pools", "default"], env)
 
     def worker_of(self, job_id: str) -> str:
         """The name of the worker process holding `job_id`'s lease."""
@@ -425,6 +430,25 @@ class FaultService:
             return job.status == "running" and job.step >= step
 
         self.wait_for(f"{job_id} to reach step {step}", reached)
+
+    def wait_stop_sent(self, worker: str, job_id: str) -> None:
+        """Until `worker`'s supervisor has written its stop request (preempt, cancel, pause)
+        to `job_id`'s training process: its `job.stop_sent` log line. A test that froze the
+        process thaws it after this, so the request is already waiting in the process's
+        control pipe and cannot lose a race with the run's remaining steps."""
+        path = self.tmp_path / f"{worker}.log"
+
+        def sent() -> bool:
+            for line in path.read_text(errors="replace").splitlines():
+                with contextlib.suppress(ValueError):
+                    record = json.loads(line)
+                    if record.get("message") == "job.stop_sent" and (
+                        record.get("job_id") == job_id
+                    ):
+                        return True
+            return False
+
+        self.wait_for(f"{worker} to send {job_id} a stop request", sent, every=0.05)
 
     def wait_terminal(self, job_id: str, timeout: float = 300.0) -> Job:
         self.wait_for(

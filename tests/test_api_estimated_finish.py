@@ -52,7 +52,8 @@ def test_estimated_finish_follows_the_plan_and_is_null_out_of_the_queue(api: Api
     assert first["status_details"]["reason"] == "waiting_for_worker"
     assert _near(first["estimated_finish"], now + typical)
     start = second["queue"]["estimated_start_at"]
-    assert _near(start, first["estimated_finish"], 1)
+    # Two GETs, each planning from its own clock: a second apart on a loaded machine.
+    assert _near(start, first["estimated_finish"])
     assert _near(second["estimated_finish"], start + typical, 1)
 
     # Running at its own pace: 5 of 10 steps in 100 s leaves 100 s.

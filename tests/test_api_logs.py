@@ -90,7 +90,8 @@ def test_request_id_is_returned_and_on_the_requests_lines(
 def test_worker_lines_carry_the_job_id(api: ApiClient, lines: io.StringIO) -> None:
     """The worker's task and supervisor, in-process with a scripted child: their lines are
     JSON and name the job."""
-    from tests.service_fixtures import FAKE_CHILD, sft_body, sft_lines
+    from tests.service_fixtures import sft_body, sft_lines
+    from tests.worker_fakes import FAKE_CHILD
     from worker.context import WorkerContext
     from worker.tasks import run_job
 

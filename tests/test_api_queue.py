@@ -23,13 +23,13 @@ from jobs.errors import NotFound
 from jobs.models import IdempotencyRecord
 from jobs.settings import Settings
 from tests.service_fixtures import (
-    FAKE_CHILD,
     ApiClient,
     new_key,
     register_worker,
     sft_body,
     sft_lines,
 )
+from tests.worker_fakes import FAKE_CHILD
 from worker.context import WorkerContext
 from worker.tasks import run_job
 

@@ -24,7 +24,6 @@ from cli import client as client_commands
 from cli.main import main as lco
 from jobs.migrate import upgrade
 from tests.service_fixtures import (
-    FAKE_CHILD,
     ApiClient,
     LiveService,
     fast_settings,
@@ -35,6 +34,7 @@ from tests.service_fixtures import (
     sft_body,
     sft_lines,
 )
+from tests.worker_fakes import FAKE_CHILD
 from worker.context import WorkerContext
 from worker.tasks import run_job
 

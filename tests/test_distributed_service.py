@@ -65,7 +65,11 @@ def test_two_cpu_ranks_survive_kill_9_of_one_rank(
     svc.wait_for(
         "step 5", lambda: metrics.exists() and metrics.read_bytes().count(b"\n") >= 5, every=0.01
     )
+    # Freeze both ranks first, so a fast pair cannot train on to the end before the kill.
+    for pid in ranks:
+        os.kill(pid, signal.SIGSTOP)
     os.kill(ranks[1], signal.SIGKILL)
+    os.kill(ranks[0], signal.SIGCONT)
     # torchrun's launcher ends the other rank and exits: nothing of attempt 1 survives.
     svc.wait_for("attempt 1's group to end", lambda: not any(map(alive, [launcher, *ranks])))
 

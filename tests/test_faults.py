@@ -136,8 +136,10 @@ def test_sigterm_to_the_worker_checkpoints_and_requeues_without_spending_an_atte
     svc.start_worker("worker-2")
     job_id = svc.submit(max_steps=30, checkpoint_interval=25)
     child = svc.hold_at_step(job_id, 3)
-    worker = svc.procs[svc.worker_of(job_id)]
+    worker_name = svc.worker_of(job_id)
+    worker = svc.procs[worker_name]
     worker.send_signal(signal.SIGTERM)
+    svc.wait_stop_sent(worker_name, job_id)
     os.kill(child, signal.SIGCONT)
     assert worker.wait(timeout=120) == 0, svc.logs()  # a clean exit, after the requeue
     assert child not in training_pids(svc.data_dir)
@@ -186,7 +188,9 @@ def test_postgres_restart_api_answers_503_and_no_job_is_lost_or_duplicated(
     fault_service: FaultService,
 ) -> None:
     svc = fault_service
-    svc.start_worker("worker-1")
+    # A lease longer than the outage with room to spare on a loaded machine (the stop, the
+    # 2.5 s of requests, the start and the reconnect): the run must live through it.
+    svc.start_worker("worker-1", lease_ttl_s=20.0)
     running = svc.submit(max_steps=30, checkpoint_interval=10)
     queued = svc.submit(max_steps=10, checkpoint_interval=5)
     child = svc.hold_at_step(running, 3)
@@ -194,7 +198,7 @@ def test_postgres_restart_api_answers_503_and_no_job_is_lost_or_duplicated(
     svc.pg.stop()
     os.kill(child, signal.SIGCONT)  # it trains on through the outage
     answers = []
-    down_until = time.monotonic() + 2.5  # well inside the 6 s lease
+    down_until = time.monotonic() + 2.5
     while time.monotonic() < down_until:
         answers.append(svc.http("GET", f"/fine_tuning/jobs/{running}"))
         time.sleep(0.2)

@@ -21,8 +21,10 @@ ITEM = {
     "answer": "2",
     "text": "a" * 41 + "!",
 }
-# Scheduling slack on a loaded 2-core machine; the limits themselves are what is tested.
-SLACK_S = 1.5
+# Scheduling slack on a loaded 2-core machine (a timed-out call's worker is killed and
+# replaced inside it); the limits themselves are what is tested. It stays under pebble's
+# 3 s SIGTERM grace, which the stuck-in-C test must tell apart from a prompt SIGKILL.
+SLACK_S = 2.5
 
 
 def timed(spec: dict[str, Any], samples: list[tuple[str, dict[str, Any]]]) -> tuple[list, float]:

@@ -17,7 +17,8 @@ from sqlalchemy import select
 from jobs.models import Job, Worker
 from tests.fault_fixtures import FaultService
 from tests.invariants import check_invariants, training_pids
-from tests.service_fixtures import FAKE_CHILD, ApiClient, sft_body, sft_lines
+from tests.service_fixtures import ApiClient, sft_body, sft_lines
+from tests.worker_fakes import FAKE_CHILD
 from worker.context import WorkerContext
 from worker.tasks import run_job
 
@@ -66,10 +67,12 @@ def test_a_worker_sigtermed_twice_preempts_its_job_and_claims_no_other(
     running = svc.submit(max_steps=30, checkpoint_interval=25)
     waiting = svc.submit(max_steps=6, checkpoint_interval=3)
     child = svc.hold_at_step(running, 3)
-    worker = svc.procs[svc.worker_of(running)]
+    worker_name = svc.worker_of(running)
+    worker = svc.procs[worker_name]
     worker.send_signal(signal.SIGTERM)
     time.sleep(0.2)
     worker.send_signal(signal.SIGTERM)  # an impatient operator, or a supervisor's retry
+    svc.wait_stop_sent(worker_name, running)
     os.kill(child, signal.SIGCONT)
     assert worker.wait(timeout=120) == 0, svc.logs()
     assert training_pids(svc.data_dir) == []

@@ -11,7 +11,8 @@ from sqlalchemy import select, update
 
 from jobs.db import make_engine, make_session_factory
 from jobs.models import Job, JobMetric
-from tests.service_fixtures import FAKE_CHILD, ApiClient, sft_body, sft_lines
+from tests.service_fixtures import ApiClient, sft_body, sft_lines
+from tests.worker_fakes import FAKE_CHILD
 from worker.context import WorkerContext
 from worker.tasks import run_job
 
@@ -66,7 +67,7 @@ def test_success_relays_metrics_checkpoints_and_model_name(api: ApiClient) -> No
 
 
 def test_status_shows_the_model_preparation_phase_while_it_lasts(api: ApiClient) -> None:
-    job_id = _submit(api, steps="2", delay="0.05", prepare_s="3")
+    job_id = _submit(api, steps="2", delay="0.05", prepare_s="6")
     thread = threading.Thread(target=run_job, args=(_ctx(api), job_id))
     thread.start()
     deadline = time.monotonic() + 30

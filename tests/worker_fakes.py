@@ -1,5 +1,7 @@
-"""Scripted training children for the worker's limit tests (no torch): the plumbing of
-tests.service_fixtures.fake_run_job, plus runs that break a limit.
+"""Scripted training children for worker tests (no torch): `fake_run_job` behaves like the
+real core on a timer (FAKE_CHILD); `limits_run_job` adds runs that break a limit
+(LIMITS_CHILD). Only the standard library is imported here, so a child starts in a fraction
+of a second and a test's clocks measure the run, not its imports.
 
 `spec.metadata["fake"]` picks the script:
     stall       reports step 1, then makes no progress (a hung grader, say)
@@ -11,14 +13,87 @@ anything else: fake_run_job's scripts (ok, crash, user_error, hang).
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.service_fixtures import FakeResult, fake_run_job
+
+@dataclass
+class FakeResult:
+    status: str
+    step: int
+    total_steps: int
+    final_checkpoint: Path | None
+    trained_tokens: int = 0
+    summary: dict[str, float] = field(default_factory=dict)
+
+
+_HOLD_S = 60.0
+
+
+def fake_run_job(spec: Any, *, output_dir: Path, callbacks: Any, **_: Any) -> FakeResult:
+    """Behaves like lco_core.runner.run_job on a timer. `spec.metadata["fake"]` picks a script:
+    ok (default), crash (exit without a result), user_error, hang (ignores stop requests).
+
+    `hold_steps` ("2,4"): after finishing one of these steps (not one it resumed past) the run
+    waits, up to `_HOLD_S`, for a stop request. A test that stops a run mid-way holds it there,
+    so the stop cannot lose a race with the run's last step on a slow machine."""
+    from lco_spec.errors import SpecError
+
+    mode = (spec.metadata or {}).get("fake", "ok")
+    steps = int((spec.metadata or {}).get("steps", "4"))
+    delay = float((spec.metadata or {}).get("delay", "0.3"))
+    ckpts = output_dir / "checkpoints"
+    start = 0
+    if ckpts.is_dir():  # resume from the newest checkpoint, like the real core
+        done = sorted(int(p.name.split("-")[1]) for p in ckpts.glob("step-*"))
+        start = done[-1] if done else 0
+    if mode == "user_error":
+        raise SpecError("the dataset has no field 'answer'", param="training_file")
+    # Like the real core: a model-preparation phase first (`prepare_s` long), then training.
+    callbacks.on_phase("preparing_model", f"loading the fake model {spec.model}")
+    time.sleep(float((spec.metadata or {}).get("prepare_s", "0")))
+    callbacks.on_phase("training", f"training from step {start} of {steps}")
+    callbacks.on_event(
+        "info", "fake run starting", {"start": start, "config": {"total_steps": steps}}
+    )
+    holds = {int(k) for k in (spec.metadata or {}).get("hold_steps", "").split(",") if k}
+    final = None
+    for step in range(start + 1, steps + 1):
+        if mode != "hang":
+            reason = callbacks.should_stop()
+            if reason is not None:
+                status = {"cancel": "cancelled", "pause": "paused", "preempt": "preempted"}[reason]
+                return FakeResult(status, step - 1, steps, final)
+        time.sleep(delay)
+        if mode == "crash" and step == 2:
+            os._exit(3)
+        callbacks.on_metrics(step, {"loss": 1.0 / step})
+        if step % 2 == 0 or step == steps:
+            final = ckpts / f"step-{step}"
+            final.mkdir(parents=True, exist_ok=True)
+            (final / "config.json").write_text(json.dumps({"step": step}))
+            callbacks.on_checkpoint(final, step, {"loss": 1.0 / step})
+        if step in holds:
+            held_until = time.monotonic() + _HOLD_S
+            while callbacks.should_stop() is None and time.monotonic() < held_until:
+                time.sleep(0.02)
+    return FakeResult(
+        "succeeded", steps, steps, final, trained_tokens=10 * steps, summary={"loss": 0.25}
+    )
+
+
+FAKE_CHILD = [
+    sys.executable,
+    "-c",
+    "import sys; from tests.worker_fakes import fake_run_job; "
+    "from worker.child import main; sys.exit(main(sys.argv[1:], run=fake_run_job))",
+]
 
 
 def limits_run_job(spec: Any, *, output_dir: Path, callbacks: Any, **kw: Any) -> FakeResult:

@@ -155,6 +155,7 @@ class Supervisor:
 
     def _send_stop(self, word: str) -> None:
         self.stop_sent = word
+        log.info("job.stop_sent", extra={"job_id": self.lease.job_id, "reason": word})
         try:
             self.control.write(word + "\n")
             self.control.flush()
