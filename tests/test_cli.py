@@ -23,6 +23,7 @@ from sqlalchemy.exc import OperationalError
 
 from cli.client import progress_line
 from jobs.settings import Settings
+from tests.background import Background
 from tests.service_fixtures import ROOT, free_port
 
 JOB = {"id": "ftjob-1", "object": "fine_tuning.job", "status": "running", "model": "lco-tiny"}
@@ -236,33 +237,18 @@ def test_an_empty_database_file_is_refused(tmp_path: Path) -> None:
 def test_ctrl_c_while_watching_ends_in_one_line(stub_service: str, tmp_path: Path) -> None:
     service = {f"LCO_{name.upper()}" for name in Settings.model_fields}
     env = {k: v for k, v in os.environ.items() if k not in service}
-    # Output goes to files, not pipes: the test waits for the process to end, not for EOF on
-    # a pipe that any process forked meanwhile by another thread of this one would hold open.
-    out_path, err_path = tmp_path / "out", tmp_path / "err"
-    with out_path.open("w") as out, err_path.open("w") as err:
-        watch = subprocess.Popen(
-            [sys.executable, "-m", "cli.main", "jobs", "watch", "ftjob-1", "--base-url",
-             stub_service, "--api-key", "k"],
-            cwd=ROOT, env={**env, "PYTHONPATH": str(ROOT), "PYTHONFAULTHANDLER": "1"},
-            stdout=out, stderr=err, text=True,
-        )  # fmt: skip
+    watch = Background.start(
+        [sys.executable, "-m", "cli.main", "jobs", "watch", "ftjob-1", "--base-url",
+         stub_service, "--api-key", "k"],
+        cwd=ROOT, env={**env, "PYTHONPATH": str(ROOT)}, logs=tmp_path,
+    )  # fmt: skip
     try:
-        deadline = time.monotonic() + 60
-        while not out_path.read_text().endswith("\n"):  # its first line: it is watching
-            assert watch.poll() is None and time.monotonic() < deadline, err_path.read_text()
-            time.sleep(0.05)
-        assert out_path.read_text().startswith("running")
-        watch.send_signal(signal.SIGINT)
-        try:
-            watch.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            watch.send_signal(signal.SIGABRT)  # faulthandler writes where it is stuck
-            watch.wait(timeout=10)
-            raise AssertionError("no exit 60 s after Ctrl-C:\n" + err_path.read_text()) from None
+        assert watch.first_line().startswith("running")  # it is watching
+        watch.proc.send_signal(signal.SIGINT)
+        assert watch.wait() == 130, watch.stderr
     finally:
         watch.kill()
-    assert watch.returncode == 130, err_path.read_text()
-    assert err_path.read_text().strip() == "interrupted"
+    assert watch.stderr.strip() == "interrupted"
 
 
 def test_progress_lines_show_the_phase_then_steps_with_the_headline_metrics() -> None:

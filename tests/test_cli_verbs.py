@@ -23,7 +23,9 @@ from fastapi.testclient import TestClient
 from cli import client as client_commands
 from cli.main import main as lco
 from jobs.migrate import upgrade
+from tests.background import Background
 from tests.service_fixtures import (
+    ROOT,
     ApiClient,
     LiveService,
     fast_settings,
@@ -282,22 +284,19 @@ def test_through_a_real_lco_serve_watch_follows_the_stream_until_cancel(tmp_path
         assert submitted.returncode == 0, submitted.stderr + service.dump_logs()
         job_id = json.loads(submitted.stdout)["id"]
         assert json.loads(lco_sub("jobs", "list", "--json").stdout)["data"][0]["id"] == job_id
-        watch = subprocess.Popen(
+        watch = Background.start(
             [sys.executable, "-m", "cli.main", "jobs", "watch", job_id],
             env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+            cwd=ROOT,
+            logs=tmp_path / "watch",
         )
         try:
-            assert watch.stdout is not None
-            assert watch.stdout.readline().startswith("queued")  # from the stream
+            assert watch.first_line().startswith("queued")  # from the stream
             assert lco_sub("jobs", "cancel", job_id).returncode == 0
-            out, err = watch.communicate(timeout=60)
+            assert watch.wait() == 1, watch.stderr
         finally:
             watch.kill()
-        assert watch.returncode == 1, err
-        assert out.splitlines()[-1] == f"{job_id}: cancelled"
+        assert watch.stdout.splitlines()[-1] == f"{job_id}: cancelled"
     finally:
         service.stop()
 
