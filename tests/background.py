@@ -6,15 +6,36 @@ holds a write end (one forked meanwhile by another thread of the test process); 
 the process itself has no such dependence. If the command does not end in time, it gets
 SIGABRT and Python's faulthandler (enabled here) writes its stack into the stderr file, which
 the failure then shows.
+
+The command starts with SIGINT at its default, whatever this process inherited: a test
+suite started as a background job (`cmd &` in a script) has SIGINT ignored, a child would
+inherit that, and a test of Ctrl-C would then wait forever.
 """
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+
+@contextlib.contextmanager
+def _sigint_default() -> Iterator[None]:
+    """If SIGINT is ignored here, handle it (Python's usual handler) for the moment, so that
+    a child started inside gets the default action: exec resets a handled signal to its
+    default but keeps an ignored one ignored."""
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        yield
+        return
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 @dataclass
@@ -28,7 +49,7 @@ class Background:
         """Start `argv`; its output goes to `logs`/out and `logs`/err."""
         logs.mkdir(parents=True, exist_ok=True)
         out, err = logs / "out", logs / "err"
-        with out.open("w") as out_file, err.open("w") as err_file:
+        with out.open("w") as out_file, err.open("w") as err_file, _sigint_default():
             proc = subprocess.Popen(
                 argv,
                 cwd=cwd,
