@@ -6,7 +6,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from lco_core.callbacks import StopReason
+
 RunStatus = Literal["succeeded", "cancelled", "paused", "preempted"]
+# The status of a run that stopped between steps because its caller asked it to.
+STATUS_FOR_STOP: dict[StopReason, RunStatus] = {
+    "cancel": "cancelled",
+    "pause": "paused",
+    "preempt": "preempted",
+}
 
 
 @dataclass

@@ -21,20 +21,14 @@ from torch import Tensor
 from transformers import PreTrainedModel, get_scheduler
 
 from lco_core import distributed
-from lco_core.callbacks import Callbacks, StopReason
+from lco_core.callbacks import Callbacks
 from lco_core.checkpoint import save_checkpoint
 from lco_core.memory import fit_to_model
 from lco_core.metrics import MetricsLog, grad_norm
-from lco_core.result import RunResult, RunStatus
+from lco_core.result import STATUS_FOR_STOP, RunResult, RunStatus
 from lco_spec.train_config import TrainConfig
 
 log = logging.getLogger(__name__)
-
-STATUS_FOR_STOP: dict[StopReason, RunStatus] = {
-    "cancel": "cancelled",
-    "pause": "paused",
-    "preempt": "preempted",
-}
 
 
 def trunk_and_head(model: PreTrainedModel) -> tuple[torch.nn.Module, torch.nn.Linear]:

@@ -18,25 +18,15 @@ import os
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
-@dataclass
-class FakeResult:
-    status: str
-    step: int
-    total_steps: int
-    final_checkpoint: Path | None
-    trained_tokens: int = 0
-    summary: dict[str, float] = field(default_factory=dict)
-
+from lco_core.result import STATUS_FOR_STOP, RunResult
 
 _HOLD_S = 60.0
 
 
-def fake_run_job(spec: Any, *, output_dir: Path, callbacks: Any, **_: Any) -> FakeResult:
+def fake_run_job(spec: Any, *, output_dir: Path, callbacks: Any, **_: Any) -> RunResult:
     """Behaves like lco_core.runner.run_job on a timer. `spec.metadata["fake"]` picks a script:
     ok (default), crash (exit without a result), user_error, hang (ignores stop requests).
 
@@ -68,8 +58,7 @@ def fake_run_job(spec: Any, *, output_dir: Path, callbacks: Any, **_: Any) -> Fa
         if mode != "hang":
             reason = callbacks.should_stop()
             if reason is not None:
-                status = {"cancel": "cancelled", "pause": "paused", "preempt": "preempted"}[reason]
-                return FakeResult(status, step - 1, steps, final)
+                return RunResult(STATUS_FOR_STOP[reason], step - 1, steps, final)
         time.sleep(delay)
         if mode == "crash" and step == 2:
             os._exit(3)
@@ -83,7 +72,7 @@ def fake_run_job(spec: Any, *, output_dir: Path, callbacks: Any, **_: Any) -> Fa
             held_until = time.monotonic() + _HOLD_S
             while callbacks.should_stop() is None and time.monotonic() < held_until:
                 time.sleep(0.02)
-    return FakeResult(
+    return RunResult(
         "succeeded", steps, steps, final, trained_tokens=10 * steps, summary={"loss": 0.25}
     )
 
@@ -96,7 +85,7 @@ FAKE_CHILD = [
 ]
 
 
-def limits_run_job(spec: Any, *, output_dir: Path, callbacks: Any, **kw: Any) -> FakeResult:
+def limits_run_job(spec: Any, *, output_dir: Path, callbacks: Any, **kw: Any) -> RunResult:
     metadata = spec.metadata or {}
     mode = metadata.get("fake", "ok")
     steps = int(metadata.get("steps", "4"))
@@ -107,8 +96,7 @@ def limits_run_job(spec: Any, *, output_dir: Path, callbacks: Any, **kw: Any) ->
     for step in range(1, steps + 1):
         reason = callbacks.should_stop()
         if reason is not None:  # stops between steps like the real core (no checkpoint)
-            status = {"cancel": "cancelled", "pause": "paused", "preempt": "preempted"}[reason]
-            return FakeResult(status, step - 1, steps, None)
+            return RunResult(STATUS_FOR_STOP[reason], step - 1, steps, None)
         time.sleep(delay)
         callbacks.on_metrics(step, {"loss": 1.0 / step, "total_steps": steps})
         if mode == "stall":
@@ -119,7 +107,7 @@ def limits_run_job(spec: Any, *, output_dir: Path, callbacks: Any, **kw: Any) ->
                 blocks.append(bytearray(64 * 1024 * 1024))
         elif mode == "oom_killed":
             os.kill(os.getpid(), signal.SIGKILL)
-    return FakeResult("succeeded", steps, steps, None, trained_tokens=10 * steps)
+    return RunResult("succeeded", steps, steps, None, trained_tokens=10 * steps)
 
 
 LIMITS_CHILD = [
