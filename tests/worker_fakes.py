@@ -1,7 +1,7 @@
 """Scripted training children for worker tests (no torch): `fake_run_job` behaves like the
 real core on a timer (FAKE_CHILD); `limits_run_job` adds runs that break a limit
-(LIMITS_CHILD). Only the standard library is imported here, so a child starts in a fraction
-of a second and a test's clocks measure the run, not its imports.
+(LIMITS_CHILD). Only the standard library and `lco_core.result` are imported here, so a
+child starts in a fraction of a second and a test's clocks measure the run, not imports.
 
 `spec.metadata["fake"]` picks the script:
     stall       reports step 1, then makes no progress (a hung grader, say)
