@@ -24,9 +24,10 @@ from lco_spec.job import CommonHyperparameters, JobSpec, ReinforcementHyperparam
 # choices (docs/results/stability.md): its tuning on lco-tiny chose 1x the tiny rate at
 # beta 2 for all three LCO losses, and the same 1x of 2e-5 is what its SmolLM2 stage ran
 # (as did the README's SmolLM2 runs; 1e-4 collapsed there within 8 steps).
-# A tiny model (lco-tiny) wants larger steps. Which table applies
-# is one rule, by the model's size (`lr_table`), however the model is named: lco-tiny, a
-# fine-tuned `ft:lco-tiny:...` or a local checkpoint dir of it all take the tiny rates.
+#
+# A tiny model (lco-tiny) wants larger steps. Which table applies is one rule, by the
+# model's size (`lr_table`), however the model is named: lco-tiny, a fine-tuned
+# `ft:lco-tiny:...` or a local checkpoint dir of it all take the tiny rates.
 TINY_MAX_PARAMETERS = 20_000_000
 BASE_LR: dict[str, dict[str, float]] = {
     "default": {

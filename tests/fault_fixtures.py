@@ -297,7 +297,7 @@ class FaultService:
             time.sleep(0.2)
 
     def start_worker(self, name: str, **settings: float) -> subprocess.Popen[bytes]:
-        """A worker process; `settings` (e.g. `lease_ttl_s=15.0`) override the fault
+        """A worker process; `settings` (e.g. `lease_ttl_s=20.0`) override the fault
         settings for it alone."""
         env = {f"LCO_{key.upper()}": str(value) for key, value in settings.items()}
         return self.start(name, ["-m", "cli.main", "worker", "--pools", "default"], env)

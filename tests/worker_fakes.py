@@ -1,7 +1,8 @@
 """Scripted training children for worker tests (no torch): `fake_run_job` behaves like the
 real core on a timer (FAKE_CHILD); `limits_run_job` adds runs that break a limit
-(LIMITS_CHILD). Only the standard library and `lco_core.result` are imported here, so a
-child starts in a fraction of a second and a test's clocks measure the run, not imports.
+(LIMITS_CHILD). Only light modules are imported here (the standard library,
+`lco_core.result`, `lco_spec.errors`; no fastapi, openai or torch), so a child starts in a
+fraction of a second and a test's clocks measure the run, not imports.
 
 `spec.metadata["fake"]` picks the script:
     stall       reports step 1, then makes no progress (a hung grader, say)
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from lco_core.result import STATUS_FOR_STOP, RunResult
+from lco_spec.errors import SpecError
 
 _HOLD_S = 60.0
 
@@ -33,8 +35,6 @@ def fake_run_job(spec: Any, *, output_dir: Path, callbacks: Any, **_: Any) -> Ru
     `hold_steps` ("2,4"): after finishing one of these steps (not one it resumed past) the run
     waits, up to `_HOLD_S`, for a stop request. A test that stops a run mid-way holds it there,
     so the stop cannot lose a race with the run's last step on a slow machine."""
-    from lco_spec.errors import SpecError
-
     mode = (spec.metadata or {}).get("fake", "ok")
     steps = int((spec.metadata or {}).get("steps", "4"))
     delay = float((spec.metadata or {}).get("delay", "0.3"))
